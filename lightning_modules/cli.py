@@ -1,0 +1,140 @@
+"""The ``perceptlab`` command.
+
+``perceptlab fit|validate|test --config experiments/<...>.yaml [--dotted.overrides]`` is
+LightningCLI (model and datamodule picked by ``class_path`` in the YAML, ``--print_config``,
+errors that name the bad key). ``perceptlab synth`` writes the toy world and ``perceptlab report``
+turns run directories into plots and a Markdown summary.
+
+Defaults a run gets unless its config says otherwise: a TensorBoard logger writing
+``runs/<experiment>/version_<n>/`` (``<experiment>`` is ``--experiment`` or the config file's
+stem), ``config.yaml`` beside the events, ``checkpoints/last.ckpt``, a rich progress bar, the
+learning rate logged, and seed 0.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+USAGE = """usage: perceptlab <command> [options]
+
+commands:
+  fit        train a model          perceptlab fit --config experiments/toy/pi_nights.yaml
+  validate   run the validation loop on a checkpoint or a fresh model
+  test       run the test loop
+  synth      write the toy world     perceptlab synth --out data/toyworld --scale tiny
+  report     plots + Markdown over run directories
+                                     perceptlab report runs/a/version_0 runs/b/version_0 --out report/
+
+`perceptlab <command> --help` documents every option of a command; `fit --print_config` prints
+the full resolved configuration. Overrides use dotted keys: --trainer.max_epochs=3
+"""
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _make_cli_class():
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks.progress import ProgressBar
+    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    class PerceptLabCLI(LightningCLI):
+        """LightningCLI with the project's run layout as defaults."""
+
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument("--experiment", type=str | None, default=None,
+                                help="run name under --runs_dir (default: the config file's stem)")
+            parser.add_argument("--runs_dir", type=str, default="runs", help="root of all run directories")
+
+        def _experiment_name(self) -> str:
+            cfg = self.config[self.subcommand] if self.subcommand else self.config
+            if cfg.get("experiment"):
+                return str(cfg["experiment"])
+            configs = cfg.get("config") or []
+            if configs:
+                return Path(str(configs[-1])).stem
+            return "default"
+
+        def _instantiate_trainer(self, config, callbacks):
+            cfg = self.config[self.subcommand] if self.subcommand else self.config
+            if config.get("logger") in (None, True):
+                config["logger"] = TensorBoardLogger(save_dir=cfg.get("runs_dir", "runs"), name=self._experiment_name(),
+                                                     default_hp_metric=False)
+            given = list(callbacks) + list(config.get("callbacks") or [])
+            if config.get("enable_checkpointing", True) is not False and not any(isinstance(c, ModelCheckpoint) for c in given):
+                callbacks.append(ModelCheckpoint(save_last=True))
+            if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in given):
+                callbacks.append(RichProgressBar(leave=True))
+            if config["logger"] and not any(isinstance(c, LearningRateMonitor) for c in given):
+                callbacks.append(LearningRateMonitor(logging_interval="step"))
+            return super()._instantiate_trainer(config, callbacks)
+
+    return PerceptLabCLI
+
+
+def run_lightning(args: list[str]) -> None:
+    import lightning.pytorch as pl
+
+    cli_class = _make_cli_class()
+    # LightningCLI reads sys.argv itself; hand it exactly the command's arguments.
+    sys.argv = ["perceptlab", *args]
+    cli_class(
+        pl.LightningModule,
+        pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"parser_mode": "omegaconf"},
+    )
+
+
+def run_synth(args: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="perceptlab synth", description="Write the toy world in every real on-disk format.")
+    parser.add_argument("--out", required=True, help="output directory (created)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scale", choices=("tiny", "small"), default="tiny",
+                        help="tiny: seconds, for tests; small: about two minutes, for the demo")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--no-progress", action="store_true")
+    ns = parser.parse_args(args)
+    from datamodules.toyworld import synthesize
+
+    manifest = synthesize(ns.out, seed=ns.seed, scale=ns.scale, image_size=ns.image_size, progress=not ns.no_progress)
+    counts = manifest.get("counts", {})
+    print(f"toy world written to {Path(ns.out).resolve()}")
+    for name, n in counts.items():
+        print(f"  {name}: {n}")
+
+
+def run_report(args: list[str]) -> None:
+    from callbacks.report import main as report_main
+
+    report_main(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # No hub at run time unless the user opts in by setting these variables themselves.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    command, rest = argv[0], argv[1:]
+    if command in LIGHTNING_COMMANDS:
+        run_lightning([command, *rest])
+    elif command == "synth":
+        run_synth(rest)
+    elif command == "report":
+        run_report(rest)
+    else:
+        print(f"perceptlab: unknown command {command!r}\n", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()

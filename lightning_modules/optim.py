@@ -1,0 +1,72 @@
+"""Optimiser and schedule shared by the stage modules.
+
+AdamW with open_clip's weight-decay exclusions and a cosine schedule with linear warm-up counted
+in optimiser steps. Written here (not taken from open_clip) because open_clip's training helpers
+live in its training script, not in the installed library, and expect its argparse namespace.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from torch import nn
+
+
+def no_weight_decay(name: str, param: nn.Parameter) -> bool:
+    """open_clip's rule: biases, norms, gains, embeddings of rank < 2 and the logit scale."""
+    return param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+
+
+def param_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
+    """Split trainable parameters into a decayed and a non-decayed group (frozen ones dropped)."""
+    decay, no_decay = [], []
+    for name, p in named_parameters:
+        if not p.requires_grad:
+            continue
+        (no_decay if no_weight_decay(name, p) else decay).append(p)
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0):
+    """LambdaLR: linear warm-up from ~0 to the base lr over ``warmup_steps``, then cosine to
+    ``min_lr_ratio`` x base lr at ``total_steps``."""
+    warmup_steps = max(0, int(warmup_steps))
+    total_steps = max(1, int(total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        span = max(1, total_steps - warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / span)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def adamw_cosine(
+    module: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float,
+    warmup_steps: int,
+    total_steps: int,
+) -> dict:
+    """What ``LightningModule.configure_optimizers`` returns: AdamW + per-step cosine schedule."""
+    optimizer = torch.optim.AdamW(param_groups(module.named_parameters(), weight_decay), lr=lr, betas=tuple(betas), eps=eps)
+    scheduler = cosine_with_warmup(optimizer, warmup_steps, total_steps)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+
+def total_training_steps(trainer) -> int:
+    """Optimiser steps of the whole run as Lightning estimates them (max_steps or epochs x batches)."""
+    steps = trainer.estimated_stepping_batches
+    if steps is None or not math.isfinite(steps) or steps <= 0:
+        return max(1, trainer.max_steps) if trainer.max_steps and trainer.max_steps > 0 else 1
+    return int(steps)
