@@ -81,7 +81,7 @@ def extract_visual_state(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         if not isinstance(value, torch.Tensor):
             continue
         parts = key.split(".")
-        if "visual" not in parts:
+        if "visual" not in parts[:-1]:
             continue
         out[".".join(parts[parts.index("visual") + 1 :])] = value
     return out
