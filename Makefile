@@ -40,3 +40,12 @@ tensorboard: setup
 
 clean:
 	rm -rf runs/ data/toyworld* .pytest_cache
+
+demo: setup
+	$(PL) demo --out runs/demo
+
+smoke: setup
+	$(PL) demo --quick --out runs/smoke
+
+bench: setup
+	$(PY) benchmarks/run_all.py

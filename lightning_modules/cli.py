@@ -26,6 +26,7 @@ commands:
   synth      write the toy world     perceptlab synth --out data/toyworld --scale tiny
   report     plots + Markdown over run directories
                                      perceptlab report runs/a/version_0 runs/b/version_0 --out report/
+  demo       the whole toy-world study: synth, stage 1, stage 2 x2, task transfer, report
 
 `perceptlab <command> --help` documents every option of a command; `fit --print_config` prints
 the full resolved configuration. Overrides use dotted keys: --trainer.max_epochs=3
@@ -130,6 +131,10 @@ def main(argv: list[str] | None = None) -> None:
         run_synth(rest)
     elif command == "report":
         run_report(rest)
+    elif command == "demo":
+        from lightning_modules.demo import main as demo_main
+
+        demo_main(rest)
     else:
         print(f"perceptlab: unknown command {command!r}\n", file=sys.stderr)
         print(USAGE, file=sys.stderr)
