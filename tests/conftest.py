@@ -1,0 +1,21 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Everything runs offline: no hub look-ups from `datasets` / `huggingface_hub`.
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """The toy world at scale ``tiny``, seed 0, written once per test session; returns its root."""
+    from datamodules.toyworld import synthesize
+
+    root = tmp_path_factory.mktemp("toyworld")
+    synthesize(root, seed=0, scale="tiny", progress=False)
+    return root
