@@ -1,0 +1,176 @@
+"""Full-reference IQA probe: embedding distance between reference and distorted image vs. MOS.
+
+The model's quality prediction for a pair is the negative distance between the embeddings of the
+distorted and the reference image (closer = judged less degraded). Reported against the human
+scores, oriented so that a positive correlation means agreement with people:
+``iqa_fr/<dataset>/srcc`` (Spearman), ``/plcc`` (Pearson, raw scores) and ``/krcc`` (Kendall).
+
+Classical full-reference metrics of pyiqa (``psnr``, ``ssim``, ``fsim``, ``vif``, ``gmsd``, ...:
+formulas, no learned weights) are computed once on the same pairs, as the model sees them (resized
+and centre-cropped), and reported at every evaluation as constant reference lines
+``iqa_fr/<dataset>/<metric>/srcc`` (and ``/plcc``).
+
+Data: pyiqa meta-info CSVs (``ref_name,dist_name,<score>,...``). Presets fill in the file names,
+the score column and its direction for ``tid2013`` (``mos``, higher is better) and ``kadid10k``
+(``dmos``, higher is better, as pyiqa reads KADID-10k); any other data set names them explicitly.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+import pandas as pd
+import torch
+
+from callbacks import scores
+from callbacks.probes.base import Probe, ProbeContext, decode_images, require_columns, select_items
+
+log = logging.getLogger(__name__)
+
+FR_PRESETS: dict[str, dict] = {
+    "tid2013": {"csv": "meta_info_TID2013Dataset.csv", "ref_dir": "reference_images",
+                "dist_dir": "distorted_images", "score_column": "mos", "higher_better": True},
+    "kadid10k": {"csv": "meta_info_KADID10kDataset.csv", "ref_dir": "images",
+                 "dist_dir": "images", "score_column": "dmos", "higher_better": True},
+}
+
+DEFAULT_CLASSICAL = ("psnr", "ssim", "fsim", "vif", "gmsd")
+
+
+class FullReferenceIQAProbe(Probe):
+    """Correlation of embedding distances with full-reference MOS.
+
+    Args:
+        root: data-set folder (holds the CSV and the image folders).
+        dataset: preset name (``tid2013``, ``kadid10k``) or any name used in metric names.
+        csv: meta-info CSV, relative to ``root`` (default from the preset).
+        ref_dir / dist_dir: folders of reference / distorted images, relative to ``root``.
+        score_column: human score column (``mos``/``dmos``).
+        higher_better: direction of the human score (True: higher = better quality). Required for
+            data sets without a preset.
+        distance: ``cosine`` (default), ``l2`` or ``normalized_l2`` (see ``scores.embedding_distance``).
+        classical: pyiqa full-reference metrics computed once as reference lines (``[]``: none).
+        max_items / layer / batch_size / seed / name: see :class:`Probe`.
+    """
+
+    family = "iqa_fr"
+
+    def __init__(
+        self,
+        root: str,
+        dataset: str = "tid2013",
+        csv: str | None = None,
+        ref_dir: str | None = None,
+        dist_dir: str | None = None,
+        score_column: str | None = None,
+        higher_better: bool | None = None,
+        distance: str = "cosine",
+        classical: Sequence[str] = DEFAULT_CLASSICAL,
+        max_items: int | None = 1000,
+        layer: int | None = None,
+        batch_size: int | None = None,
+        seed: int = 0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(root, name=name, max_items=max_items, layer=layer, batch_size=batch_size, seed=seed)
+        preset = FR_PRESETS.get(dataset, {})
+        self._dataset = dataset
+        self.csv = csv or preset.get("csv")
+        self.ref_dir = ref_dir if ref_dir is not None else preset.get("ref_dir", "")
+        self.dist_dir = dist_dir if dist_dir is not None else preset.get("dist_dir", "")
+        self.score_column = score_column or preset.get("score_column")
+        self.higher_better = higher_better if higher_better is not None else preset.get("higher_better")
+        missing = [k for k, v in (("csv", self.csv), ("score_column", self.score_column),
+                                  ("higher_better", self.higher_better)) if v is None]
+        if missing:
+            raise ValueError(
+                f"FullReferenceIQAProbe(dataset={dataset!r}) has no preset (known: {', '.join(FR_PRESETS)}); "
+                f"set {', '.join(missing)}"
+            )
+        if distance not in scores.DISTANCES:
+            raise ValueError(f"distance must be one of {', '.join(scores.DISTANCES)}, got {distance!r}")
+        self.distance = distance
+        self.classical = list(classical)
+        self._classical_metrics: dict[str, float] | None = None
+        self._classical_local: dict[str, tuple[torch.Tensor, bool]] = {}
+
+    @property
+    def dataset(self) -> str:
+        return self._dataset
+
+    def load_table(self) -> int:
+        csv = self.path / self.csv
+        if not csv.is_file():
+            raise FileNotFoundError(f"{self.name}: meta-info CSV not found: {csv}")
+        table = pd.read_csv(csv)
+        require_columns(table, ["ref_name", "dist_name", self.score_column], csv)
+        table = table.iloc[select_items(len(table), self.max_items, self.seed)].reset_index(drop=True)
+        self.table = table
+        # Human quality, oriented so that higher is better whatever the data set's convention.
+        mos = torch.tensor(table[self.score_column].to_numpy(), dtype=torch.float64)
+        self.quality = mos if self.higher_better else -mos
+        return len(table)
+
+    def load_images(self, items: list[int], transform: Callable) -> None:
+        rows = self.table.iloc[items] if items else self.table.iloc[:0]
+        # Each reference is shared by many distortions: decode it once.
+        refs = sorted(set(rows["ref_name"]))
+        ref_images = decode_images([self.path / self.ref_dir / r for r in refs], transform, self.num_workers)
+        index = {r: i for i, r in enumerate(refs)}
+        self.ref_images = ref_images
+        self.ref_index = torch.tensor([index[r] for r in rows["ref_name"]], dtype=torch.long)
+        self.dist_images = decode_images([self.path / self.dist_dir / d for d in rows["dist_name"]], transform,
+                                         self.num_workers)
+
+    def evaluate(self, ctx: ProbeContext) -> dict[str, float]:
+        ref = self.features(ctx, self.ref_images)
+        dist = self.features(ctx, self.dist_images)
+        local = scores.embedding_distance(dist, ref[self.ref_index.to(ref.device)], self.distance) if len(dist) else dist.new_zeros(0)
+        distance = self.gather_items(ctx, local)
+        metrics = {f"{self.name}/{k}": v for k, v in scores.correlations(-distance, self.quality).items()}
+        metrics.update(self.classical_metrics(ctx))
+        return metrics
+
+    def prepare(self, backbone, rank: int = 0, world_size: int = 1) -> None:
+        key = self._prepared_for
+        super().prepare(backbone, rank, world_size)
+        if self._prepared_for != key:
+            # Model-free: computed once at set-up, on this process's pairs; gathered at evaluation.
+            self._classical_local = self._compute_classical()
+            self._classical_metrics = None
+
+    def _compute_classical(self) -> dict[str, tuple[torch.Tensor, bool]]:
+        """pyiqa value of every classical metric per local pair, and whether lower is better."""
+        out: dict[str, tuple[torch.Tensor, bool]] = {}
+        if not self.classical:
+            return out
+        import pyiqa  # slow to import; only when reference lines are wanted
+
+        for metric_name in self.classical:
+            metric = pyiqa.create_metric(metric_name, as_loss=False, device="cpu")
+            values = []
+            for start in range(0, self.dist_images.shape[0], 64):
+                sl = slice(start, start + 64)
+                dist = self.dist_images[sl].float() / 255
+                ref = self.ref_images[self.ref_index[sl]].float() / 255
+                try:
+                    with torch.inference_mode():
+                        values.append(metric(dist, ref).flatten().float())
+                except RuntimeError as err:  # e.g. ms_ssim needs inputs of 161 px or more
+                    raise RuntimeError(
+                        f"{self.name}: pyiqa metric {metric_name!r} failed on images of "
+                        f"{tuple(dist.shape[-2:])} px: {err}"
+                    ) from err
+            out[metric_name] = (torch.cat(values) if values else torch.zeros(0), bool(metric.lower_better))
+        return out
+
+    def classical_metrics(self, ctx: ProbeContext) -> dict[str, float]:
+        """Correlations of pyiqa's classical metrics with the human scores (constant over training)."""
+        if self._classical_metrics is None:
+            self._classical_metrics = {}
+            for metric_name, (local, lower_better) in self._classical_local.items():
+                value = self.gather_items(ctx, local.to(ctx.device))
+                corr = scores.correlations(-value if lower_better else value, self.quality)
+                self._classical_metrics[f"{self.name}/{metric_name}/srcc"] = corr["srcc"]
+                self._classical_metrics[f"{self.name}/{metric_name}/plcc"] = corr["plcc"]
+        return dict(self._classical_metrics)

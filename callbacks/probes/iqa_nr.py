@@ -1,0 +1,128 @@
+"""No-reference IQA probe: CLIP-IQA (Wang, Chan & Loy, AAAI 2023) against MOS.
+
+For each antonym prompt pair (default ``"Good photo."`` / ``"Bad photo."``), the softmax over
+``logit_scale x cosine`` of the image with the two prompts gives the probability of the positive
+prompt; the quality prediction is its mean over pairs, in [0, 1], higher = better. Reported as
+``iqa_nr/<dataset>/srcc`` / ``/plcc`` / ``/krcc`` against the human scores oriented higher-better.
+
+Differences from pyiqa's ``clipiqa`` that matter when comparing numbers: the image goes through the
+backbone's eval transform (resize + centre crop to the model's input size) rather than being fed
+at full resolution, and ``logit_scale`` is fixed (default 100, the temperature of a trained CLIP
+and of pyiqa) so that the averaged probability does not move with the learned temperature.
+
+Needs a text tower; the suite skips it for vision-only backbones. Data: pyiqa meta-info CSVs
+with an image-name column and a score column; presets for ``koniq``, ``livec`` and ``spaq``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from callbacks import scores
+from callbacks.probes.base import Probe, ProbeContext, decode_images, require_columns, select_items
+
+NR_PRESETS: dict[str, dict] = {
+    "koniq": {"csv": "meta_info_KonIQ10kDataset.csv", "image_dir": "images", "score_column": "mos", "higher_better": True},
+    "livec": {"csv": "meta_info_LIVEChallengeDataset.csv", "image_dir": "images", "score_column": "mos", "higher_better": True},
+    "spaq": {"csv": "meta_info_SPAQDataset.csv", "image_dir": "images", "score_column": "mos", "higher_better": True},
+}
+
+DEFAULT_PROMPT_PAIRS = (("Good photo.", "Bad photo."),)
+
+
+class CLIPIQAProbe(Probe):
+    """CLIP-IQA quality predictions vs. no-reference MOS.
+
+    Args:
+        root: data-set folder (CSV and image folder).
+        dataset: preset name (``koniq``, ``livec``, ``spaq``) or any name used in metric names.
+        csv / image_dir / score_column / higher_better: table layout (default from the preset;
+            required without one). ``image_dir`` is relative to ``root``.
+        name_column: image-name column (default: the CSV's first column, as pyiqa reads it).
+        split: keep only rows whose ``split`` column equals this (KonIQ: ``train``/``val``/``test``).
+        prompt_pairs: ``[[positive, negative], ...]``; probabilities are averaged over pairs.
+        logit_scale: softmax temperature multiplier (fixed; see the module docstring).
+        max_items / layer / batch_size / seed / name: see :class:`Probe` (``layer`` reads the
+            block's class token through the final norm and projection).
+    """
+
+    family = "iqa_nr"
+    needs_text = True
+
+    def __init__(
+        self,
+        root: str,
+        dataset: str = "koniq",
+        csv: str | None = None,
+        image_dir: str | None = None,
+        score_column: str | None = None,
+        higher_better: bool | None = None,
+        name_column: str | None = None,
+        split: str | None = None,
+        prompt_pairs: Sequence[Sequence[str]] = DEFAULT_PROMPT_PAIRS,
+        logit_scale: float = 100.0,
+        max_items: int | None = 1000,
+        layer: int | None = None,
+        batch_size: int | None = None,
+        seed: int = 0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(root, name=name, max_items=max_items, layer=layer, batch_size=batch_size, seed=seed)
+        preset = NR_PRESETS.get(dataset, {})
+        self._dataset = dataset
+        self.csv = csv or preset.get("csv")
+        self.image_dir = image_dir if image_dir is not None else preset.get("image_dir", "")
+        self.score_column = score_column or preset.get("score_column")
+        self.higher_better = higher_better if higher_better is not None else preset.get("higher_better")
+        missing = [k for k, v in (("csv", self.csv), ("score_column", self.score_column),
+                                  ("higher_better", self.higher_better)) if v is None]
+        if missing:
+            raise ValueError(
+                f"CLIPIQAProbe(dataset={dataset!r}) has no preset (known: {', '.join(NR_PRESETS)}); "
+                f"set {', '.join(missing)}"
+            )
+        self.name_column = name_column
+        self.split = split
+        self.prompt_pairs = [tuple(p) for p in prompt_pairs]
+        bad = [p for p in self.prompt_pairs if len(p) != 2]
+        if not self.prompt_pairs or bad:
+            raise ValueError(f"prompt_pairs must be a non-empty list of [positive, negative] pairs, got {prompt_pairs!r}")
+        self.logit_scale = logit_scale
+
+    @property
+    def dataset(self) -> str:
+        return self._dataset
+
+    def load_table(self) -> int:
+        csv = self.path / self.csv
+        if not csv.is_file():
+            raise FileNotFoundError(f"{self.name}: meta-info CSV not found: {csv}")
+        table = pd.read_csv(csv)
+        name_column = self.name_column or table.columns[0]
+        require_columns(table, [name_column, self.score_column] + (["split"] if self.split else []), csv)
+        if self.split:
+            table = table[table["split"] == self.split]
+            if table.empty:
+                raise ValueError(f"{csv}: no rows with split == {self.split!r}")
+        table = table.iloc[select_items(len(table), self.max_items, self.seed)].reset_index(drop=True)
+        self.names = table[name_column].astype(str).tolist()
+        mos = torch.tensor(table[self.score_column].to_numpy(), dtype=torch.float64)
+        self.quality = mos if self.higher_better else -mos
+        return len(table)
+
+    def load_images(self, items: list[int], transform: Callable) -> None:
+        self.images = decode_images([self.path / self.image_dir / self.names[i] for i in items], transform, self.num_workers)
+
+    def evaluate(self, ctx: ProbeContext) -> dict[str, float]:
+        backbone = ctx.backbone
+        texts = [p for pair in self.prompt_pairs for p in pair]
+        with ctx.autocast():
+            text = backbone.encode_text(backbone.tokenize(texts).to(ctx.device), normalize=True).float()
+        text = F.normalize(text, dim=-1)
+        image = self.features(ctx, self.images, text_space=True)
+        local = scores.antonym_probability(image, text[0::2], text[1::2], self.logit_scale)
+        predicted = self.gather_items(ctx, local)
+        return {f"{self.name}/{k}": v for k, v in scores.correlations(predicted, self.quality).items()}

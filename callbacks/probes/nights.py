@@ -1,0 +1,76 @@
+"""NIGHTS 2AFC probe: does the model's image embedding pick the distortion people picked?
+
+For each triplet the model's distances reference-left ``d0`` and reference-right ``d1`` (cosine
+by default, as DreamSim) are scored with DreamSim's 2AFC against ``p`` = share of people who found
+the right image closer: ``nights/2afc`` in [0, 1], higher = more human-like, 0.5 = chance for a
+model that guesses. Reads NIGHTS through stage 1's reader (``datamodules.nights``), so the probe
+and stage 1 agree on the vote filter and the splits.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import torch
+
+from callbacks import scores
+from callbacks.probes.base import Probe, ProbeContext, select_items, to_uint8
+from datamodules.nights import NightsTriplets
+
+
+class NightsProbe(Probe):
+    """DreamSim 2AFC on one NIGHTS split with the model's current embedding.
+
+    Args:
+        root: NIGHTS folder (``data.csv``, ``ref/``, ``distort/``).
+        split: ``test`` (default), ``val``, ``train``, ``test_imagenet`` or ``test_no_imagenet``.
+        min_votes: keep triplets with at least this many votes (DreamSim: 6).
+        distance: ``cosine`` (default), ``l2`` or ``normalized_l2``.
+        name: metric prefix (default ``nights``; set e.g. ``nights_imagenet`` for a second probe).
+        max_items / layer / batch_size / seed: see :class:`Probe` (``max_items`` counts triplets).
+    """
+
+    family = "nights"
+
+    def __init__(
+        self,
+        root: str,
+        split: str = "test",
+        min_votes: int = 6,
+        distance: str = "cosine",
+        max_items: int | None = 1000,
+        layer: int | None = None,
+        batch_size: int | None = None,
+        seed: int = 0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(root, name=name, max_items=max_items, layer=layer, batch_size=batch_size, seed=seed)
+        if distance not in scores.DISTANCES:
+            raise ValueError(f"distance must be one of {', '.join(scores.DISTANCES)}, got {distance!r}")
+        self.split = split
+        self.min_votes = min_votes
+        self.distance = distance
+
+    @property
+    def name(self) -> str:
+        return self._name or self.family
+
+    def load_table(self) -> int:
+        self.triplets = NightsTriplets(self.path, self.split, transform=lambda im: im, min_votes=self.min_votes)
+        self.kept = select_items(len(self.triplets), self.max_items, self.seed)
+        self.p = torch.tensor(self.triplets.table["right_vote"].to_numpy()[self.kept], dtype=torch.float64)
+        return len(self.kept)
+
+    def load_images(self, items: list[int], transform: Callable) -> None:
+        self.triplets.transform = lambda im: to_uint8(transform(im))
+        with ThreadPoolExecutor(max_workers=max(1, self.num_workers)) as pool:
+            rows = list(pool.map(self.triplets.__getitem__, [self.kept[i] for i in items]))
+        empty = torch.empty(0, 3, 0, 0, dtype=torch.uint8)
+        self.images = {k: torch.stack([r[k] for r in rows]) if rows else empty for k in ("ref", "left", "right")}
+
+    def evaluate(self, ctx: ProbeContext) -> dict[str, float]:
+        ref, left, right = (self.features(ctx, self.images[k]) for k in ("ref", "left", "right"))
+        local = torch.stack([scores.embedding_distance(ref, left, self.distance),
+                             scores.embedding_distance(ref, right, self.distance)], dim=-1)
+        d = self.gather_items(ctx, local)
+        return {f"{self.name}/2afc": scores.two_afc(d[:, 0], d[:, 1], self.p)}

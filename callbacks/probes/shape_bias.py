@@ -1,0 +1,105 @@
+"""Shape-bias probe: 16-way zero-shot classification of texture-shape cue-conflict images.
+
+Each image has the shape of one class and the texture of another (Geirhos et al., ICLR 2019);
+the model's zero-shot decision is scored with the model-vs-human definition
+(``scores.cue_conflict_scores``): ``shape_bias/<dataset>`` = shape / (shape + texture decisions),
+higher = more shape-driven, i.e. more human-like (humans ~0.96, CLIP RN50 ~0.20);
+``shape_bias/<dataset>/shape_acc`` and ``/texture_acc`` = shares of conflict items classified as
+their shape / texture class.
+
+Data: ``ROOT/<shape_class>/<shape><i>-<texture><j>.<ext>`` (labels come from the file name).
+Needs a text tower; the suite skips it for vision-only backbones.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from callbacks import scores
+from callbacks.probes.base import Probe, ProbeContext, ZeroShotMixin, decode_images, select_items
+
+CUE_CONFLICT_CLASSES = (
+    "airplane", "bear", "bicycle", "bird", "boat", "bottle", "car", "cat",
+    "chair", "clock", "dog", "elephant", "keyboard", "knife", "oven", "truck",
+)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+class ShapeBiasProbe(ZeroShotMixin, Probe):
+    """Shape bias, shape accuracy and texture accuracy on a cue-conflict set.
+
+    Args:
+        root: cue-conflict folder (``<shape_class>/<shape><i>-<texture><j>.png``).
+        dataset: name used in metric names (default ``cue_conflict``).
+        classes: the class names (default: the 16 of the stimulus set); prompts use them with
+            ``_`` shown as a space.
+        templates: prompt templates with one ``{}`` (default: open_clip's seven simple templates).
+        max_items: default ``None`` (all 1,280 stimuli of the real set).
+        layer / batch_size / seed / name: see :class:`Probe`.
+    """
+
+    family = "shape_bias"
+    needs_text = True
+
+    def __init__(
+        self,
+        root: str,
+        dataset: str = "cue_conflict",
+        classes: Sequence[str] = CUE_CONFLICT_CLASSES,
+        templates: Sequence[str] | None = None,
+        max_items: int | None = None,
+        layer: int | None = None,
+        batch_size: int | None = None,
+        seed: int = 0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(root, name=name, max_items=max_items, layer=layer, batch_size=batch_size, seed=seed)
+        self._dataset = dataset
+        self.classes = list(classes)
+        self.templates = list(templates) if templates else None
+
+    @property
+    def dataset(self) -> str:
+        return self._dataset
+
+    def direction(self, metric: str) -> str:
+        # Humans decide by texture on ~3% of conflict items: less texture accuracy is more human-like.
+        return "min" if metric.endswith("/texture_acc") else "max"
+
+    def load_table(self) -> int:
+        root = self.path
+        if not root.is_dir():
+            raise FileNotFoundError(f"{self.name}: cue-conflict folder not found: {root}")
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"{self.name}: no images under {root}")
+        index = {c: i for i, c in enumerate(self.classes)}
+        shapes, textures = [], []
+        for f in files:
+            shape, texture = scores.cue_conflict_labels(f.name)
+            unknown = [c for c in (shape, texture) if c not in index]
+            if unknown:
+                raise ValueError(f"{f}: class {unknown[0]!r} is not among classes {self.classes}")
+            shapes.append(index[shape])
+            textures.append(index[texture])
+        keep = select_items(len(files), self.max_items, self.seed)
+        self.files = [files[i] for i in keep]
+        self.shape_labels = torch.tensor([shapes[i] for i in keep])
+        self.texture_labels = torch.tensor([textures[i] for i in keep])
+        return len(keep)
+
+    def load_images(self, items: list[int], transform: Callable) -> None:
+        self.images = decode_images([self.files[i] for i in items], transform, self.num_workers)
+
+    def evaluate(self, ctx: ProbeContext) -> dict[str, float]:
+        weights = self.zero_shot_weights(ctx, self.classes, self.templates)
+        image = self.features(ctx, self.images, text_space=True)
+        local = (image @ weights).argmax(dim=-1)
+        predicted = self.gather_items(ctx, local)
+        result = scores.cue_conflict_scores(predicted, self.shape_labels, self.texture_labels)
+        return {
+            self.name: result["shape_bias"],
+            f"{self.name}/shape_acc": result["shape_acc"],
+            f"{self.name}/texture_acc": result["texture_acc"],
+        }
