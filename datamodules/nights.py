@@ -1,0 +1,375 @@
+"""NIGHTS: DreamSim's human image-similarity triplets (Fu et al., 2023).
+
+On-disk layout (the real data set; the toy world writes the same)::
+
+    ROOT/data.csv          id,left_vote,right_vote,votes,ref_path,left_path,right_path,split,is_imagenet,prompt
+    ROOT/ref/000/000.png   reference images
+    ROOT/distort/000/000_0.png, ROOT/distort/000/000_1.png    the two distortions (left, right)
+
+Columns are read by name (extra columns are ignored; ``prompt`` is optional). ``right_vote`` is the
+share of people, in [0, 1], who judged the right image closer to the reference; it is the target
+``p`` of every triplet. Rows with fewer than ``min_votes`` votes (6, as in DreamSim) are dropped.
+
+Splits: ``train``, ``val``, ``test`` (all test rows), and DreamSim's ``test_imagenet`` /
+``test_no_imagenet`` (test rows whose ``is_imagenet`` is true / false).
+
+Preprocessing is DreamSim's: bicubic resize of the shorter side to the model's input size, centre
+crop (a no-op on NIGHTS' square images), tensor in [0, 1], then the backbone's normalisation; no
+augmentation unless ``train_augment`` asks for open_clip's training transform.
+
+Where the transform comes from (:class:`NightsDataModule`): when the data module is attached to a
+trainer whose LightningModule has a ``backbone`` (every perceptlab stage module), the backbone's
+own eval transform is used, so data and model can never disagree on size or normalisation. Used
+on its own (a script, a benchmark), it builds the same transform with open_clip's preprocess
+configuration for ``model_name`` (and ``pretrained`` tag, ``image_size`` override).
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import lightning.pytorch as pl
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+SPLITS = ("train", "val", "test", "test_imagenet", "test_no_imagenet")
+REQUIRED_COLUMNS = ("id", "right_vote", "votes", "ref_path", "left_path", "right_path", "split", "is_imagenet")
+IMAGE_COLUMNS = ("ref_path", "left_path", "right_path")
+# How many offending names an error message spells out before it only counts the rest.
+_SHOWN = 5
+
+_TRUE = {"true", "1", "yes", "t", "y"}
+_FALSE = {"false", "0", "no", "f", "n"}
+
+
+def _as_bool(values: pd.Series, column: str, csv: Path) -> pd.Series:
+    """``is_imagenet`` as booleans; NIGHTS writes ``True``/``False``, other tools 0/1."""
+    if values.dtype == bool:
+        return values
+    text = values.astype(str).str.strip().str.lower()
+    bad = sorted(set(text[~text.isin(_TRUE | _FALSE)]))
+    if bad:
+        raise ValueError(f"{csv}: column {column!r} must hold booleans (True/False or 1/0); found {bad[:_SHOWN]}")
+    return text.isin(_TRUE)
+
+
+def _name_some(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:_SHOWN])
+    more = len(items) - _SHOWN
+    return shown + (f" (and {more} more)" if more > 0 else "")
+
+
+def load_nights_table(root: str | os.PathLike, split: str, min_votes: int = 6) -> pd.DataFrame:
+    """The rows of one NIGHTS split, validated, with at least ``min_votes`` votes each.
+
+    Returns a DataFrame with a fresh 0-based index and every column of ``data.csv``;
+    ``is_imagenet`` is boolean and ``right_vote`` float. Raises ``FileNotFoundError`` naming
+    ``data.csv`` or the first missing image files (and how many more are missing), and
+    ``ValueError`` naming a missing column, an unknown split, a ``right_vote`` outside [0, 1], or
+    a split left with no rows after the vote filter.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown NIGHTS split {split!r}; expected one of {', '.join(SPLITS)}")
+    root = Path(root).expanduser()
+    csv = root / "data.csv"
+    if not csv.is_file():
+        raise FileNotFoundError(f"NIGHTS table not found: {csv} (root must hold data.csv, ref/ and distort/)")
+    table = pd.read_csv(csv)
+    missing_cols = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing_cols:
+        raise ValueError(
+            f"{csv}: missing column(s) {', '.join(repr(c) for c in missing_cols)}; "
+            f"found {', '.join(map(str, table.columns))}"
+        )
+    for col in ("votes", "right_vote"):
+        if not pd.api.types.is_numeric_dtype(table[col]):
+            raise ValueError(f"{csv}: column {col!r} must be numeric, found values like {table[col].iloc[0]!r}")
+    table["is_imagenet"] = _as_bool(table["is_imagenet"], "is_imagenet", csv)
+    table["right_vote"] = table["right_vote"].astype(float)
+
+    base = "test" if split.startswith("test") else split
+    rows = table[table["split"].astype(str).str.strip() == base]
+    if split == "test_imagenet":
+        rows = rows[rows["is_imagenet"]]
+    elif split == "test_no_imagenet":
+        rows = rows[~rows["is_imagenet"]]
+    n_split = len(rows)
+    rows = rows[rows["votes"] >= min_votes].reset_index(drop=True)
+    if rows.empty:
+        raise ValueError(
+            f"{csv}: split {split!r} has no rows with votes >= {min_votes} "
+            f"({n_split} rows before the vote filter; splits present: "
+            f"{', '.join(sorted(table['split'].astype(str).unique()))})"
+        )
+    out_of_range = rows[(rows["right_vote"] < 0) | (rows["right_vote"] > 1) | rows["right_vote"].isna()]
+    if not out_of_range.empty:
+        ids = [f"id={i} ({v})" for i, v in zip(out_of_range["id"], out_of_range["right_vote"])]
+        raise ValueError(f"{csv}: 'right_vote' must be a share of people in [0, 1]; bad rows: {_name_some(ids)}")
+
+    missing = [
+        f"{rel} (id={row_id}, {col})"
+        for col in IMAGE_COLUMNS
+        for row_id, rel in zip(rows["id"], rows[col])
+        if not (root / str(rel)).is_file()
+    ]
+    if missing:
+        raise FileNotFoundError(
+            f"NIGHTS split {split!r} under {root}: {len(missing)} referenced image file(s) missing: "
+            + _name_some(missing)
+        )
+    return rows
+
+
+def _unreadable(path: Path) -> str | None:
+    """Reads the image header only (format, size): cheap enough for every file at set-up.
+
+    A body truncated after a valid header still fails later, at decode, with the path named.
+    """
+    try:
+        with Image.open(path) as im:
+            im.size  # noqa: B018 - forces the header parse
+        return None
+    except Exception as err:  # PIL raises several unrelated types for bad files
+        return f"{path} ({type(err).__name__}: {err})"
+
+
+def check_images_readable(root: str | os.PathLike, table: pd.DataFrame, workers: int = 16) -> None:
+    """Raise ``OSError`` naming every image of ``table`` that PIL cannot identify (first few + count)."""
+    root = Path(root).expanduser()
+    paths = sorted({root / str(rel) for col in IMAGE_COLUMNS for rel in table[col]})
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # file-system latency bound, not CPU
+        bad = [msg for msg in pool.map(_unreadable, paths) if msg]
+    if bad:
+        raise OSError(f"{len(bad)} unreadable NIGHTS image(s): {_name_some(bad)}")
+
+
+class NightsTriplets(Dataset):
+    """One NIGHTS split as a map-style dataset.
+
+    Item: ``{"ref", "left", "right"}``: ``transform(PIL RGB image)`` (for the standard
+    transform, float tensors ``(3, H, W)``); ``"p"``: float, share of people who judged the
+    right image closer (``right_vote``); ``"id"``: the row's ``id``.
+
+    Args:
+        root: folder holding ``data.csv``.
+        split: one of ``train``, ``val``, ``test``, ``test_imagenet``, ``test_no_imagenet``.
+        transform: applied to each of the three images.
+        min_votes: keep rows with at least this many votes.
+        verify_images: read every image header now, so a bad file stops set-up, not a training.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str,
+        transform: Callable[[Image.Image], Any],
+        min_votes: int = 6,
+        verify_images: bool = True,
+    ) -> None:
+        self.root = Path(root).expanduser()
+        self.split = split
+        self.transform = transform
+        self.table = load_nights_table(self.root, split, min_votes=min_votes)
+        if verify_images:
+            check_images_readable(self.root, self.table)
+        # Plain lists: cheap to pickle into workers and to index, unlike DataFrame rows.
+        self._ref = [str(self.root / str(p)) for p in self.table["ref_path"]]
+        self._left = [str(self.root / str(p)) for p in self.table["left_path"]]
+        self._right = [str(self.root / str(p)) for p in self.table["right_path"]]
+        self._p = self.table["right_vote"].astype(float).tolist()
+        self._id = self.table["id"].tolist()
+
+    def __len__(self) -> int:
+        return len(self._p)
+
+    def _load(self, path: str):
+        try:
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+        except Exception as err:
+            raise OSError(f"cannot decode NIGHTS image {path}: {err}") from err
+        return self.transform(image)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {
+            "ref": self._load(self._ref[index]),
+            "left": self._load(self._left[index]),
+            "right": self._load(self._right[index]),
+            "p": self._p[index],
+            "id": self._id[index],
+        }
+
+
+def preprocess_cfg_for(model_name: str, pretrained: str | None = None, image_size: int | None = None):
+    """open_clip's ``PreprocessCfg`` for a model, without building the model.
+
+    Follows open_clip's factory order: defaults, the model config's ``preprocess_cfg``, the
+    pretrained tag's mean/std, the tower's input size, then ``image_size`` if given.
+    """
+    import open_clip
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    import lightning_modules.backbone  # noqa: F401 - registers this project's model configs
+
+    cfg = open_clip.get_model_config(model_name)
+    if cfg is None:
+        raise ValueError(f"unknown model_name {model_name!r}: not an open_clip architecture nor a perceptlab config")
+    pp: dict[str, Any] = merge_preprocess_dict(PreprocessCfg(), cfg.get("preprocess_cfg", {}))
+    if pretrained and not Path(str(pretrained)).expanduser().exists():
+        pp = merge_preprocess_dict(pp, open_clip.get_pretrained_cfg(model_name, pretrained))
+    pp["size"] = image_size or cfg.get("vision_cfg", {}).get("image_size", pp["size"])
+    return PreprocessCfg(**pp)
+
+
+def eval_transform_for(model_name: str, pretrained: str | None = None, image_size: int | None = None):
+    """DreamSim's preprocessing (open_clip's eval transform) for a model, without building it."""
+    from open_clip.transform import image_transform_v2
+
+    return image_transform_v2(preprocess_cfg_for(model_name, pretrained, image_size), is_train=False)
+
+
+class NightsDataModule(pl.LightningDataModule):
+    """NIGHTS train/val/test loaders of 2AFC triplets (see the module docstring for the format).
+
+    Args:
+        root: NIGHTS folder (``data.csv``, ``ref/``, ``distort/``).
+        batch_size: triplets per batch and per device.
+        num_workers: loader processes per device; they do all image decoding.
+        min_votes: keep triplets with at least this many votes (DreamSim: 6).
+        val_split: split used for validation.
+        test_splits: splits of ``trainer.test``, one dataloader each, in this order.
+        eval_batch_size: triplets per batch in val/test (default ``batch_size``).
+        model_name: open_clip architecture for the transform when no model is attached (an
+            attached backbone of another architecture is an error, not silently preferred).
+        pretrained: open_clip tag whose mean/std apply when no model is attached.
+        image_size: input size when no model is attached (default: the architecture's).
+        train_augment: use open_clip's training transform (random resized crop) for ``train``.
+        verify_images: read every image header at set-up (a bad file stops set-up, named).
+        pin_memory: pin batches for faster host-to-GPU copies.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 32,
+        num_workers: int = 4,
+        min_votes: int = 6,
+        val_split: str = "val",
+        test_splits: list[str] | None = None,
+        eval_batch_size: int | None = None,
+        model_name: str | None = None,
+        pretrained: str | None = None,
+        image_size: int | None = None,
+        train_augment: bool = False,
+        verify_images: bool = True,
+        pin_memory: bool = True,
+    ) -> None:
+        super().__init__()
+        # The transform's model keys stay out of hparams: Lightning refuses to log a data module
+        # and a model whose hparams share a key with different values (model_name, pretrained).
+        self.save_hyperparameters(ignore=["model_name", "pretrained", "image_size"])
+        self.model_name, self.pretrained, self.image_size = model_name, pretrained, image_size
+        self.root = Path(root).expanduser()
+        self.test_splits = list(test_splits) if test_splits is not None else ["test_imagenet", "test_no_imagenet"]
+        for name in [val_split, *self.test_splits]:
+            if name not in SPLITS:
+                raise ValueError(f"unknown NIGHTS split {name!r}; expected one of {', '.join(SPLITS)}")
+        self.val_split = val_split
+        self.datasets: dict[str, NightsTriplets] = {}
+
+    # --------------------------------------------------------------------------- transforms
+    def _backbone(self):
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return getattr(module, "backbone", None)
+
+    def transforms(self) -> tuple[Callable, Callable]:
+        """(train transform, eval transform), from the attached backbone or open_clip's config."""
+        backbone = self._backbone()
+        hp = self.hparams
+        if backbone is not None:
+            if self.model_name and self.model_name != backbone.model_name:
+                raise ValueError(
+                    f"NightsDataModule.model_name={self.model_name!r} but the model's backbone is "
+                    f"{backbone.model_name!r}: drop data.model_name (the attached model decides) or make them agree"
+                )
+            if self.image_size and self.image_size != backbone.image_size:
+                raise ValueError(
+                    f"NightsDataModule.image_size={self.image_size} but the model's backbone takes "
+                    f"{backbone.image_size} px: drop data.image_size or make them agree"
+                )
+            eval_tf = backbone.transform(train=False)
+            train_tf = backbone.transform(train=True) if self.hparams.train_augment else eval_tf
+            return train_tf, eval_tf
+        if not self.model_name:
+            raise ValueError(
+                "NightsDataModule needs model_name (an open_clip architecture) to build its transform "
+                "when it is not attached to a model with a backbone"
+            )
+        from open_clip.transform import image_transform_v2
+
+        cfg = preprocess_cfg_for(self.model_name, self.pretrained, self.image_size)
+        eval_tf = image_transform_v2(cfg, is_train=False)
+        return (image_transform_v2(cfg, is_train=True) if hp.train_augment else eval_tf), eval_tf
+
+    # -------------------------------------------------------------------------------- set-up
+    def setup(self, stage: str | None = None) -> None:
+        train_tf, eval_tf = self.transforms()
+        wanted: dict[str, Callable] = {}
+        if stage in (None, "fit"):
+            wanted["train"] = train_tf
+        if stage in (None, "fit", "validate"):
+            wanted[self.val_split] = eval_tf
+        if stage in (None, "test"):
+            wanted.update({name: eval_tf for name in self.test_splits})
+        for name, tf in wanted.items():
+            if name not in self.datasets:
+                self.datasets[name] = NightsTriplets(
+                    self.root, name, tf, min_votes=self.hparams.min_votes, verify_images=self.hparams.verify_images
+                )
+            else:
+                self.datasets[name].transform = tf
+
+    # ----------------------------------------------------------------------------- loaders
+    def _loader_kwargs(self) -> dict[str, Any]:
+        workers = self.hparams.num_workers
+        return {
+            "num_workers": workers,
+            "pin_memory": self.hparams.pin_memory and torch.cuda.is_available(),
+            "persistent_workers": workers > 0,
+        }
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        # Stateful: Lightning stores the sampler position in the checkpoint, so a resumed run
+        # continues mid-epoch instead of replaying it.
+        return StatefulDataLoader(
+            self.datasets["train"], batch_size=self.hparams.batch_size, shuffle=True, drop_last=False,
+            **self._loader_kwargs(),
+        )
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        dataset = self.datasets[split]
+        sampler = None
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            # Lightning's default DistributedSampler pads with repeated triplets, which would
+            # count some judgements twice; this one shards without repeats, so 2AFC is exact.
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
+        return DataLoader(
+            dataset, batch_size=self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=False,
+            sampler=sampler, **self._loader_kwargs(),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.val_split)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._eval_loader(name) for name in self.test_splits]
