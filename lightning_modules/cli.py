@@ -60,6 +60,7 @@ def _make_cli_class():
 
         def _instantiate_trainer(self, config, callbacks):
             cfg = self.config[self.subcommand] if self.subcommand else self.config
+            _fast_dev_run_as_limits(config)
             if config.get("logger") in (None, True):
                 config["logger"] = TensorBoardLogger(save_dir=cfg.get("runs_dir", "runs"), name=self._experiment_name(),
                                                      default_hp_metric=False)
@@ -73,6 +74,25 @@ def _make_cli_class():
             return super()._instantiate_trainer(config, callbacks)
 
     return PerceptLabCLI
+
+
+def _fast_dev_run_as_limits(config: dict) -> None:
+    """Turn ``fast_dev_run=n`` into the batch limits it stands for, keeping the run layout.
+
+    Lightning's own fast_dev_run swaps the logger for a dummy and skips config.yaml and
+    checkpoints (yet still writes ``checkpoints/last.ckpt`` into the working directory), so a
+    dry run could not check what a real run writes. Here it runs ``n`` training batches, ``n``
+    batches of every evaluation loop, no sanity check, and writes the normal run directory.
+    """
+    n = config.get("fast_dev_run")
+    if not n:
+        return
+    n = 1 if n is True else int(n)
+    config.update(
+        fast_dev_run=False, max_steps=n, max_epochs=1, limit_train_batches=n, limit_val_batches=n,
+        limit_test_batches=n, limit_predict_batches=n, num_sanity_val_steps=0, val_check_interval=None,
+        check_val_every_n_epoch=1,
+    )
 
 
 def run_lightning(args: list[str]) -> None:
