@@ -1,0 +1,235 @@
+"""Perceptual tasks: loaders read the files exactly, the PLCC loss, what is trained, and that
+LoRA + head fine-tuning really learns the toy world's IQA and emotion rules."""
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from scipy.stats import pearsonr
+
+from datamodules.perceptual_tasks import (
+    EMOTIONS,
+    EmoSetDataModule,
+    IQADataModule,
+    IQASet,
+    LaMemDataModule,
+    read_emoset_split,
+    read_iqa_set,
+    read_lamem_split,
+)
+from lightning_modules.backbone import MODEL_CONFIG_DIR, CLIPBackbone
+from lightning_modules.lora import lora_parameters, merge_lora
+from lightning_modules.perceptual_tasks import PerceptualTaskModule, plcc_loss
+
+TINY = "perceptlab-vit-tiny-64"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def quiet_trainer(**kwargs) -> pl.Trainer:
+    base = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False)
+    return pl.Trainer(**{**base, **kwargs})
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        # torchmetrics warns that SRCC buffers all predictions; Lightning about worker counts.
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
+# ----------------------------------------------------------------------------- PLCC loss
+def test_plcc_loss_on_known_vectors():
+    a = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert float(plcc_loss(a, 2 * a + 1)) == pytest.approx(0.0, abs=1e-6)
+    assert float(plcc_loss(a, -a)) == pytest.approx(1.0, abs=1e-6)
+    # centred (-1, 0, 1) and (-1, 1, 0): r = 1 / (sqrt 2 * sqrt 2) = 0.5, loss (1 - 0.5) / 2
+    assert float(plcc_loss(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 3.0, 2.0]))) == pytest.approx(0.25, abs=1e-6)
+    g = torch.Generator().manual_seed(0)
+    p, t = torch.randn(50, generator=g), torch.randn(50, generator=g)
+    r = pearsonr(p.numpy(), t.numpy())[0]
+    assert float(plcc_loss(p, t)) == pytest.approx((1 - r) / 2, abs=1e-5)
+
+
+def test_plcc_loss_gradient_is_finite_on_a_constant_batch():
+    pred = torch.full((8,), 0.3, requires_grad=True)
+    loss = plcc_loss(pred, torch.linspace(0, 1, 8))
+    loss.backward()
+    assert float(loss) == pytest.approx(0.5)
+    assert torch.isfinite(pred.grad).all()
+    # the gradient pushes predictions towards the targets' order: lowest target first
+    assert pred.grad[0] > 0 > pred.grad[-1]
+
+
+# ------------------------------------------------------------------------------- loaders
+def test_lamem_loader_maps_scores_exactly_as_the_split_file(tiny_world):
+    root = tiny_world / "lamem"
+    lines = [ln.split() for ln in (root / "splits" / "test_2.txt").read_text().splitlines() if ln.strip()]
+    table = read_lamem_split(root, "test", 2)
+    assert table["file"].tolist() == [f for f, _ in lines]
+    assert table["score"].tolist() == [float(s) for _, s in lines]
+    assert table["path"].tolist() == [str(root / "images" / f) for f, _ in lines]
+
+    dm = LaMemDataModule(str(root), split_index=2, model_name=TINY, num_workers=0, batch_size=4)
+    dm.setup("test")
+    ds = dm.datasets["test/lamem"]
+    assert ds.targets == [float(s) for _, s in lines]
+    batch = next(iter(dm.test_dataloader()[0]))
+    assert batch["image"].shape == (4, 3, 64, 64)
+    torch.testing.assert_close(batch["target"], torch.tensor([float(s) for _, s in lines[:4]], dtype=torch.float64))
+
+
+def test_lamem_missing_split_file_is_named(tiny_world):
+    with pytest.raises(FileNotFoundError, match=r"splits/train_6\.txt"):
+        read_lamem_split(tiny_world / "lamem", "train", 6)
+
+
+def test_emoset_loader_maps_labels_exactly_as_the_json(tiny_world, tmp_path):
+    from datamodules.toyworld import EMOTIONS as TOY_EMOTIONS
+
+    assert list(EMOTIONS) == list(TOY_EMOTIONS)
+    root = tiny_world / "emoset"
+    items = json.loads((root / "train.json").read_text())
+    table = read_emoset_split(root, "train")
+    assert table["emotion"].tolist() == [e for e, _, _ in items]
+    assert table["label"].tolist() == [EMOTIONS.index(e) for e, _, _ in items]
+    assert table["path"].tolist() == [str(root / p) for _, p, _ in items]
+    assert sorted(set(table["label"])) == list(range(8))
+
+    # a custom class order is honoured: the index is the position in `emotions`
+    reordered = list(reversed(EMOTIONS))
+    dm = EmoSetDataModule(str(root), emotions=reordered, model_name=TINY, num_workers=0)
+    dm.setup("fit")
+    assert dm.datasets["train"].targets == [reordered.index(e) for e, _, _ in items]
+
+    bad = tmp_path / "emoset"
+    bad.mkdir()
+    (bad / "val.json").write_text(json.dumps([items[0], ["joy", items[1][1], items[1][2]]]))
+    with pytest.raises(ValueError, match=r"val\.json.*entry 1.*unknown emotion label 'joy'"):
+        read_emoset_split(bad, "val")
+    with pytest.raises(FileNotFoundError, match=r"test\.json"):
+        read_emoset_split(bad, "test")
+
+
+def koniq(world: Path, **kw) -> IQASet:
+    args = dict(name="koniq", root=str(world / "iqa" / "koniq"), meta_info_file="meta_info_KonIQ10kDataset.csv",
+                lower_better=False, mos_range=(1.0, 100.0))
+    return IQASet(**{**args, **kw})
+
+
+def test_iqa_official_split_and_range_normalisation(tiny_world):
+    csv = pd.read_csv(tiny_world / "iqa" / "koniq" / "meta_info_KonIQ10kDataset.csv")
+    for phase in ("train", "val", "test"):
+        rows = csv[csv["split"] == phase]
+        table = read_iqa_set(koniq(tiny_world), phase)
+        assert table["file"].tolist() == rows["img_name"].tolist()
+        np.testing.assert_allclose(table["mos"], rows["mos"])
+        np.testing.assert_allclose(table["score"], (rows["mos"] - 1) / 99)
+    # pyiqa's preset gives the same file name, range and direction (its split column
+    # `official_split` is absent in the toy file, so the `split` column is used)
+    preset = read_iqa_set(IQASet(name="k", root=str(tiny_world / "iqa" / "koniq"), preset="koniq10k"), "test")
+    pd.testing.assert_frame_equal(preset, read_iqa_set(koniq(tiny_world), "test"))
+    # lower-better sets are flipped so that every target is higher-is-better
+    flipped = read_iqa_set(IQASet(**{**vars(koniq(tiny_world)), "lower_better": True}), "test")
+    np.testing.assert_allclose(flipped["score"], 1 - (csv[csv["split"] == "test"]["mos"] - 1) / 99)
+
+
+def test_iqa_seeded_ratio_split_and_pyiqa_livec_rule(tiny_world):
+    root = tiny_world / "iqa" / "livec"
+    csv = pd.read_csv(root / "meta_info_LIVEChallengeDataset.csv")
+    cfg = IQASet(name="livec", root=str(root), meta_info_file="meta_info_LIVEChallengeDataset.csv", lower_better=False)
+    parts = {p: read_iqa_set(cfg, p)["file"].tolist() for p in ("train", "val", "test")}
+    assert sorted(sum(parts.values(), [])) == sorted(csv["img_name"])  # disjoint and complete
+    n = len(csv)
+    assert (len(parts["train"]), len(parts["val"])) == (round(0.7 * n), round(0.1 * n))
+    assert read_iqa_set(cfg, "train")["file"].tolist() == parts["train"]  # seeded: reproducible
+    other = IQASet(**{**vars(cfg), "split_seed": 1})
+    assert read_iqa_set(other, "train")["file"].tolist() != parts["train"]
+    whole = read_iqa_set(IQASet(**{**vars(cfg), "subset": "all"}), "test")
+    assert whole["file"].tolist() == csv["img_name"].tolist()
+    # with no range given, `range` maps the file's own min and max to 0 and 1
+    assert whole["score"].min() == 0.0 and whole["score"].max() == 1.0
+    # pyiqa's LIVE-C preset drops the first 7 rows (the original data set's training images)
+    livec = read_iqa_set(IQASet(name="livec", root=str(root), preset="livec", subset="all"), "test")
+    assert livec["file"].tolist() == csv["img_name"].tolist()[7:]
+    np.testing.assert_allclose(livec["score"], (csv["mos"][7:] - 1) / 99)
+
+
+def test_iqa_errors_name_the_column_and_direction(tiny_world):
+    with pytest.raises(ValueError, match=r"no MOS column 'dmos'.*columns: img_name, mos, std, split"):
+        read_iqa_set(koniq(tiny_world, mos_column="dmos"), "train")
+    with pytest.raises(ValueError, match=r"no split column 'official_split'"):
+        read_iqa_set(koniq(tiny_world, split_column="official_split"), "train")
+    with pytest.raises(ValueError, match=r"lower_better"):
+        read_iqa_set(IQASet(name="x", root=str(tiny_world / "iqa" / "koniq"),
+                            meta_info_file="meta_info_KonIQ10kDataset.csv"), "train")
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.csv"):
+        read_iqa_set(koniq(tiny_world, meta_info_file="nowhere.csv"), "train")
+
+
+def test_test_time_crops_are_averaged(tiny_world):
+    dm = LaMemDataModule(str(tiny_world / "lamem"), model_name=TINY, num_workers=0, batch_size=3, test_crops=5)
+    dm.setup("test")
+    images = next(iter(dm.test_dataloader()[0]))["image"]
+    assert images.shape == (3, 5, 3, 64, 64)
+    torch.manual_seed(0)
+    model = PerceptualTaskModule(TINY).eval()
+    with torch.no_grad():
+        per_crop = model(images.flatten(0, 1)).view(3, 5)
+        torch.testing.assert_close(model(images), per_crop.mean(1))
+    cls = PerceptualTaskModule(TINY, task="classification", num_classes=8).eval()
+    with torch.no_grad():
+        probs = cls(images.flatten(0, 1)).softmax(-1).view(3, 5, 8).mean(1)
+        torch.testing.assert_close(cls(images).exp(), probs)
+
+
+# ------------------------------------------------------------------------------ the model
+def expected_trainable(rank: int, head_hidden: int, out: int) -> int:
+    cfg = json.loads((MODEL_CONFIG_DIR / f"{TINY}.json").read_text())
+    width, layers, embed = cfg["vision_cfg"]["width"], cfg["vision_cfg"]["layers"], cfg["embed_dim"]
+    lora = layers * 3 * rank * (width + width)  # q, k, v: Linear(width, width), A: r x w, B: w x r
+    head = (embed * head_hidden + head_hidden) + (head_hidden * out + out)
+    return lora + head
+
+
+@pytest.mark.parametrize("task,out", [("regression", 1), ("classification", 8)])
+def test_only_lora_and_head_parameters_are_trainable(task, out):
+    model = PerceptualTaskModule(TINY, task=task, num_classes=8, lora_rank=16, head_hidden=256)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert sum(p.numel() for p in trainable.values()) == expected_trainable(16, 256, out)
+    assert all(n.startswith("head.") or ".lora_" in n for n in trainable)
+    assert not model.backbone.visual.proj.requires_grad
+    head_only = PerceptualTaskModule(TINY, task=task, num_classes=8, lora_rank=0)
+    assert sum(p.numel() for p in head_only.parameters() if p.requires_grad) == expected_trainable(0, 256, out)
+
+
+def test_init_visual_from_plain_and_lora_checkpoints(tmp_path):
+    torch.manual_seed(1)
+    source = CLIPBackbone(TINY, vision_only=True)
+    path = source.save_visual(tmp_path / "visual.pt")
+    model = PerceptualTaskModule(TINY, init_visual_from=str(path))
+    plain = merge_lora(model.backbone.visual)  # LoRA B = 0: merging gives the loaded weights
+    for k, v in source.visual.state_dict().items():
+        torch.testing.assert_close(plain.state_dict()[k], v)
+
+    # a Lightning checkpoint of a LoRA-trained tower is merged on the way in
+    with torch.no_grad():
+        for _, p in lora_parameters(model.backbone.visual):
+            p.normal_(0, 0.05)
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "lora.ckpt")
+    again = PerceptualTaskModule(TINY, init_visual_from=str(tmp_path / "lora.ckpt"))
+    merged = merge_lora(model.backbone.visual)
+    for k, v in merge_lora(again.backbone.visual).state_dict().items():
+        torch.testing.assert_close(v, merged.state_dict()[k])
+
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        PerceptualTaskModule(TINY, init_visual_from=str(tmp_path / "missing.pt"))
