@@ -41,6 +41,8 @@ def _make_cli_class():
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    from callbacks.reliability import NonFiniteLossGuard, PreemptionCheckpoint
+
     class PerceptLabCLI(LightningCLI):
         """LightningCLI with the project's run layout as defaults."""
 
@@ -48,6 +50,8 @@ def _make_cli_class():
             parser.add_argument("--experiment", type=str | None, default=None,
                                 help="run name under --runs_dir (default: the config file's stem)")
             parser.add_argument("--runs_dir", type=str, default="runs", help="root of all run directories")
+            parser.add_argument("--checkpoint_every_n_steps", type=int | None, default=None,
+                                help="also refresh checkpoints/last.ckpt every N optimiser steps (mid-epoch resume)")
 
         def _experiment_name(self) -> str:
             cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -55,18 +59,26 @@ def _make_cli_class():
                 return str(cfg["experiment"])
             configs = cfg.get("config") or []
             if configs:
-                return Path(str(configs[-1])).stem
+                # the first config names the run; later ones are fragments (e.g. the alignment suite)
+                return Path(str(configs[0])).stem
             return "default"
 
         def _instantiate_trainer(self, config, callbacks):
             cfg = self.config[self.subcommand] if self.subcommand else self.config
             _fast_dev_run_as_limits(config)
             if config.get("logger") in (None, True):
-                config["logger"] = TensorBoardLogger(save_dir=cfg.get("runs_dir", "runs"), name=self._experiment_name(),
+                runs_dir, name = cfg.get("runs_dir", "runs"), self._experiment_name()
+                version = _resumed_version(runs_dir, name, cfg.get("ckpt_path")) if self.subcommand == "fit" else None
+                config["logger"] = TensorBoardLogger(save_dir=runs_dir, name=name, version=version,
                                                      default_hp_metric=False)
             given = list(callbacks) + list(config.get("callbacks") or [])
             if config.get("enable_checkpointing", True) is not False and not any(isinstance(c, ModelCheckpoint) for c in given):
-                callbacks.append(ModelCheckpoint(save_last=True))
+                callbacks.append(ModelCheckpoint(save_last=True, every_n_train_steps=cfg.get("checkpoint_every_n_steps")))
+            if self.subcommand == "fit":
+                if not any(isinstance(c, NonFiniteLossGuard) for c in given):
+                    callbacks.append(NonFiniteLossGuard())
+                if not any(isinstance(c, PreemptionCheckpoint) for c in given):
+                    callbacks.append(PreemptionCheckpoint())
             if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in given):
                 callbacks.append(RichProgressBar(leave=True))
             if config["logger"] and not any(isinstance(c, LearningRateMonitor) for c in given):
@@ -74,6 +86,28 @@ def _make_cli_class():
             return super()._instantiate_trainer(config, callbacks)
 
     return PerceptLabCLI
+
+
+def _resumed_version(runs_dir: str, experiment: str, ckpt_path) -> int | None:
+    """The run version a resumed ``fit`` continues in, so its outputs stay in one directory.
+
+    ``--ckpt_path last`` continues the newest ``version_<n>`` of the experiment that has a
+    ``checkpoints/last.ckpt``; a checkpoint path inside ``<runs_dir>/<experiment>/version_<n>/``
+    continues that version. Anything else starts a new version.
+    """
+    if not ckpt_path:
+        return None
+    root = Path(runs_dir) / experiment
+    if str(ckpt_path) == "last":
+        versions = sorted((p for p in root.glob("version_*") if (p / "checkpoints" / "last.ckpt").is_file()),
+                          key=lambda p: int(p.name.split("_")[-1]))
+        return int(versions[-1].name.split("_")[-1]) if versions else None
+    try:
+        rel = Path(ckpt_path).resolve().relative_to(root.resolve())
+    except ValueError:
+        return None
+    head = rel.parts[0] if rel.parts else ""
+    return int(head.split("_")[-1]) if head.startswith("version_") and head.split("_")[-1].isdigit() else None
 
 
 def _fast_dev_run_as_limits(config: dict) -> None:
