@@ -154,6 +154,7 @@ class Probe(ABC):
         self.num_workers = 4
         self.n_items = 0  # items evaluated (all processes together)
         self.local_items: list[int] = []  # positions in the selected subset held by this process
+        self.rank, self.world_size = 0, 1
         self._prepared_for: tuple | None = None
 
     # -- naming -----------------------------------------------------------------------------
@@ -183,6 +184,7 @@ class Probe(ABC):
         transform = backbone.transform(train=False, normalize=False)
         n = self.load_table()
         self.n_items = n
+        self.rank, self.world_size = rank, world_size
         self.local_items = shard_indices(n, rank, world_size)
         self.load_images(self.local_items, transform)
         self._prepared_for = key
@@ -200,11 +202,13 @@ class Probe(ABC):
         """Score the model as it is now; returns ``{metric name: value}``, identical on all processes."""
 
     # -- helpers for subclasses ---------------------------------------------------------------
-    def gather_items(self, ctx: ProbeContext, local: torch.Tensor) -> torch.Tensor:
-        """Per-item results of this process ``(len(local_items), ...)`` -> all items ``(n, ...)`` on CPU."""
+    def gather_items(self, ctx: ProbeContext, local: torch.Tensor, n: int | None = None) -> torch.Tensor:
+        """Per-item results of this process ``(len(local_items), ...)`` -> all ``n`` items
+        (default ``n_items``) ``(n, ...)`` in item order, on CPU."""
+        n = self.n_items if n is None else n
         if ctx.world_size == 1:
-            return local.detach().cpu()[: self.n_items]
-        return unshard(ctx.gather(local.detach().contiguous()).cpu(), self.n_items)
+            return local.detach().cpu()[:n]
+        return unshard(ctx.gather(local.detach().contiguous()).cpu(), n)
 
     def features(self, ctx: ProbeContext, images: torch.Tensor, text_space: bool = False) -> torch.Tensor:
         """Encode uint8 images ``(n, 3, S, S)`` in batches -> float32 features ``(n, d)`` on ``ctx.device``."""

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from callbacks import scores
-from callbacks.probes.base import Probe, ProbeContext, decode_images, require_columns, select_items
+from callbacks.probes.base import Probe, ProbeContext, decode_images, require_columns, select_items, shard_indices
 
 log = logging.getLogger(__name__)
 
@@ -113,46 +113,46 @@ class FullReferenceIQAProbe(Probe):
 
     def load_images(self, items: list[int], transform: Callable) -> None:
         rows = self.table.iloc[items] if items else self.table.iloc[:0]
-        # Each reference is shared by many distortions: decode it once.
-        refs = sorted(set(rows["ref_name"]))
-        ref_images = decode_images([self.path / self.ref_dir / r for r in refs], transform, self.num_workers)
-        index = {r: i for i, r in enumerate(refs)}
-        self.ref_images = ref_images
-        self.ref_index = torch.tensor([index[r] for r in rows["ref_name"]], dtype=torch.long)
         self.dist_images = decode_images([self.path / self.dist_dir / d for d in rows["dist_name"]], transform,
                                          self.num_workers)
+        # References are shared by many distortions: each one is encoded once, by one process, and
+        # the features are gathered, so every process runs the same number of forward passes.
+        refs = sorted(set(self.table["ref_name"]))
+        self.n_refs = len(refs)
+        index = {r: i for i, r in enumerate(refs)}
+        self.ref_of_item = torch.tensor([index[r] for r in rows["ref_name"]], dtype=torch.long)
+        self.ref_images = decode_images([self.path / self.ref_dir / refs[i]
+                                         for i in shard_indices(len(refs), self.rank, self.world_size)],
+                                        transform, self.num_workers)
+        if self.classical:
+            # Model-free, so computed once here on this process's pairs, gathered at evaluation.
+            local_refs = sorted(set(rows["ref_name"]))
+            pair_refs = decode_images([self.path / self.ref_dir / r for r in local_refs], transform, self.num_workers)
+            local_index = {r: i for i, r in enumerate(local_refs)}
+            ref_per_pair = pair_refs[[local_index[r] for r in rows["ref_name"]]] if len(rows) else pair_refs
+            self._classical_local = self._compute_classical(ref_per_pair)
+        self._classical_metrics = None
 
     def evaluate(self, ctx: ProbeContext) -> dict[str, float]:
-        ref = self.features(ctx, self.ref_images)
+        refs = self.gather_items(ctx, self.features(ctx, self.ref_images), n=self.n_refs).to(ctx.device)
         dist = self.features(ctx, self.dist_images)
-        local = scores.embedding_distance(dist, ref[self.ref_index.to(ref.device)], self.distance) if len(dist) else dist.new_zeros(0)
+        local = scores.embedding_distance(dist, refs[self.ref_of_item.to(ctx.device)], self.distance)
         distance = self.gather_items(ctx, local)
         metrics = {f"{self.name}/{k}": v for k, v in scores.correlations(-distance, self.quality).items()}
         metrics.update(self.classical_metrics(ctx))
         return metrics
 
-    def prepare(self, backbone, rank: int = 0, world_size: int = 1) -> None:
-        key = self._prepared_for
-        super().prepare(backbone, rank, world_size)
-        if self._prepared_for != key:
-            # Model-free: computed once at set-up, on this process's pairs; gathered at evaluation.
-            self._classical_local = self._compute_classical()
-            self._classical_metrics = None
-
-    def _compute_classical(self) -> dict[str, tuple[torch.Tensor, bool]]:
+    def _compute_classical(self, ref_per_pair: torch.Tensor) -> dict[str, tuple[torch.Tensor, bool]]:
         """pyiqa value of every classical metric per local pair, and whether lower is better."""
-        out: dict[str, tuple[torch.Tensor, bool]] = {}
-        if not self.classical:
-            return out
         import pyiqa  # slow to import; only when reference lines are wanted
 
+        out: dict[str, tuple[torch.Tensor, bool]] = {}
         for metric_name in self.classical:
             metric = pyiqa.create_metric(metric_name, as_loss=False, device="cpu")
             values = []
             for start in range(0, self.dist_images.shape[0], 64):
-                sl = slice(start, start + 64)
-                dist = self.dist_images[sl].float() / 255
-                ref = self.ref_images[self.ref_index[sl]].float() / 255
+                dist = self.dist_images[start:start + 64].float() / 255
+                ref = ref_per_pair[start:start + 64].float() / 255
                 try:
                     with torch.inference_mode():
                         values.append(metric(dist, ref).flatten().float())

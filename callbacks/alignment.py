@@ -1,0 +1,320 @@
+"""``AlignmentSuite``: human-alignment probes run during training, logged and tracked for peaks.
+
+Add it to any stage's trainer (the modules keep their model as ``self.backbone``, a
+``CLIPBackbone``; the probes query nothing else)::
+
+    trainer:
+      callbacks:
+        - class_path: callbacks.alignment.AlignmentSuite
+          init_args:
+            data_root: data/toyworld
+            every_n_epochs: 1
+            every_n_steps: 200          # sub-epoch resolution for an early peak
+            probes:
+              - class_path: callbacks.probes.nights.NightsProbe
+                init_args: {root: nights, split: test}
+              - class_path: callbacks.probes.iqa_fr.FullReferenceIQAProbe
+                init_args: {root: iqa/tid2013, dataset: tid2013}
+
+When it evaluates
+    Once before training (the *baseline*, ``epoch: -1, step: 0``), after every ``every_n_epochs``
+    epochs (``epoch`` = Lightning's 0-based index of the epoch just finished, as in checkpoint
+    names ``epoch=N``), every ``every_n_steps`` optimiser steps (``epoch`` = the epoch in progress)
+    and at the end of training if the last step was not evaluated yet. Never twice at one step:
+    an evaluation that is due on both schedules is recorded once, as the epoch-end one.
+
+What it writes (rank 0), in ``trainer.log_dir`` (``runs/<experiment>/version_<n>/``)
+    * ``alignment.jsonl``: one line per evaluation
+      ``{"epoch", "step", "trigger", "metrics": {name: value}, "seconds": {probe: s}}``;
+      ``trigger`` is ``baseline``, ``epoch``, ``step`` or ``end``; undefined values are ``null``.
+    * ``alignment_summary.json``: per metric peak / final / drop (see ``callbacks.peaks``).
+    * logger scalars ``alignment/<metric>`` at the training step; for TensorBoard also a
+      custom-scalars layout grouping the probes and the figure ``alignment/trajectories``.
+    * ``checkpoints/alignment-peak.ckpt`` when ``checkpoint_peak_of`` names a metric, rewritten
+      each time that metric reaches a new peak.
+
+How
+    In eval mode under ``torch.inference_mode`` and the trainer's precision context; each
+    submodule's train/eval flag is restored afterwards. Probes decode their images once (at
+    ``setup``) and reuse them. Under DDP every process encodes its share of each probe's items
+    and the per-item results are all-gathered, so each process computes the same scores a single
+    process would (up to float round-off of batch composition). Probes needing a text tower are
+    skipped, with one log line, when the backbone is vision-only (stage 1).
+
+Resuming
+    The evaluation history is this callback's ``state_dict``, stored in every checkpoint. On
+    resume the history is restored, the baseline is not repeated, and ``alignment.jsonl`` is
+    rewritten from the restored history, so evaluations made after the checkpoint by the
+    interrupted run are dropped rather than duplicated, whether the resumed run logs into the
+    same directory or a new version.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
+
+from callbacks.peaks import PeakTracker, custom_scalars_layout, finite, trajectory_figure, write_json_atomic
+from callbacks.probes.base import Probe, ProbeContext
+
+log = logging.getLogger(__name__)
+
+JSONL_NAME = "alignment.jsonl"
+SUMMARY_NAME = "alignment_summary.json"
+PEAK_CHECKPOINT_NAME = "alignment-peak.ckpt"
+STATE_VERSION = 1
+
+
+class AlignmentSuite(Callback):
+    """Runs human-alignment probes during ``fit`` and tracks each metric's peak.
+
+    Args:
+        probes: the probes (``callbacks.probes.*``), each with its data folder and ``max_items``.
+        data_root: folder that relative probe roots are taken under (absolute roots are kept).
+        every_n_epochs: evaluate after every N-th epoch (``null``: never at epoch ends).
+        every_n_steps: evaluate every N optimiser steps (``null``: never mid-epoch).
+        baseline: evaluate once before the first step (skipped when resuming).
+        at_end: evaluate after the last step when no schedule did.
+        batch_size: images per forward pass (a probe's own ``batch_size`` wins).
+        num_workers: threads decoding probe images at set-up.
+        checkpoint_peak_of: a metric name (e.g. ``iqa_fr/tid2013/srcc``) whose every new peak
+            saves ``checkpoints/alignment-peak.ckpt``.
+        tensorboard_figure: draw the trajectory figure into TensorBoard at each evaluation.
+        prefix: logger namespace of the metrics.
+    """
+
+    def __init__(
+        self,
+        probes: list[Probe],
+        data_root: str | None = None,
+        every_n_epochs: int | None = 1,
+        every_n_steps: int | None = None,
+        baseline: bool = True,
+        at_end: bool = True,
+        batch_size: int = 256,
+        num_workers: int = 4,
+        checkpoint_peak_of: str | None = None,
+        tensorboard_figure: bool = True,
+        prefix: str = "alignment",
+    ) -> None:
+        super().__init__()
+        for key, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
+            if value is not None and value < 1:
+                raise ValueError(f"AlignmentSuite.{key} must be a positive integer or null, got {value}")
+        names = [p.name for p in probes]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"AlignmentSuite: probe names must differ; set `name:` on the probes named {duplicates}")
+        self.probes = list(probes)
+        self.data_root = data_root
+        self.every_n_epochs = every_n_epochs
+        self.every_n_steps = every_n_steps
+        self.baseline = baseline
+        self.at_end = at_end
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.checkpoint_peak_of = checkpoint_peak_of
+        self.tensorboard_figure = tensorboard_figure
+        self.prefix = prefix
+
+        self.history: list[dict[str, Any]] = []
+        self.tracker = PeakTracker()
+        self.active: list[Probe] = []
+        self._restored = False
+        self._layout_written = False
+        self._epoch_of_last_batch = 0
+        self._run_dir: Path | None = None
+
+    # ----------------------------------------------------------------------------- set-up
+    @staticmethod
+    def backbone_of(pl_module: pl.LightningModule):
+        backbone = getattr(pl_module, "backbone", None)
+        if backbone is None or not hasattr(backbone, "encode_image"):
+            raise AttributeError(
+                f"AlignmentSuite needs the LightningModule to keep its CLIPBackbone as `self.backbone`; "
+                f"{type(pl_module).__name__} has none"
+            )
+        return backbone
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        backbone = self.backbone_of(pl_module)
+        has_text = bool(getattr(backbone, "has_text", True))
+        self.active = [p for p in self.probes if has_text or not p.needs_text]
+        skipped = [p.name for p in self.probes if p not in self.active]
+        if skipped:
+            rank_zero_info(
+                f"AlignmentSuite: the backbone has no text tower (vision_only), so the text-based probes "
+                f"are skipped: {', '.join(skipped)}"
+            )
+        start = time.perf_counter()
+        for probe in self.active:
+            probe.data_root = self.data_root
+            probe.num_workers = self.num_workers
+            probe.prepare(backbone, rank=trainer.global_rank, world_size=trainer.world_size)
+        rank_zero_info(
+            f"AlignmentSuite: {len(self.active)} probe(s) ready in {time.perf_counter() - start:.1f} s: "
+            + ", ".join(f"{p.name} ({p.n_items} items)" for p in self.active)
+        )
+
+    # ------------------------------------------------------------------------------ hooks
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # trainer.log_dir is a collective (a broadcast from rank 0): read it here, on every process.
+        self._run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        if self._restored:
+            self._write_files(trainer)
+        if self.baseline and not self._restored and trainer.global_step == 0 and not self.history:
+            self.evaluate(trainer, pl_module, trigger="baseline", epoch=-1)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self._epoch_of_last_batch = trainer.current_epoch
+        step = trainer.global_step
+        if not self.every_n_steps or step == 0 or step % self.every_n_steps:
+            return
+        if self._epoch_end_due(trainer) and batch_idx + 1 >= trainer.num_training_batches:
+            return  # the epoch-end evaluation follows at this very step
+        self.evaluate(trainer, pl_module, trigger="step", epoch=trainer.current_epoch)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._epoch_end_due(trainer):
+            self.evaluate(trainer, pl_module, trigger="epoch", epoch=trainer.current_epoch)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_end and (not self.history or self.history[-1]["step"] != trainer.global_step):
+            self.evaluate(trainer, pl_module, trigger="end", epoch=self._epoch_of_last_batch)
+
+    def _epoch_end_due(self, trainer: pl.Trainer) -> bool:
+        return bool(self.every_n_epochs) and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    # ------------------------------------------------------------------------- evaluation
+    def directions(self) -> dict[str, str]:
+        out = {}
+        for record in self.history:
+            for name in record["metrics"]:
+                if name not in out:
+                    probe = self._owner(name)
+                    out[name] = probe.direction(name) if probe is not None else "max"
+        return out
+
+    def _owner(self, metric: str) -> Probe | None:
+        owners = [p for p in self.probes if metric == p.name or metric.startswith(p.name + "/")]
+        return max(owners, key=lambda p: len(p.name)) if owners else None
+
+    def _context(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ProbeContext:
+        def gather(t: torch.Tensor) -> torch.Tensor:
+            return trainer.strategy.all_gather(t).reshape(trainer.world_size, *t.shape)
+
+        return ProbeContext(
+            backbone=self.backbone_of(pl_module),
+            device=pl_module.device,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+            gather=gather,
+            autocast=trainer.precision_plugin.forward_context,
+            batch_size=self.batch_size,
+        )
+
+    def run_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[dict[str, float], dict[str, float]]:
+        """Evaluate every active probe on the model as it is; returns (metrics, seconds per probe)."""
+        ctx = self._context(trainer, pl_module)
+        modes = {m: m.training for m in pl_module.modules()}
+        pl_module.eval()
+        metrics: dict[str, float] = {}
+        seconds: dict[str, float] = {}
+        try:
+            with torch.inference_mode():
+                for probe in self.active:
+                    start = time.perf_counter()
+                    metrics.update(probe.evaluate(ctx))
+                    seconds[probe.name] = round(time.perf_counter() - start, 4)
+        finally:
+            for module, training in modes.items():
+                module.train(training)
+        return metrics, seconds
+
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, trigger: str, epoch: int) -> dict | None:
+        """Run the probes now and record, log and write the result (once per training step)."""
+        if not self.active:
+            return None
+        step = trainer.global_step
+        if self.history and self.history[-1]["step"] == step and trigger != "baseline":
+            if trigger == "epoch":  # due on both schedules at this step: it is the epoch-end one
+                self.history[-1]["trigger"] = "epoch"
+                self._write_files(trainer)
+            return None
+        metrics, seconds = self.run_probes(trainer, pl_module)
+        record = {"epoch": int(epoch), "step": int(step), "trigger": trigger,
+                  "metrics": {k: finite(v) for k, v in metrics.items()}, "seconds": seconds}
+        self.history.append(record)
+        improved = self.tracker.update(epoch, step, record["metrics"], self.directions(), baseline=trigger == "baseline")
+        self._write_files(trainer)
+        self._log(trainer, record)
+        if self.checkpoint_peak_of:
+            if self.checkpoint_peak_of not in record["metrics"]:
+                raise KeyError(
+                    f"AlignmentSuite.checkpoint_peak_of={self.checkpoint_peak_of!r} is not a metric of this suite; "
+                    f"metrics: {', '.join(sorted(record['metrics']))}"
+                )
+            if self.checkpoint_peak_of in improved:
+                # Every process takes this branch (the metrics are gathered), as save_checkpoint needs.
+                trainer.save_checkpoint(self.peak_checkpoint_path(trainer))
+        return record
+
+    # ---------------------------------------------------------------------------- outputs
+    def run_dir(self, trainer: pl.Trainer) -> Path:
+        """The run directory (``trainer.log_dir``), as read on every process at train start."""
+        if self._run_dir is None:
+            self._run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        return self._run_dir
+
+    def peak_checkpoint_path(self, trainer: pl.Trainer) -> Path:
+        return self.run_dir(trainer) / "checkpoints" / PEAK_CHECKPOINT_NAME
+
+    def summary(self) -> dict[str, dict]:
+        summary = self.tracker.summary()
+        if self.checkpoint_peak_of in summary:
+            summary[self.checkpoint_peak_of]["checkpoint"] = f"checkpoints/{PEAK_CHECKPOINT_NAME}"
+        return summary
+
+    def _write_files(self, trainer: pl.Trainer) -> None:
+        if not trainer.is_global_zero:
+            return
+        # The whole file each time (it is small): a resumed run's file then equals the restored
+        # history, and a crash never leaves half a line.
+        write_json_atomic(self.run_dir(trainer) / JSONL_NAME, self.history, lines=True)
+        write_json_atomic(self.run_dir(trainer) / SUMMARY_NAME, self.summary())
+
+    def _log(self, trainer: pl.Trainer, record: dict) -> None:
+        if not trainer.is_global_zero:
+            return
+        scalars = {f"{self.prefix}/{k}": v for k, v in record["metrics"].items() if v is not None}
+        scalars[f"{self.prefix}/seconds"] = sum(record["seconds"].values())
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=record["step"])
+            if isinstance(logger, TensorBoardLogger):
+                writer = logger.experiment
+                names = [p.name for p in self.active]
+                if not self._layout_written:
+                    writer.add_custom_scalars(custom_scalars_layout(record["metrics"], names, self.prefix))
+                    self._layout_written = True
+                if self.tensorboard_figure:
+                    fig = trajectory_figure(self.history, self.tracker.summary(), names, title=self.prefix)
+                    writer.add_figure(f"{self.prefix}/trajectories", fig, global_step=record["step"])
+                writer.flush()
+
+    # ------------------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "history": [dict(r) for r in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(r) for r in state_dict.get("history", [])]
+        self.tracker = PeakTracker.from_history(self.history, self.directions())
+        self._restored = True
