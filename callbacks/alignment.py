@@ -19,8 +19,8 @@ Add it to any stage's trainer (the modules keep their model as ``self.backbone``
 When it evaluates
     Once before training (the *baseline*, ``epoch: -1, step: 0``), after every ``every_n_epochs``
     epochs (``epoch`` = Lightning's 0-based index of the epoch just finished, as in checkpoint
-    names ``epoch=N``), every ``every_n_steps`` optimiser steps (``epoch`` = the epoch in progress)
-    and at the end of training if the last step was not evaluated yet. Never twice at one step:
+    names ``epoch=N``), every ``every_n_steps`` optimiser steps up to ``every_n_steps_until``
+    (``epoch`` = the epoch in progress) and at the end of training if the last step was not evaluated yet. Never twice at one step:
     an evaluation that is due on both schedules is recorded once, as the epoch-end one.
 
 What it writes (rank 0), in ``trainer.log_dir`` (``runs/<experiment>/version_<n>/``)
@@ -80,6 +80,8 @@ class AlignmentSuite(Callback):
         data_root: folder that relative probe roots are taken under (absolute roots are kept).
         every_n_epochs: evaluate after every N-th epoch (``null``: never at epoch ends).
         every_n_steps: evaluate every N optimiser steps (``null``: never mid-epoch).
+        every_n_steps_until: stop the step schedule after this optimiser step (``null``: never);
+            dense sampling where an early peak happens, epoch ends after.
         baseline: evaluate once before the first step (skipped when resuming).
         at_end: evaluate after the last step when no schedule did.
         batch_size: images per forward pass (a probe's own ``batch_size`` wins).
@@ -96,6 +98,7 @@ class AlignmentSuite(Callback):
         data_root: str | None = None,
         every_n_epochs: int | None = 1,
         every_n_steps: int | None = None,
+        every_n_steps_until: int | None = None,
         baseline: bool = True,
         at_end: bool = True,
         batch_size: int = 256,
@@ -105,7 +108,8 @@ class AlignmentSuite(Callback):
         prefix: str = "alignment",
     ) -> None:
         super().__init__()
-        for key, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
+        for key, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps),
+                           ("every_n_steps_until", every_n_steps_until)):
             if value is not None and value < 1:
                 raise ValueError(f"AlignmentSuite.{key} must be a positive integer or null, got {value}")
         names = [p.name for p in probes]
@@ -116,6 +120,7 @@ class AlignmentSuite(Callback):
         self.data_root = data_root
         self.every_n_epochs = every_n_epochs
         self.every_n_steps = every_n_steps
+        self.every_n_steps_until = every_n_steps_until
         self.baseline = baseline
         self.at_end = at_end
         self.batch_size = batch_size
@@ -178,6 +183,8 @@ class AlignmentSuite(Callback):
         self._epoch_of_last_batch = trainer.current_epoch
         step = trainer.global_step
         if not self.every_n_steps or step == 0 or step % self.every_n_steps:
+            return
+        if self.every_n_steps_until is not None and step > self.every_n_steps_until:
             return
         if self._epoch_end_due(trainer) and batch_idx + 1 >= trainer.num_training_batches:
             return  # the epoch-end evaluation follows at this very step
