@@ -62,6 +62,9 @@ EMOTIONS: tuple[str, ...] = (
     "amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness",
 )
 LAMEM_SPLITS = ("train", "val", "test")
+# The transform's model keys stay out of a data module's hparams: Lightning refuses to log a data
+# module and a model whose hparams share a key with different values.
+_MODEL_KEYS = ["model_name", "pretrained", "image_size"]
 PHASES = ("train", "val", "test")
 _SHOWN = 5
 
@@ -565,7 +568,7 @@ class LaMemDataModule(PerceptualDataModule):
                  pin_memory: bool = True) -> None:
         super().__init__(batch_size, num_workers, eval_batch_size, model_name, pretrained, image_size,
                          train_augment, test_crops, test_resize_ratio, verify_images, pin_memory)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=_MODEL_KEYS)
         self.root = Path(root).expanduser()
         self.split_index = split_index
         self.name = name
@@ -598,7 +601,7 @@ class EmoSetDataModule(PerceptualDataModule):
                  pin_memory: bool = True) -> None:
         super().__init__(batch_size, num_workers, eval_batch_size, model_name, pretrained, image_size,
                          train_augment, test_crops, test_resize_ratio, verify_images, pin_memory)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=_MODEL_KEYS)
         self.root = Path(root).expanduser()
         self.class_names = list(emotions) if emotions is not None else list(EMOTIONS)
         self.name = name
@@ -639,7 +642,7 @@ class IQADataModule(PerceptualDataModule):
                  pin_memory: bool = True) -> None:
         super().__init__(batch_size, num_workers, eval_batch_size, model_name, pretrained, image_size,
                          train_augment, test_crops, test_resize_ratio, verify_images, pin_memory)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=_MODEL_KEYS)
         self.train_set = train_set
         self.extra_test_sets = list(extra_test_sets or [])
         names = [train_set.name, *(s.name for s in self.extra_test_sets)]
