@@ -168,8 +168,9 @@ class QKVSplitAttention(nn.Module):
                 logits = logits + mask
             elif is_causal:
                 logits = logits.masked_fill(torch.ones(lq, ls, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
-            probs = logits.softmax(dim=-1)
-            out = F.dropout(probs, p=p, training=self.training) @ v
+            # returned weights are after dropout, as nn.MultiheadAttention returns them
+            probs = F.dropout(logits.softmax(dim=-1), p=p, training=self.training)
+            out = probs @ v
             weights = probs.mean(dim=1) if average_attn_weights else probs
             if unbatched:
                 weights = weights.squeeze(0)

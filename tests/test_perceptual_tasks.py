@@ -164,6 +164,18 @@ def test_iqa_seeded_ratio_split_and_pyiqa_livec_rule(tiny_world):
     np.testing.assert_allclose(livec["score"], (csv["mos"][7:] - 1) / 99)
 
 
+def test_iqa_pyiqa_split_pickle_selects_rows_by_index(tiny_world, tmp_path):
+    import pickle
+
+    csv = pd.read_csv(tiny_world / "iqa" / "koniq" / "meta_info_KonIQ10kDataset.csv")
+    split = {2: {"train": [5, 0, 7], "val": [1], "test": [3, 9]}}
+    (tmp_path / "split.pkl").write_bytes(pickle.dumps(split))
+    cfg = koniq(tiny_world, split_file=str(tmp_path / "split.pkl"), split_index=2)
+    for phase, rows in split[2].items():
+        # rows keep the CSV's order, as pyiqa's index lists are sets of rows
+        assert read_iqa_set(cfg, phase)["file"].tolist() == csv["img_name"][sorted(rows)].tolist()
+
+
 def test_iqa_errors_name_the_column_and_direction(tiny_world):
     with pytest.raises(ValueError, match=r"no MOS column 'dmos'.*columns: img_name, mos, std, split"):
         read_iqa_set(koniq(tiny_world, mos_column="dmos"), "train")
