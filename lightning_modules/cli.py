@@ -73,7 +73,9 @@ def _make_cli_class():
                                                      default_hp_metric=False)
             given = list(callbacks) + list(config.get("callbacks") or [])
             if config.get("enable_checkpointing", True) is not False and not any(isinstance(c, ModelCheckpoint) for c in given):
-                callbacks.append(ModelCheckpoint(save_last=True, every_n_train_steps=cfg.get("checkpoint_every_n_steps")))
+                # no "-v1" suffixes: a resumed run keeps refreshing the same last.ckpt
+                callbacks.append(ModelCheckpoint(save_last=True, every_n_train_steps=cfg.get("checkpoint_every_n_steps"),
+                                                 enable_version_counter=False))
             if self.subcommand == "fit":
                 if not any(isinstance(c, NonFiniteLossGuard) for c in given):
                     callbacks.append(NonFiniteLossGuard())
@@ -133,8 +135,9 @@ def run_lightning(args: list[str]) -> None:
     import lightning.pytorch as pl
 
     cli_class = _make_cli_class()
-    # LightningCLI reads sys.argv itself; hand it exactly the command's arguments.
-    sys.argv = ["perceptlab", *args]
+    # LightningCLI reads sys.argv itself; hand it exactly the command's arguments. argv[0] stays the
+    # real script: Lightning's DDP launcher re-runs `python argv[0] argv[1:]` for the other ranks.
+    sys.argv = [sys.argv[0] if sys.argv and sys.argv[0] else "perceptlab", *args]
     cli_class(
         pl.LightningModule,
         pl.LightningDataModule,
