@@ -1,0 +1,140 @@
+"""Fault tests: NaN loss, preemption (SIGTERM), kills during checkpoint writes, bad configs.
+
+Each starts real trainings (tiny model, toy world) and checks what is left on disk.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from callbacks.reliability import NonFiniteLossError, NonFiniteLossGuard
+
+REPO = Path(__file__).resolve().parent.parent
+PI_CONFIG = str(REPO / "experiments" / "toy" / "pi_nights.yaml")
+
+
+def perceptlab(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lightning_modules.cli", *args], capture_output=True, text=True,
+                          cwd=kw.pop("cwd", REPO), timeout=kw.pop("timeout", 300), **kw)
+
+
+class PoisonedRegression(pl.LightningModule):
+    """A real small regression whose loss is made NaN from ``poison_at`` (a diverging run)."""
+
+    def __init__(self, poison_at: int) -> None:
+        super().__init__()
+        self.poison_at = poison_at
+        self.net = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.net(x), y)
+        if self.global_step >= self.poison_at:
+            loss = loss * float("nan")
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_nan_loss_stops_with_the_step_named_and_keeps_the_last_good_checkpoint(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g)
+    data = torch.utils.data.TensorDataset(x, x.sum(dim=1, keepdim=True))
+    loader = torch.utils.data.DataLoader(data, batch_size=8)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True, every_n_train_steps=1)
+    trainer = pl.Trainer(max_epochs=1, callbacks=[NonFiniteLossGuard(), ckpt], logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    model = PoisonedRegression(poison_at=5)
+    with pytest.raises(NonFiniteLossError, match=r"training loss is nan at global step 5 .*last\.ckpt"):
+        trainer.fit(model, loader)
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["global_step"] == 5
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+    # the guard fires before backward: the live weights are still the finite ones of step 5
+    torch.testing.assert_close(model.net.weight.detach(), state["state_dict"]["net.weight"])
+
+
+@pytest.mark.slow
+def test_sigterm_saves_last_checkpoint_and_resume_continues_in_the_same_run(tmp_path, tiny_world):
+    runs = tmp_path / "runs"
+    common = ["fit", "--config", PI_CONFIG, f"--data.init_args.root={tiny_world / 'nights'}", "--runs_dir", str(runs),
+              "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=1", "--data.init_args.num_workers=0"]
+    args = [*common, "--trainer.max_epochs=1000", "--checkpoint_every_n_steps=2"]
+    proc = subprocess.Popen([sys.executable, "-m", "lightning_modules.cli", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = runs / "pi_nights" / "version_0"
+    deadline = time.time() + 240
+    # wait until training has really started (the first step checkpoint exists), then preempt
+    while time.time() < deadline and not list((run / "checkpoints").glob("epoch=*.ckpt")):
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert "SIGTERM received: saved" in out, out[-2000:]
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    stopped_at = state["global_step"]
+    assert stopped_at > 0
+
+    target = stopped_at + 2 + stopped_at % 2  # a multiple of the 2-step checkpoint interval
+    resumed = perceptlab(*args, f"--trainer.max_steps={target}", "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not (runs / "pi_nights" / "version_1").exists()
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["global_step"] == target
+    assert not list((run / "checkpoints").glob("last-v*.ckpt"))
+
+
+_SAVER = """
+import sys, torch, lightning.pytorch as pl
+class M(pl.LightningModule):
+    def __init__(self):
+        super().__init__(); self.w = torch.nn.Parameter(torch.randn(2_000_000))
+m = M(); t = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+t.strategy.connect(m); t.strategy._lightning_module = m
+i = 0
+while True:
+    m.w.data.fill_(float(i)); t.save_checkpoint(sys.argv[1]); i += 1
+    print(i, flush=True)
+"""
+
+
+def test_a_kill_during_checkpoint_writes_never_leaves_a_corrupt_last_ckpt(tmp_path):
+    path = tmp_path / "last.ckpt"
+    for attempt in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(path)], stdout=subprocess.PIPE, text=True)
+        # wait for a few completed saves, then kill at an arbitrary point of a later one
+        for _ in range(2 + attempt):
+            assert proc.stdout.readline(), "saver died"
+        time.sleep(0.013 * attempt)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        state = torch.load(path, weights_only=False)
+        w = state["state_dict"]["w"]
+        assert w.numel() == 2_000_000 and torch.all(w == w[0])
+
+
+def test_unknown_key_and_wrong_type_are_named_by_the_cli(tmp_path):
+    bad_key = perceptlab("fit", "--config", PI_CONFIG, "--model.init_args.marginn=0.1", "--runs_dir", str(tmp_path))
+    assert bad_key.returncode != 0 and "marginn" in bad_key.stderr
+    bad_type = perceptlab("fit", "--config", PI_CONFIG, "--trainer.max_epochs=many", "--runs_dir", str(tmp_path))
+    assert bad_type.returncode != 0 and "max_epochs" in bad_type.stderr and "many" in bad_type.stderr
+    missing = perceptlab("fit", "--config", str(tmp_path / "nope.yaml"))
+    assert missing.returncode != 0 and "nope.yaml" in missing.stderr
+
+
+def test_missing_dataset_root_is_named_before_training(tmp_path):
+    res = perceptlab("fit", "--config", PI_CONFIG, f"--data.init_args.root={tmp_path / 'no_nights'}",
+                     "--runs_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar=false")
+    assert res.returncode != 0
+    assert "no_nights" in res.stderr
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))
