@@ -288,6 +288,11 @@ class CLIPBackbone(nn.Module):
         incoming = extract_visual_state(source)
         if not incoming:
             raise ValueError(f"{name} holds no 'visual.*' tensors: is it a CLIP or perceptlab checkpoint?")
+        if any(".lora_A." in k for k in incoming):
+            # a LoRA-adapted tower (stage-1 LoRA variant, perceptual tasks): fold the adapters in
+            from lightning_modules.lora import merge_lora_state_dict
+
+            incoming = merge_lora_state_dict(incoming, like=self.model.visual)
         target = self.model.visual.state_dict()
         report = LoadReport(source=name)
         mismatched = [

@@ -141,3 +141,22 @@ def test_extract_visual_state_cuts_at_the_visual_segment():
     t = torch.zeros(1)
     state = {"module.visual.proj": t, "backbone.model.visual.conv1.weight": t, "visual_head.w": t, "text.visual": t}
     assert sorted(extract_visual_state(state)) == ["conv1.weight", "proj"]
+
+
+def test_load_visual_merges_a_lora_adapted_checkpoint(tmp_path, images):
+    from lightning_modules.lora import apply_lora
+
+    torch.manual_seed(5)
+    src = CLIPBackbone(TINY, vision_only=True).eval()
+    apply_lora(src.model.visual, rank=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for name, p in src.model.visual.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)  # trained adapters are non-zero; fresh ones are zero
+        adapted = src.encode_image(images)
+    torch.save({"state_dict": {f"backbone.model.{k}": v for k, v in src.model.state_dict().items()}}, tmp_path / "lora.ckpt")
+    dst = CLIPBackbone(TINY, vision_only=True).eval()
+    report = dst.load_visual(tmp_path / "lora.ckpt", strict=True)
+    assert report.missing == [] and report.unexpected == []
+    with torch.no_grad():
+        torch.testing.assert_close(dst.encode_image(images), adapted, rtol=1e-4, atol=1e-5)
