@@ -164,7 +164,16 @@ class AlignmentSuite(Callback):
         for probe in self.active:
             probe.data_root = self.data_root
             probe.num_workers = self.num_workers
-            probe.prepare(backbone, rank=trainer.global_rank, world_size=trainer.world_size)
+            try:
+                probe.prepare(backbone, rank=trainer.global_rank, world_size=trainer.world_size)
+            except (FileNotFoundError, KeyError, ValueError) as exc:
+                # Fail at start-up, naming the probe as well as the path, not after the first epoch.
+                message = f"alignment probe {probe.name!r} ({probe.path}): {exc}"
+                try:
+                    wrapped = type(exc)(message)
+                except TypeError:  # an exception type with another signature (UnicodeDecodeError, ...)
+                    wrapped = RuntimeError(message)
+                raise wrapped from exc
         rank_zero_info(
             f"AlignmentSuite: {len(self.active)} probe(s) ready in {time.perf_counter() - start:.1f} s: "
             + ", ".join(f"{p.name} ({p.n_items} items)" for p in self.active)
