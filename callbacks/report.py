@@ -20,7 +20,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-LOWER_IS_BETTER_SUFFIXES = ("/drop", "_loss", "/loss")
 
 
 @dataclass

@@ -138,3 +138,19 @@ def test_missing_dataset_root_is_named_before_training(tmp_path):
     assert res.returncode != 0
     assert "no_nights" in res.stderr
     assert not list((tmp_path / "runs").rglob("*.ckpt"))
+
+
+def test_probe_pointed_at_a_missing_folder_fails_at_start_up_naming_probe_and_path(tmp_path, tiny_world):
+    from callbacks.alignment import AlignmentSuite
+    from callbacks.probes.nights import NightsProbe
+    from datamodules.nights import NightsDataModule
+    from lightning_modules.perceptual_init import PerceptualInitModule
+
+    suite = AlignmentSuite(probes=[NightsProbe(root=str(tmp_path / "missing_nights"), name="nights_test")], num_workers=0)
+    trainer = pl.Trainer(max_steps=2, callbacks=[suite, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+                         logger=False, enable_progress_bar=False, enable_model_summary=False)
+    model = PerceptualInitModule(warmup_steps=1)
+    with pytest.raises(FileNotFoundError, match=r"alignment probe 'nights_test' .*missing_nights"):
+        trainer.fit(model, NightsDataModule(root=str(tiny_world / "nights"), batch_size=8, num_workers=0))
+    assert trainer.global_step == 0
+    assert not (tmp_path / "ckpt").exists()
