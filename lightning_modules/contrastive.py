@@ -1,0 +1,512 @@
+"""Stage 2: contrastive image-text pretraining (CLIP's InfoNCE, or SigLIP) from a perceptual or random init.
+
+The hand-off from stage 1 is a file: ``init_visual_from`` names a ``visual.pt`` (written by
+``CLIPBackbone.save_visual``) or any Lightning/open_clip checkpoint; only its ``visual.*`` tensors
+are copied (``CLIPBackbone.load_visual``), the text tower and the logit scale keep their fresh
+initialisation. ``init_visual_from: null`` is the random-init baseline. The copy happens in
+``setup("fit")``, before any distributed wrapping, and is skipped when the run resumes from a
+checkpoint (which already holds every weight).
+
+Loss
+----
+open_clip's ``ClipLoss`` (symmetric InfoNCE; ``local_loss`` / ``gather_with_grad`` as in open_clip,
+rank and world size from the trainer) or ``SigLipLoss`` (sigmoid loss with a learnable bias).
+The learnable logit scale (1 / temperature) starts at ``logit_scale_init`` -- 100 for CLIP here,
+i.e. ``ln(100)`` in the log-space parameter; note open_clip's own default is 1/0.07 = 14.3 -- and
+is clamped to at most ``logit_scale_max`` (100) after every optimiser step, as open_clip does.
+The parameter is stored with shape ``[1]`` (open_clip's ``nonscalar_logit_scale`` layout), because
+FSDP2 cannot shard a 0-d parameter.
+
+Gradient accumulation
+---------------------
+``accum_freq = k`` splits each batch into k micro-batches and keeps the WHOLE batch as negatives,
+as open_clip's ``--accum-freq``: features of every micro-batch are first computed without
+gradients, then each micro-batch is recomputed with gradients and its loss taken against the
+cached features of the others; the summed gradients equal those of one pass over the whole batch
+(the random state of each micro-batch is replayed, so patch dropout draws the same patches in both
+passes; the logit scale/bias, which enter every micro-batch's loss directly, get their gradient
+once, not k times). Peak activation memory is that of one micro-batch. Lightning's
+``accumulate_grad_batches`` is refused: it would average the gradients of k separate small
+contrastive batches, silently shrinking the negatives of every loss to one small batch.
+
+The module uses manual optimisation (several backward passes per step), so gradient clipping is
+the module's ``grad_clip_norm``, not ``Trainer(gradient_clip_val=...)``.
+
+Options researchers use with open_clip
+--------------------------------------
+``lock_image`` (LiT: freeze the image tower; ``lock_image_unlocked_groups`` keeps the last groups
+trainable), ``lock_image_first_blocks`` (freeze the patch embedding and the first N transformer
+blocks), ``patch_dropout`` (FLIP: drop this share of patch tokens in training), ``grad_checkpointing``
+and ``compile`` (``torch.compile`` of every transformer block, in place: state-dict keys unchanged).
+
+Validation (every metric higher is better except the loss)
+----------------------------------------------------------
+On held-out pairs: ``val/loss`` (the contrastive loss of each validation batch, within the batch)
+and retrieval recall ``val/i2t_R@k`` / ``val/t2i_R@k`` (k = 1, 5, 10; share of images whose paired
+caption ranks in the top k among all held-out captions, and the converse) over the whole held-out
+set, gathered from all ranks. On a labelled image set: zero-shot ``val/zeroshot_top1`` /
+``val/zeroshot_top5`` (shares in [0, 1]) with open_clip's ``build_zero_shot_classifier`` over the
+data module's ``zeroshot_classnames`` and ``zeroshot_templates``.
+
+Distributed: DDP (any backend), FSDP (``FSDPStrategy``, GPUs) and FSDP2 (``ModelParallelStrategy``
+with ``data_parallel_size`` = world size, ``tensor_parallel_size: 1``; ``configure_model`` applies
+``fully_shard`` to every transformer block, each tower and the model). Every rank must receive
+batches of the same size (``ImageTextDataModule`` guarantees it).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from open_clip import ClipLoss, build_zero_shot_classifier
+from open_clip.loss import SigLipLoss
+from torch import nn
+from torchmetrics import CatMetric, MeanMetric
+
+from lightning_modules.backbone import CLIPBackbone, LoadReport
+from lightning_modules.optim import cosine_with_warmup, no_weight_decay, total_training_steps
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("clip", "siglip")
+# Wrapper segments distributed/compiled modules insert into parameter names.
+_WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
+    """Recall@k of paired retrieval in both directions, in [0, 1] (higher is better).
+
+    ``image_features`` and ``text_features`` are ``(n, d)``, row i of each forms a pair.
+    ``i2t_R@k``: share of images whose own caption is among the k most similar captions;
+    ``t2i_R@k``: the converse. Ties count in the pair's favour (only strictly more similar items
+    push it down), so duplicated pairs do not penalise each other.
+    """
+    sims = image_features.float() @ text_features.float().T
+    own = sims.diagonal()
+    rank_i2t = (sims > own[:, None]).sum(dim=1)  # captions scoring above the own caption
+    rank_t2i = (sims > own[None, :]).sum(dim=0)
+    out = {}
+    for k in ks:
+        out[f"i2t_R@{k}"] = float((rank_i2t < k).float().mean())
+        out[f"t2i_R@{k}"] = float((rank_t2i < k).float().mean())
+    return out
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from a possibly sharded one (FSDP2 DTensor; a collective then)."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def _canonical_name(name: str) -> str:
+    for segment in _WRAPPER_SEGMENTS:
+        name = name.replace(segment, "")
+    return name
+
+
+class ContrastivePretrainModule(pl.LightningModule):
+    """CLIP/SigLIP image-text pretraining of a ``CLIPBackbone`` (see the module docstring).
+
+    Args:
+        model_name: open_clip architecture or a ``model_configs/*.json`` name.
+        pretrained: ``None`` (random init), an open_clip tag, or a local weights file.
+        init_visual_from: stage-1 ``visual.pt`` or any checkpoint whose ``visual.*`` tensors
+            initialise the image tower; ``None`` = random-init baseline.
+        loss: ``clip`` (open_clip ``ClipLoss``) or ``siglip`` (open_clip ``SigLipLoss``).
+        local_loss: ``ClipLoss``: each rank's loss over its own rows against all gathered columns
+            (memory O(local x global) instead of O(global^2)).
+        gather_with_grad: ``ClipLoss``: all-gather features with gradient (exact gradients with
+            ``local_loss``).
+        logit_scale_init: initial 1/temperature (the parameter holds its log); default 100 for
+            ``clip`` and 10 for ``siglip`` (SigLIP's init). open_clip's own CLIP default is 1/0.07.
+        logit_scale_max: clamp of the scale after every step (open_clip: 100).
+        logit_bias_init: ``siglip``: initial logit bias (SigLIP: -10).
+        accum_freq: micro-batches per batch, all of them negatives of each other (see docstring).
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW decay, not applied to biases, norms, embeddings of rank < 2 and the
+            logit scale/bias (open_clip's exclusions).
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        warmup_steps: linear warm-up, in optimiser steps, before the cosine decay to 0.
+        grad_clip_norm: clip the global gradient norm to this value (``None`` = no clipping).
+        lock_image: freeze the image tower (LiT), except its last ``lock_image_unlocked_groups``.
+        lock_image_unlocked_groups: open_clip's groups left trainable when ``lock_image``.
+        lock_image_freeze_bn_stats: also freeze BatchNorm statistics (ResNet towers).
+        lock_image_first_blocks: freeze the patch embedding and the first N transformer blocks.
+        patch_dropout: FLIP patch dropout: share of patch tokens dropped in training, in [0, 1).
+        grad_checkpointing: recompute activations in backward (open_clip's ``set_grad_checkpointing``).
+        compile: ``torch.compile`` every transformer block (GPU runs; CPU needs a C++ compiler).
+        retrieval_ks: the k of retrieval recall@k.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "perceptlab-vit-tiny-64",
+        pretrained: str | None = None,
+        init_visual_from: str | None = None,
+        loss: Literal["clip", "siglip"] = "clip",
+        local_loss: bool = True,
+        gather_with_grad: bool = True,
+        logit_scale_init: float | None = None,
+        logit_scale_max: float = 100.0,
+        logit_bias_init: float = -10.0,
+        accum_freq: int = 1,
+        lr: float = 5e-4,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-6,
+        warmup_steps: int = 2500,
+        grad_clip_norm: float | None = None,
+        lock_image: bool = False,
+        lock_image_unlocked_groups: int = 0,
+        lock_image_freeze_bn_stats: bool = False,
+        lock_image_first_blocks: int = 0,
+        patch_dropout: float | None = None,
+        grad_checkpointing: bool = False,
+        compile: bool = False,
+        retrieval_ks: tuple[int, ...] = (1, 5, 10),
+    ) -> None:
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
+        if accum_freq < 1:
+            raise ValueError(f"accum_freq must be >= 1, got {accum_freq}")
+        if lock_image and lock_image_first_blocks:
+            raise ValueError("lock_image and lock_image_first_blocks are exclusive: pick one way to freeze the image tower")
+        if patch_dropout is not None and not 0.0 <= patch_dropout < 1.0:
+            raise ValueError(f"patch_dropout must be in [0, 1), got {patch_dropout}")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+
+        self.backbone = CLIPBackbone(model_name, pretrained=pretrained, patch_dropout=patch_dropout)
+        model = self.backbone.model
+        scale_init = logit_scale_init if logit_scale_init is not None else (100.0 if loss == "clip" else 10.0)
+        if not 0 < scale_init <= logit_scale_max:
+            raise ValueError(f"logit_scale_init must be in (0, logit_scale_max={logit_scale_max}], got {scale_init}")
+        model.logit_scale = nn.Parameter(torch.full((1,), math.log(scale_init)))
+        if loss == "siglip":
+            model.logit_bias = nn.Parameter(torch.full((1,), float(logit_bias_init)))
+        self._lock_image_tower()
+        if grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        # Decided here, on the unwrapped shapes: FSDP1 turns parameters into flat 1-D shards.
+        self._no_decay = {n for n, p in self.named_parameters() if no_weight_decay(n, p)}
+
+        self.visual_load_report: LoadReport | None = None
+        self._weights_from_checkpoint = False
+        self._configured = False
+        self._loss_fn: nn.Module | None = None
+        self._val_loss_fn = self._make_loss(rank=0, world_size=1)
+        self._skipped_total = 0  # this rank's
+        self._skipped_global = 0  # over all ranks, as last logged
+        self._skipped_reported = 0
+        self._zeroshot_weights: torch.Tensor | None = None
+        self.val_zeroshot_top1 = MeanMetric()
+        self.val_zeroshot_top5 = MeanMetric()
+        self.val_image_features = CatMetric()
+        self.val_text_features = CatMetric()
+
+    # ------------------------------------------------------------------------------ set-up
+    def _lock_image_tower(self) -> None:
+        hp = self.hparams
+        model = self.backbone.model
+        if hp.lock_image:
+            model.lock_image_tower(unlocked_groups=hp.lock_image_unlocked_groups,
+                                   freeze_bn_stats=hp.lock_image_freeze_bn_stats)
+        elif hp.lock_image_first_blocks:
+            if not self.backbone._is_vit:
+                raise ValueError("lock_image_first_blocks needs a ViT image tower; use lock_image with "
+                                 "lock_image_unlocked_groups for other towers")
+            blocks = self.backbone.num_visual_layers
+            n = hp.lock_image_first_blocks
+            if not 0 < n <= blocks:
+                raise ValueError(f"lock_image_first_blocks must be in [1, {blocks}] for {hp.model_name}, got {n}")
+            # open_clip's ViT groups: [stem], blocks[0..L-2] one each, [block L-1, ln_post], proj;
+            # unlocking the last (L + 1 - n) groups leaves exactly the stem and the first n blocks frozen.
+            model.visual.lock(unlocked_groups=blocks + 1 - n, freeze_bn_stats=False)
+
+    def _make_loss(self, rank: int, world_size: int) -> nn.Module:
+        hp = self.hparams
+        if hp.loss == "siglip":
+            return SigLipLoss(rank=rank, world_size=world_size)
+        return ClipLoss(local_loss=hp.local_loss, gather_with_grad=hp.gather_with_grad, cache_labels=True,
+                        rank=rank, world_size=world_size)
+
+    def init_visual(self) -> LoadReport:
+        """Copy the ``visual.*`` tensors of ``init_visual_from`` into the image tower; returns the report."""
+        source = self.hparams.init_visual_from
+        if not source:
+            raise ValueError("init_visual_from is not set")
+        report = self.backbone.load_visual(source)
+        self.visual_load_report = report
+        rank_zero_info(f"init_visual_from: {report}; text tower and logit scale keep their fresh init")
+        return report
+
+    def configure_callbacks(self):
+        # The first hook Lightning calls with the trainer attached, before its own configuration
+        # checks, so these errors say what to do instead of Lightning's generic ones.
+        trainer = self._trainer
+        if trainer is not None:
+            if trainer.accumulate_grad_batches != 1:
+                raise ValueError(
+                    f"Trainer(accumulate_grad_batches={trainer.accumulate_grad_batches}) would average the "
+                    "gradients of separate small contrastive batches, silently shrinking every loss's negatives "
+                    "to one small batch. Use model.accum_freq instead: it splits each batch into micro-batches "
+                    "and keeps the whole accumulated batch as negatives (open_clip's accum_freq)."
+                )
+            if trainer.gradient_clip_val:
+                raise ValueError(
+                    f"Trainer(gradient_clip_val={trainer.gradient_clip_val}) does not apply to this module "
+                    "(manual optimisation, several backward passes per step): set model.grad_clip_norm instead"
+                )
+        return []
+
+    def setup(self, stage: str) -> None:
+        trainer = self._trainer
+        if trainer is not None:
+            self._loss_fn = self._make_loss(int(trainer.global_rank), int(trainer.world_size))
+        from_checkpoint = self._weights_from_checkpoint or (trainer is not None and trainer.ckpt_path is not None)
+        if stage == "fit" and self.hparams.init_visual_from and self.visual_load_report is None:
+            if from_checkpoint:
+                rank_zero_info("weights come from a checkpoint: init_visual_from is not re-applied")
+            else:
+                self.init_visual()
+
+    def configure_model(self) -> None:
+        if self._configured:
+            return
+        self._configured = True
+        mesh = self.device_mesh
+        if mesh is not None:
+            self._fully_shard(mesh)
+        if self.hparams.compile:
+            for block in self._blocks():
+                block.compile()  # in place: parameter names and state-dict keys stay the same
+
+    def _blocks(self) -> list[nn.Module]:
+        model = self.backbone.model
+        blocks = list(getattr(getattr(model.visual, "transformer", None), "resblocks", []))
+        text = getattr(model, "transformer", None) or getattr(getattr(model, "text", None), "transformer", None)
+        blocks += list(getattr(text, "resblocks", []))
+        return blocks
+
+    def _fully_shard(self, mesh) -> None:
+        """FSDP2: shard every transformer block, each tower, then the rest of the model."""
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+        names = mesh.mesh_dim_names or ()
+        if "tensor_parallel" in names and mesh["tensor_parallel"].size() != 1:
+            raise ValueError(
+                "ContrastivePretrainModule shards data-parallel only: use ModelParallelStrategy with "
+                "tensor_parallel_size=1 and data_parallel_size = number of processes"
+            )
+        dp_mesh = mesh["data_parallel"] if "data_parallel" in names else mesh
+        model = self.backbone.model
+        for block in self._blocks():
+            fully_shard(block, mesh=dp_mesh)
+        fully_shard(model.visual, mesh=dp_mesh)
+        if getattr(model, "text", None) is not None:
+            fully_shard(model.text, mesh=dp_mesh)
+        fully_shard(model, mesh=dp_mesh)
+        # Methods other than forward() must gather the root's parameters too (zero-shot, probes).
+        register_fsdp_forward_method(model, "encode_image")
+        register_fsdp_forward_method(model, "encode_text")
+        if hasattr(model.visual, "forward_intermediates"):
+            register_fsdp_forward_method(model.visual, "forward_intermediates")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (no_decay if _canonical_name(name) in self._no_decay else decay).append(param)
+        groups = [g for g in ({"params": decay, "weight_decay": hp.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
+        scheduler = cosine_with_warmup(optimizer, hp.warmup_steps, total_training_steps(self.trainer))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["data_skipped"] = self._skipped_global
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Called by load_from_checkpoint and by a resumed fit: the checkpoint holds every weight,
+        # so a later fit must not overwrite the trained tower with init_visual_from's.
+        self._weights_from_checkpoint = True
+        # The count is a sum over ranks: rank 0 carries it on, the others start again from 0.
+        self._skipped_total = int(checkpoint.get("data_skipped", 0)) if self.global_rank == 0 else 0
+        self._skipped_global = self._skipped_reported = int(checkpoint.get("data_skipped", 0))
+
+    def on_fit_start(self) -> None:
+        if self.visual_load_report is not None and self.logger is not None:
+            experiment = getattr(self.logger, "experiment", None)
+            if hasattr(experiment, "add_text"):
+                experiment.add_text("init_visual_from", str(self.visual_load_report).replace("; ", "  \n"))
+
+    # ---------------------------------------------------------------------------- forward
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor):
+        """``(image_features, text_features, logit_scale[, logit_bias])``: normalised features
+        ``(B, embed_dim)`` and the scale as ``exp`` of the parameter (open_clip's CLIP.forward)."""
+        return self.backbone.model(images, tokens)
+
+    def contrastive_loss(self, image_features, text_features, logit_scale, logit_bias=None, loss_fn=None):
+        """The configured open_clip loss on normalised features; scalar."""
+        loss_fn = loss_fn or self._loss_fn or self._val_loss_fn
+        if self.hparams.loss == "siglip":
+            return loss_fn(image_features, text_features, logit_scale, logit_bias)
+        return loss_fn(image_features, text_features, logit_scale)
+
+    @staticmethod
+    def _unpack(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        if isinstance(batch, dict):
+            return batch["image"], batch["text"], batch.get("skipped")
+        return batch[0], batch[1], None
+
+    def _rng_state(self):
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return torch.get_rng_state(), cuda
+
+    def _set_rng_state(self, state) -> None:
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], self.device)
+
+    def forward_backward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Forward and backward of one contrastive batch (``accum_freq`` micro-batches); the loss.
+
+        Gradients are accumulated into ``.grad`` through ``manual_backward``; the returned loss is
+        detached and, for ``accum_freq > 1``, the loss of the whole batch.
+        """
+        k = self.hparams.accum_freq
+        if k == 1:
+            loss = self.contrastive_loss(*self(images, tokens))
+            self.manual_backward(loss)
+            return loss.detach()
+        image_chunks, token_chunks = images.tensor_split(k), tokens.tensor_split(k)
+        states, cached_images, cached_texts = [], [], []
+        with torch.no_grad():
+            for x, t in zip(image_chunks, token_chunks):
+                states.append(self._rng_state())
+                image_features, text_features, *_ = self(x, t)
+                cached_images.append(image_features)
+                cached_texts.append(text_features)
+        after = self._rng_state()
+        loss_value = None
+        for j, (x, t) in enumerate(zip(image_chunks, token_chunks)):
+            self._set_rng_state(states[j])  # same dropout/patch draws as the cached pass
+            image_features, text_features, scale, *bias = self(x, t)
+            all_images = torch.cat(cached_images[:j] + [image_features] + cached_images[j + 1:])
+            all_texts = torch.cat(cached_texts[:j] + [text_features] + cached_texts[j + 1:])
+            loss = self.contrastive_loss(all_images, all_texts, scale, *bias)
+            self.manual_backward(loss)
+            if loss_value is None:
+                loss_value = loss.detach()
+        self._set_rng_state(after)
+        # The scale (and bias) enter every micro-batch's loss directly, so their gradient was
+        # counted k times; the features' gradients were each counted once.
+        for param in (self.backbone.model.logit_scale, getattr(self.backbone.model, "logit_bias", None)):
+            if param is not None and param.grad is not None:
+                param.grad.div_(k)
+        return loss_value
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, tokens, skipped = self._unpack(batch)
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        optimizer.zero_grad(set_to_none=True)
+        loss = self.forward_backward(images, tokens)
+        if self.hparams.grad_clip_norm:
+            self._clip_gradients(optimizer)
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            self.backbone.model.logit_scale.clamp_(0, math.log(self.hparams.logit_scale_max))
+        batch_size = images.shape[0]
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch_size)
+        self.log("train/logit_scale", _full(self.backbone.model.logit_scale.detach()).exp().mean(), batch_size=batch_size)
+        if skipped is not None:
+            self._log_skipped(skipped)
+        return loss
+
+    def _clip_gradients(self, optimizer) -> None:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        strategy = self.trainer.strategy
+        if isinstance(strategy, FSDPStrategy):
+            # FSDP1 shards gradients: only the wrapped root can compute their global norm.
+            strategy.model.clip_grad_norm_(self.hparams.grad_clip_norm)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip_norm,
+                                gradient_clip_algorithm="norm")
+
+    def _log_skipped(self, skipped: torch.Tensor) -> None:
+        """``data/skipped``: samples the loaders dropped so far, summed over ranks."""
+        self._skipped_total += int(skipped)
+        total = self._skipped_total
+        if self.trainer.world_size > 1:
+            total = int(self.trainer.strategy.reduce(torch.tensor(float(total), device=self.device), reduce_op="sum"))
+        self._skipped_global = total
+        self.log("data/skipped", float(total), batch_size=1)
+        if total > 0 and total >= 2 * self._skipped_reported:  # at 1, 2, 4, 8, ...: a handful of warnings a run
+            rank_zero_warn(f"image-text loaders skipped {total} unreadable or caption-less samples so far "
+                           "(logged as data/skipped)")
+            self._skipped_reported = total
+
+    # ------------------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        self._zeroshot_weights = None  # the text tower changed: rebuild the class embeddings
+
+    def _zeroshot_classifier(self) -> torch.Tensor:
+        if self._zeroshot_weights is None:
+            datamodule = getattr(self.trainer, "datamodule", None)
+            classnames = getattr(datamodule, "zeroshot_classnames", None)
+            templates = getattr(datamodule, "zeroshot_templates", None)
+            if not classnames or not templates:
+                raise ValueError(
+                    "a zero-shot validation batch ({'image', 'label'}) arrived but the data module has no "
+                    "zeroshot_classnames / zeroshot_templates (use ImageTextDataModule with zeroshot_data)"
+                )
+            # Built inside a validation step, so FSDP1 has the root's parameters gathered.
+            self._zeroshot_weights = build_zero_shot_classifier(
+                self.backbone, tokenizer=self.backbone.tokenize, classnames=list(classnames),
+                templates=list(templates), num_classes_per_batch=10, device=self.device,
+            )
+        return self._zeroshot_weights
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if isinstance(batch, dict) and "label" in batch:
+            weights = self._zeroshot_classifier()
+            features = self.backbone.encode_image(batch["image"])
+            logits = features.float() @ weights.float()
+            labels = batch["label"]
+            topk = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            self.val_zeroshot_top1.update((topk[:, 0] == labels).float())
+            self.val_zeroshot_top5.update((topk == labels[:, None]).any(dim=1).float())
+            return
+        images, tokens, _ = self._unpack(batch)
+        image_features, text_features, scale, *bias = self(images, tokens)
+        loss = self.contrastive_loss(image_features, text_features, scale, *bias, loss_fn=self._val_loss_fn)
+        self.log("val/loss", loss, sync_dist=True, batch_size=images.shape[0], add_dataloader_idx=False)
+        self.val_image_features.update(image_features.float())
+        self.val_text_features.update(text_features.float())
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_zeroshot_top1.update_count:
+            self.log("val/zeroshot_top1", self.val_zeroshot_top1.compute(), prog_bar=True)
+            self.log("val/zeroshot_top5", self.val_zeroshot_top5.compute())
+        if self.val_image_features.update_count:
+            # CatMetric gathers every rank's features, so each rank ranks against the whole set.
+            recalls = retrieval_recall(self.val_image_features.compute(), self.val_text_features.compute(),
+                                       self.hparams.retrieval_ks)
+            for name, value in recalls.items():
+                self.log(f"val/{name}", value)
+        for metric in (self.val_zeroshot_top1, self.val_zeroshot_top5, self.val_image_features, self.val_text_features):
+            metric.reset()
+        self._zeroshot_weights = None
+
+    def on_train_epoch_end(self) -> None:
+        if self._skipped_reported:
+            rank_zero_info(f"data/skipped: {self._skipped_reported} samples skipped so far")
