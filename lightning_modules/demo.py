@@ -1,0 +1,146 @@
+"""``perceptlab demo``: the whole toy-world study, end to end, on a CPU.
+
+1. write the toy world (``perceptlab synth``) unless it is already there at that scale and seed;
+2. stage 1: perceptual initialisation on the toy NIGHTS (``experiments/toy/pi_nights.yaml``);
+3. stage 2 twice, same seed and data: from the stage-1 vision tower and from random, with the
+   alignment suite every epoch and every N steps early on;
+4. a perceptual-task transfer (toy IQA) from each stage-2 run, then its test set;
+5. ``perceptlab report`` over the runs.
+
+Every stage is the ``perceptlab`` command a user would type, with the shipped configs (run in
+this process to pay the imports once); the commands are printed as they run, so each stage can
+be repeated by hand.
+The configs read the toy world from ``data/toyworld`` relative to the working directory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+EXPERIMENTS = REPO / "experiments"
+
+
+@dataclass
+class DemoPlan:
+    """What each stage runs for. ``quick`` shrinks everything to seconds (used by the tests)."""
+
+    scale: str = "small"
+    seed: int = 0
+    pi_args: list[str] = field(default_factory=list)
+    pretrain_args: list[str] = field(default_factory=list)
+    task_args: list[str] = field(default_factory=list)
+    any_scale: bool = False  # reuse an existing toy world whatever its scale
+
+    @classmethod
+    def quick(cls, seed: int = 0) -> "DemoPlan":
+        few = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+               "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false"]
+        suite = ["--trainer.callbacks.init_args.every_n_steps=null"]  # baseline + epoch ends only
+        return cls(scale="tiny", seed=seed, pi_args=few + suite, pretrain_args=few + suite, task_args=few,
+                   any_scale=True)
+
+
+def latest_version(runs_dir: Path, experiment: str) -> Path:
+    """The newest ``version_<n>`` directory of an experiment."""
+    root = runs_dir / experiment
+    versions = sorted(root.glob("version_*"), key=lambda p: int(p.name.split("_")[-1]))
+    if not versions:
+        raise FileNotFoundError(f"no run was written under {root}")
+    return versions[-1]
+
+
+class Demo:
+    def __init__(self, out: Path, data: Path, plan: DemoPlan) -> None:
+        self.out, self.data, self.plan = out, data, plan
+        self.log: list[dict] = []
+
+    def perceptlab(self, *args: str) -> None:
+        """Run one ``perceptlab`` command in this process (imports are paid once, not per stage)."""
+        from lightning_modules.cli import main as perceptlab_main
+
+        shown = "perceptlab " + " ".join(shlex.quote(a) for a in args)
+        print(f"\n$ {shown}", flush=True)
+        start = time.perf_counter()
+        argv = sys.argv
+        try:
+            perceptlab_main(list(args))
+        except SystemExit as exc:  # LightningCLI exits on bad arguments
+            if exc.code not in (0, None):
+                raise RuntimeError(f"demo stage failed (exit {exc.code}): {shown}") from exc
+        finally:
+            sys.argv = argv
+        self.log.append({"command": shown, "seconds": round(time.perf_counter() - start, 1)})
+
+    def synth(self) -> None:
+        manifest = self.data / "world.json"
+        if manifest.is_file():
+            world = json.loads(manifest.read_text())
+            same_scale = self.plan.any_scale or world.get("scale") == self.plan.scale
+            if same_scale and world.get("seed") == self.plan.seed:
+                print(f"toy world already at {self.data} (scale {world.get('scale')}, seed {self.plan.seed})")
+                return
+        self.perceptlab("synth", "--out", str(self.data), "--seed", str(self.plan.seed), "--scale", self.plan.scale)
+
+    def fit(self, experiment: str, configs: list[str], extra: list[str]) -> Path:
+        args = ["fit"]
+        for c in configs:
+            args += ["--config", str(EXPERIMENTS / c)]
+        args += ["--runs_dir", str(self.out), "--experiment", experiment, f"--seed_everything={self.plan.seed}", *extra]
+        self.perceptlab(*args)
+        return latest_version(self.out, experiment)
+
+    def test(self, experiment: str, config: str, ckpt: Path, extra: list[str]) -> Path:
+        self.perceptlab("test", "--config", str(EXPERIMENTS / config), "--runs_dir", str(self.out),
+                        "--experiment", experiment, f"--ckpt_path={ckpt}", *extra)
+        return latest_version(self.out, experiment)
+
+    def run(self) -> Path:
+        t0 = time.perf_counter()
+        self.synth()
+        plan = self.plan
+        pi_run = self.fit("pi_nights", ["toy/pi_nights.yaml", "toy/alignment_suite.yaml"], plan.pi_args)
+        visual = pi_run / "visual.pt"
+        if not visual.is_file():
+            raise FileNotFoundError(f"stage 1 did not export {visual}")
+        pretrain = {
+            "perceptual_init": self.fit("pretrain_pi", ["toy/pretrain_pi.yaml", "toy/alignment_suite.yaml"],
+                                        [f"--model.init_args.init_visual_from={visual}", *plan.pretrain_args]),
+            "random_init": self.fit("pretrain_random", ["toy/pretrain_random.yaml", "toy/alignment_suite.yaml"],
+                                    plan.pretrain_args),
+        }
+        tasks = {}
+        for name, run in pretrain.items():
+            exp = f"iqa_from_{name}"
+            fit_run = self.fit(exp, ["toy/perceptual_iqa.yaml"],
+                               [f"--model.init_args.init_visual_from={run / 'checkpoints' / 'last.ckpt'}", *plan.task_args])
+            tasks[name] = self.test(f"{exp}_test", "toy/perceptual_iqa.yaml", fit_run / "checkpoints" / "last.ckpt",
+                                    [a for a in plan.task_args if "limit_test" in a or "progress" in a])
+        report_dir = self.out / "report"
+        args = ["report", *(f"{n}={p}" for n, p in pretrain.items()), f"stage1={pi_run}",
+                *(f"iqa_from_{n}={p}" for n, p in tasks.items()),
+                "--out", str(report_dir), "--reference", "random_init",
+                "--title", "perceptlab toy-world study: perceptual vs random initialisation"]
+        self.perceptlab(*args)
+        total = time.perf_counter() - t0
+        (self.out / "demo_timings.json").write_text(json.dumps({"total_seconds": round(total, 1), "steps": self.log}, indent=2))
+        print(f"\nDone in {total / 60:.1f} min.")
+        print(f"  report:      {report_dir / 'report.md'}")
+        print(f"  tensorboard: make tensorboard   (or: tensorboard --logdir {self.out})")
+        return report_dir
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(prog="perceptlab demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/demo", help="where the runs and the report go")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="tiny world, two batches per stage: a smoke test in seconds")
+    ns = parser.parse_args(argv)
+    plan = DemoPlan.quick(ns.seed) if ns.quick else DemoPlan(seed=ns.seed)
+    # The toy configs read data/toyworld relative to the working directory.
+    return Demo(Path(ns.out), Path("data/toyworld"), plan).run()

@@ -1,0 +1,62 @@
+"""The main job in miniature: `perceptlab demo --quick` end to end, and its report checked
+against the runs' own alignment_summary.json files."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _rows(markdown: str, section: str) -> list[list[str]]:
+    body = markdown.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    return [[c.strip() for c in r.strip("|").split("|")] for r in body.splitlines() if r.startswith("|")][2:]
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_every_stage_and_reports_what_the_runs_wrote(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "lightning_modules.cli", "demo", "--quick", "--out", "runs/demo"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "runs" / "demo"
+    world = json.loads((tmp_path / "data" / "toyworld" / "world.json").read_text())
+    assert world["scale"] == "tiny"
+
+    runs = {name: out / name / "version_0" for name in ("pi_nights", "pretrain_pi", "pretrain_random")}
+    for run in runs.values():
+        assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "config.yaml").is_file()
+        lines = [json.loads(x) for x in (run / "alignment.jsonl").read_text().splitlines()]
+        assert lines[0]["epoch"] == -1 and len(lines) >= 3  # baseline + two epochs
+    assert (runs["pi_nights"] / "visual.pt").is_file()
+    # stage 2 from the perceptual init really started from the stage-1 tower: same baseline 2AFC
+    base = {n: json.loads((r / "alignment.jsonl").read_text().splitlines()[0])["metrics"] for n, r in runs.items()}
+    assert base["pretrain_pi"]["nights/2afc"] == pytest.approx(
+        json.loads((runs["pi_nights"] / "alignment.jsonl").read_text().splitlines()[-1])["metrics"]["nights/2afc"], abs=1e-6)
+    assert base["pretrain_random"]["nights/2afc"] != pytest.approx(base["pretrain_pi"]["nights/2afc"], abs=1e-6)
+
+    md = (out / "report" / "report.md").read_text()
+    names = {"perceptual_init": runs["pretrain_pi"], "random_init": runs["pretrain_random"], "stage1": runs["pi_nights"]}
+    table = {(r[0], r[1]): r for r in _rows(md, "Peaks")}
+    checked = 0
+    for name, run in names.items():
+        summary = json.loads((run / "alignment_summary.json").read_text())
+        for metric, s in summary.items():
+            if (name, metric) not in table:
+                continue
+            row = table[(name, metric)]
+            assert int(row[2]) == s["peak_epoch"] and int(row[3]) == s["peak_step"]
+            for col, key in ((4, "peak"), (5, "final"), (6, "drop")):
+                if s[key] is not None:
+                    assert float(row[col]) == pytest.approx(s[key], abs=5e-5), (name, metric, key)
+            checked += 1
+    assert checked >= 20
+    assert "## Differences (run − random_init)" in md
+    assert "## Perceptual-task results" in md and "iqa_from_perceptual_init" in md
+    assert (out / "report" / "nights.png").is_file()
+    timings = json.loads((out / "demo_timings.json").read_text())
+    assert len(timings["steps"]) >= 8
