@@ -9,7 +9,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: setup test test-fast demo smoke tensorboard bench clean help
+.PHONY: setup test test-fast demo smoke tensorboard bench clean help \
+        pi-nights pretrain-pi pretrain-random perceptclip-koniq perceptclip-lamem perceptclip-emoset
 
 help:
 	@echo "make demo        the whole toy-world study (set-up included), report in runs/demo/report"
@@ -17,6 +18,13 @@ help:
 	@echo "make smoke       a seconds-long end-to-end run on the tiny toy world"
 	@echo "make bench       every benchmark in benchmarks/, one JSON line each"
 	@echo "make tensorboard serve runs/ on port 6006"
+	@echo ""
+	@echo "paper runs (GPU; data and weights are local paths you give):"
+	@echo "  make pi-nights NIGHTS=/data/nights [GPUS=8]"
+	@echo "  make pretrain-pi SHARDS='/data/yfcc15m/{00000..01539}.tar' VAL_SHARDS=... IMAGENET_VAL=... PI_VISUAL=runs/pi_nights_vitb32/version_0/visual.pt"
+	@echo "  make pretrain-random SHARDS=... VAL_SHARDS=... IMAGENET_VAL=..."
+	@echo "  make perceptclip-koniq IQA_ROOT=/data/pyiqa/datasets WEIGHTS=/models/ViT-L-14-openai.pt"
+	@echo "  make perceptclip-lamem LAMEM=/data/lamem WEIGHTS=...   make perceptclip-emoset EMOSET=/data/emoset WEIGHTS=..."
 
 setup: $(STAMP)
 
@@ -49,3 +57,50 @@ smoke: setup
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+# ---------------------------------------------------------------------------------- paper runs
+# Each target stops with a message naming the variable it needs. GPUS and EXTRA pass through
+# (e.g. EXTRA="--trainer.num_nodes=4"); WEIGHTS is a local open_clip weights file (offline use).
+GPUS  ?= 8
+EXTRA ?=
+DDP   := --config experiments/strategies/ddp.yaml --trainer.devices=$(GPUS)
+need   = $(if $($(1)),,$(error $(1) is not set: $(2)))
+
+pi-nights: setup
+	$(call need,NIGHTS,the NIGHTS folder holding data.csv ref/ distort/)
+	$(PL) fit $(DDP) --config experiments/paper/pi_nights_vitb32.yaml --data.init_args.root=$(NIGHTS) $(EXTRA)
+
+pretrain-pi: setup
+	$(call need,SHARDS,a brace pattern of YFCC15M webdataset shards)
+	$(call need,VAL_SHARDS,held-out image-text shards for retrieval and validation loss)
+	$(call need,IMAGENET_VAL,an ImageNet validation image folder for zero-shot accuracy)
+	$(call need,PI_VISUAL,the stage-1 visual.pt or checkpoint)
+	$(PL) fit $(DDP) --config experiments/paper/pretrain_yfcc15m_vitb32_pi.yaml \
+	  --data.init_args.train_data='$(SHARDS)' --data.init_args.val_data='$(VAL_SHARDS)' \
+	  --data.init_args.zeroshot_data=$(IMAGENET_VAL) --model.init_args.init_visual_from=$(PI_VISUAL) $(EXTRA)
+
+pretrain-random: setup
+	$(call need,SHARDS,a brace pattern of YFCC15M webdataset shards)
+	$(call need,VAL_SHARDS,held-out image-text shards for retrieval and validation loss)
+	$(call need,IMAGENET_VAL,an ImageNet validation image folder for zero-shot accuracy)
+	$(PL) fit $(DDP) --config experiments/paper/pretrain_yfcc15m_vitb32_random.yaml \
+	  --data.init_args.train_data='$(SHARDS)' --data.init_args.val_data='$(VAL_SHARDS)' \
+	  --data.init_args.zeroshot_data=$(IMAGENET_VAL) $(EXTRA)
+
+perceptclip-koniq: setup
+	$(call need,IQA_ROOT,pyiqa's datasets folder (meta_info/ + koniq10k/ LIVEC/ SPAQ/))
+	$(call need,WEIGHTS,a local open_clip ViT-L-14 weights file)
+	$(PL) fit --config experiments/paper/perceptclip_koniq_vitl14.yaml --model.init_args.pretrained=$(WEIGHTS) \
+	  --data.init_args.train_set.root=$(IQA_ROOT) $(EXTRA)
+
+perceptclip-lamem: setup
+	$(call need,LAMEM,the LaMem folder holding images/ and splits/)
+	$(call need,WEIGHTS,a local open_clip ViT-L-14 weights file)
+	$(PL) fit --config experiments/paper/perceptclip_lamem_vitl14.yaml --model.init_args.pretrained=$(WEIGHTS) \
+	  --data.init_args.root=$(LAMEM) $(EXTRA)
+
+perceptclip-emoset: setup
+	$(call need,EMOSET,the EmoSet folder holding train.json val.json test.json)
+	$(call need,WEIGHTS,a local open_clip ViT-L-14 weights file)
+	$(PL) fit --config experiments/paper/perceptclip_emoset_vitl14.yaml --model.init_args.pretrained=$(WEIGHTS) \
+	  --data.init_args.root=$(EMOSET) $(EXTRA)
