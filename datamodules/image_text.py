@@ -54,7 +54,9 @@ horizontal flip) or ``none`` (the eval transform: resize + centre crop).
 
 Distribution and epochs
 -----------------------
-CSV/HF (map-style) data are split across ranks by Lightning's ``DistributedSampler``. Webdataset
+CSV/HF (map-style) data are split across ranks by a ``DistributedSampler`` the data module sets
+itself (seeded by the run's seed; ``shuffle`` holds, ``drop_last`` keeps every rank's batch count
+equal). Webdataset
 shards are split across the ``world_size x num_workers`` loader processes by shard when there are
 at least as many shards as processes, else by sample (every process reads every shard and keeps
 one sample in ``world_size x num_workers``: slower I/O, still correct); ``resampled=True`` lets
@@ -94,6 +96,7 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data.distributed import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision import transforms as T
 
@@ -994,9 +997,17 @@ class ImageTextDataModule(pl.LightningDataModule):
             # Persistent workers keep their copy of the stream, so each counts its own epochs.
             return DataLoader(self.train_set, batch_size=None, num_workers=workers, pin_memory=self._pin(),
                               persistent_workers=workers > 0)
+        rank, world = self._rank_world()
+        sampler = None
+        if world > 1:
+            # Our own sampler, so that `shuffle` holds under DDP too (Lightning's injected one always
+            # shuffles training data); Lightning keeps it and calls its set_epoch.
+            sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=hp.shuffle,
+                                         seed=self._seed(), drop_last=True)
         return StatefulDataLoader(
-            self.train_set, batch_size=hp.batch_size, shuffle=hp.shuffle, drop_last=True, num_workers=workers,
-            collate_fn=MapPairCollate(tokenizer), pin_memory=self._pin(), persistent_workers=workers > 0,
+            self.train_set, batch_size=hp.batch_size, shuffle=hp.shuffle if sampler is None else None,
+            sampler=sampler, drop_last=True, num_workers=workers, collate_fn=MapPairCollate(tokenizer),
+            pin_memory=self._pin(), persistent_workers=workers > 0,
         )
 
     def val_dataloader(self):

@@ -1,0 +1,126 @@
+"""Stage 2 under distribution: `perceptlab fit` with the strategy configs, as users run it.
+
+DDP and FSDP2 run as 2 CPU processes over gloo; the GPU paths (FSDP1, bf16-mixed, torch.compile)
+run only where CUDA is present.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import yaml
+
+from datamodules.image_text import CsvPairs
+from lightning_modules.contrastive import ContrastivePretrainModule
+
+REPO = Path(__file__).resolve().parents[1]
+TOY = "experiments/toy/pretrain_random.yaml"
+
+
+def perceptlab(args: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    exe = shutil.which("perceptlab", path=str(Path(sys.executable).parent)) or shutil.which("perceptlab")
+    assert exe, "the perceptlab console script is not installed (make setup)"
+    # One intra-op thread per rank: two ranks share the machine's cores.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([exe, "fit", *args, "--runs_dir", str(tmp_path / "runs")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
+
+
+def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def toy_data(world: Path, **overrides) -> list[str]:
+    root = world / "image_text"
+    data = {
+        "train_data": str(root / "shards" / "*.tar"),
+        "val_data": str(root / "val_shards" / "00000.tar"),
+        "zeroshot_data": str(world / "classification"),
+        "batch_size": 8,
+        "num_workers": 0,
+        **overrides,
+    }
+    return [f"--data.{k}={'null' if v is None else v}" for k, v in data.items()]
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_loss_on_the_global_batch_equals_one_process(tiny_world, tmp_path):
+    csv = Path(tiny_world) / "image_text" / "pairs.csv"
+    perceptlab(["--config", "experiments/strategies/ddp.yaml", "--config", TOY, "--experiment", "ddp",
+                "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.max_steps=2",
+                "--trainer.log_every_n_steps=1", "--trainer.limit_val_batches=0", "--model.patch_dropout=null",
+                *toy_data(Path(tiny_world), format="csv", train_data=csv, val_data=None, zeroshot_data=None,
+                          shuffle=False, augmentation="none")], tmp_path)
+    losses = scalars(tmp_path / "runs" / "ddp" / "version_0", "train/loss")
+    assert len(losses) == 2
+    ddp_first = min(losses)[1]  # mean over the ranks of each rank's local loss, first step
+
+    # Rank r of 2 reads rows r, r + 2, ... (DistributedSampler, no shuffle): together rows 0-15.
+    pl.seed_everything(0)  # the CLI seeds 0 before building the model: the same initial weights
+    init_args = yaml.safe_load((REPO / TOY).read_text())["model"]["init_args"] | {"patch_dropout": None}
+    module = ContrastivePretrainModule(**init_args)
+    tf = module.backbone.transform(train=False)
+    pairs = CsvPairs(csv, tf)
+    rows = [pairs[i] for i in range(16)]
+    images = torch.stack([r[0] for r in rows])
+    tokens = module.backbone.tokenize([r[1] for r in rows])
+    with torch.no_grad():
+        one_process = module.contrastive_loss(*module(images, tokens)).item()
+    assert ddp_first == pytest.approx(one_process, rel=1e-4), (ddp_first, one_process)
+    assert 1.0 < one_process < 20.0
+
+
+@pytest.mark.slow
+def test_fsdp2_on_two_cpu_ranks_trains_validates_and_checkpoints(tiny_world, tmp_path):
+    perceptlab(["--config", "experiments/strategies/fsdp2.yaml", "--config", TOY, "--experiment", "fsdp2",
+                "--trainer.accelerator=cpu", "--trainer.devices=2",
+                "--trainer.strategy.init_args.data_parallel_size=2", "--trainer.max_steps=3",
+                "--trainer.log_every_n_steps=1", "--trainer.check_val_every_n_epoch=null",
+                "--trainer.val_check_interval=2", "--trainer.limit_val_batches=2", "--model.grad_clip_norm=1.0",
+                *toy_data(Path(tiny_world))], tmp_path)
+    run = tmp_path / "runs" / "fsdp2" / "version_0"
+    losses = [v for _, v in scalars(run, "train/loss")]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    assert len(scalars(run, "val/zeroshot_top1")) == 1 and len(scalars(run, "val/i2t_R@1")) == 1
+    assert (run / "checkpoints" / "last.ckpt").exists()  # a distributed checkpoint: one shard per rank
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_fsdp1_bf16_on_gpu(tiny_world, tmp_path):
+    perceptlab(["--config", "experiments/strategies/fsdp.yaml", "--config", TOY, "--experiment", "fsdp",
+                "--trainer.accelerator=gpu", f"--trainer.devices={min(2, torch.cuda.device_count())}",
+                "--trainer.precision=bf16-mixed", "--trainer.max_steps=3", "--trainer.log_every_n_steps=1",
+                "--trainer.check_val_every_n_epoch=null", "--trainer.val_check_interval=2",
+                "--trainer.limit_val_batches=2", *toy_data(Path(tiny_world))], tmp_path)
+    losses = [v for _, v in scalars(tmp_path / "runs" / "fsdp" / "version_0", "train/loss")]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_compiled_bf16_ddp_on_gpu_with_accumulation(tiny_world, tmp_path):
+    perceptlab(["--config", "experiments/strategies/ddp.yaml", "--config", TOY, "--experiment", "compiled",
+                "--trainer.accelerator=gpu", "--trainer.devices=1", "--trainer.precision=bf16-mixed",
+                "--trainer.max_steps=4", "--trainer.log_every_n_steps=1", "--trainer.limit_val_batches=0",
+                "--model.compile=true", "--model.accum_freq=2", "--model.patch_dropout=0.5",
+                "--model.grad_checkpointing=true", *toy_data(Path(tiny_world), batch_size=16)], tmp_path)
+    losses = [v for _, v in scalars(tmp_path / "runs" / "compiled" / "version_0", "train/loss")]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
