@@ -1,0 +1,140 @@
+"""Does the webdataset pipeline keep the training step fed?
+
+Measures, in one run: (1) the samples/s ONE loader process delivers through ImageTextDataModule's
+webdataset pipeline (read tar, decode JPEG, open_clip train transform, tokenise, batch), (2) the
+same with ``--workers`` processes, and (3) the samples/s the training step consumes (forward,
+backward, AdamW of the model on a batch in memory). ``workers_needed`` = step rate / per-worker
+rate, rounded up; the loader is not what the step waits on when ``--workers`` >= that (the
+``keeps_up`` field; ``ratio`` = loader with ``--workers`` / step).
+
+Shards are written to a temporary folder unless ``--shards`` names real ones: JPEGs of
+``--image-size`` px (img2dataset's default resize is 256) with short captions. ``--step-rate``
+replaces the measured step rate, e.g. with a GPU's images/s from bench_flops.py.
+
+    python benchmarks/bench_loader.py
+    python benchmarks/bench_loader.py --model ViT-B-32 --image-size 256 --workers 8 --step-rate 3000
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from open_clip import ClipLoss  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from datamodules.image_text import ImageTextDataModule  # noqa: E402
+from lightning_modules.backbone import CLIPBackbone  # noqa: E402
+
+
+def write_shards(folder: Path, shards: int, per_shard: int, size: int) -> str:
+    """Smooth random images (JPEG sizes like photos', not like noise) with captions."""
+    rng = np.random.default_rng(0)
+    words = ["a", "photo", "of", "the", "red", "blue", "large", "small", "cat", "dog", "car", "on", "grass"]
+    for s in range(shards):
+        with tarfile.open(folder / f"{s:05d}.tar", "w") as tar:
+            for i in range(per_shard):
+                low = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+                image = Image.fromarray(low).resize((size, size), Image.BICUBIC)
+                buf = io.BytesIO()
+                image.save(buf, format="JPEG", quality=90)
+                caption = " ".join(rng.choice(words, 10))
+                for name, data in ((f"{s * per_shard + i:09d}.jpg", buf.getvalue()),
+                                   (f"{s * per_shard + i:09d}.txt", caption.encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return str(folder / f"{{00000..{shards - 1:05d}}}.tar")
+
+
+def loader_rate(pattern: str, model: str, batch: int, workers: int, batches: int) -> float:
+    """Samples/s through the pipeline; ``workers=0`` runs it in this process, single-threaded like a
+    loader worker (DataLoader workers run with one intra-op thread)."""
+    threads = torch.get_num_threads()
+    if workers == 0:
+        torch.set_num_threads(1)
+    try:
+        return _loader_rate(pattern, model, batch, workers, batches)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _loader_rate(pattern: str, model: str, batch: int, workers: int, batches: int) -> float:
+    dm = ImageTextDataModule(train_data=pattern, model_name=model, batch_size=batch, num_workers=workers,
+                             samples_per_epoch=batch * batches * max(1, workers) * 4, augmentation="clip")
+    dm.setup("fit")
+    it = iter(dm.train_dataloader())
+    next(it)  # worker start-up and first fills are not the steady state
+    start = time.perf_counter()
+    n = 0
+    for _ in range(batches * max(1, workers)):
+        n += next(it)["image"].shape[0]
+    return n / (time.perf_counter() - start)
+
+
+def step_rate(model: str, batch: int, steps: int, device: str) -> float:
+    backbone = CLIPBackbone(model).to(device)
+    optimizer = torch.optim.AdamW(backbone.parameters(), lr=1e-4)
+    loss_fn = ClipLoss()
+    size = backbone.image_size
+    images = torch.randn(batch, 3, size, size, device=device)
+    tokens = backbone.tokenize(["a photo of a large red car on grass"] * batch).to(device)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(*backbone.model(images, tokens)).backward()
+        optimizer.step()
+
+    step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return batch * steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="perceptlab-vit-tiny-64")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batches", type=int, default=8, help="timed batches per loader process")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--shards", default=None, help="real shards (pattern) instead of generated ones")
+    parser.add_argument("--step-rate", type=float, default=None, help="images/s the step consumes, if known")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        per_shard = args.batch * (args.batches + 2) * 2
+        pattern = args.shards or write_shards(Path(tmp), max(2, args.workers), per_shard, args.image_size)
+        one = loader_rate(pattern, args.model, args.batch, 0, args.batches)
+        step = args.step_rate or step_rate(args.model, args.batch, args.steps, args.device)
+        many = loader_rate(pattern, args.model, args.batch, args.workers, args.batches)
+    needed = math.ceil(step / one)
+    print(json.dumps({
+        "model": args.model, "batch": args.batch, "image_size": args.image_size, "device": args.device,
+        "loader_samples_per_s_one_worker": round(one, 1),
+        f"loader_samples_per_s_{args.workers}_workers": round(many, 1),
+        "step_samples_per_s": round(step, 1), "step_rate_measured": args.step_rate is None,
+        "workers_needed": needed, "workers": args.workers, "keeps_up": args.workers >= needed and many >= step,
+        "ratio": round(many / step, 3),
+    }))
+
+
+if __name__ == "__main__":
+    main()
