@@ -22,12 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from open_clip import ClipLoss  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+import torch
+from open_clip import ClipLoss
+from torch.utils.flop_counter import FlopCounterMode
 
-from lightning_modules.backbone import CLIPBackbone  # noqa: E402
-from lightning_modules.optim import param_groups  # noqa: E402
+from lightning_modules.backbone import CLIPBackbone
+from lightning_modules.optim import param_groups
 
 
 def sync(device: str) -> None:

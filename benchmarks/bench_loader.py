@@ -28,13 +28,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from open_clip import ClipLoss  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from open_clip import ClipLoss
+from PIL import Image
 
-from datamodules.image_text import ImageTextDataModule  # noqa: E402
-from lightning_modules.backbone import CLIPBackbone  # noqa: E402
+from datamodules.image_text import ImageTextDataModule
+from lightning_modules.backbone import CLIPBackbone
 
 
 def write_shards(folder: Path, shards: int, per_shard: int, size: int) -> str:

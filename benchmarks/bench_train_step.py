@@ -25,13 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import lightning.pytorch as pl  # noqa: E402
-import torch  # noqa: E402
-from open_clip import ClipLoss  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
+import lightning.pytorch as pl
+import torch
+from open_clip import ClipLoss
+from torch.utils.data import DataLoader
 
-from lightning_modules.contrastive import ContrastivePretrainModule  # noqa: E402
-from lightning_modules.optim import cosine_with_warmup, param_groups  # noqa: E402
+from lightning_modules.contrastive import ContrastivePretrainModule
+from lightning_modules.optim import cosine_with_warmup, param_groups
 
 
 def make_batch(module: ContrastivePretrainModule, batch: int, device: str) -> dict:

@@ -87,9 +87,10 @@ import math
 import os
 import random
 import tarfile
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import pandas as pd
@@ -440,7 +441,7 @@ class WebDatasetPairs(IterableDataset):
                 caption = clean_caption(caption)
                 images.append(self.transform(decode_image(image)))
                 captions.append(caption)
-            except Exception as exn:  # a bad sample must not end the epoch: count it and go on
+            except Exception as exn:  # noqa: BLE001  a bad sample must not end the epoch: count it, go on
                 counter.handler(exn)
                 continue
             if len(images) == self.batch_size:
@@ -500,7 +501,7 @@ class _MapPairs(Dataset, abc.ABC):
                 image, caption = self._raw(i)
                 caption = clean_caption(caption)
                 return self.transform(decode_image(image, self._root())), caption, failures
-            except Exception as exn:  # counted (the batch carries it to data/skipped) and replaced
+            except Exception as exn:  # noqa: BLE001  counted (the batch carries it to data/skipped), replaced
                 failures += 1
                 if failures <= 3:
                     log.warning("%s: skipped row %d (%s: %s)", self.name, i, type(exn).__name__, str(exn)[:200])
@@ -613,7 +614,7 @@ class HFStreamPairs(IterableDataset):
                     caption = clean_caption(row.get(self.caption_key))
                     images.append(self.transform(decode_image(row[self.image_key])))
                     captions.append(caption)
-                except Exception as exn:
+                except Exception as exn:  # noqa: BLE001  as in WebDatasetPairs: count, go on
                     counter.handler(exn)
                     continue
                 if len(images) == self.batch_size:
@@ -717,7 +718,7 @@ def _classnames(value: list[str] | str | None) -> list[str] | None:
 
         return list(open_clip.IMAGENET_CLASSNAMES)
     if isinstance(value, str):
-        raise ValueError(f"zeroshot_classnames must be a list of names or 'imagenet', got {value!r}")
+        raise TypeError(f"zeroshot_classnames must be a list of names or 'imagenet', got {value!r}")
     return [str(v) for v in value]
 
 
@@ -833,7 +834,7 @@ class ImageTextDataModule(pl.LightningDataModule):
     def _seed(self) -> int:
         if self.hparams.seed is not None:
             return int(self.hparams.seed)
-        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return int(os.environ.get("PL_GLOBAL_SEED", "0"))
 
     def processing(self) -> tuple[Callable, Callable, Callable]:
         """(train transform, eval transform, tokenizer): the attached backbone's, or ``model_name``'s."""

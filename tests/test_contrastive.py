@@ -33,8 +33,8 @@ def _one_thread():
 
 
 def _trainer(**kwargs) -> pl.Trainer:
-    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, num_sanity_val_steps=0)
+    defaults = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
+                "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0}
     return pl.Trainer(**{**defaults, **kwargs})
 
 
@@ -61,6 +61,7 @@ def test_loss_equals_open_clip_and_the_infonce_formula():
     batch = _batch(4)
     image_f, text_f, model_scale = module(batch["image"], batch["text"])
     torch.testing.assert_close(image_f.norm(dim=-1), torch.ones(4))
+    torch.testing.assert_close(text_f.norm(dim=-1), torch.ones(4))
     assert model_scale.item() == pytest.approx(100.0)
     siglip = ContrastivePretrainModule(MODEL, loss="siglip")
     bias = siglip.backbone.model.logit_bias

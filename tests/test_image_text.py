@@ -121,7 +121,7 @@ def test_validation_stream_pads_every_rank_to_the_same_length(tmp_path):
 
 def test_corrupt_and_captionless_samples_are_skipped_and_counted_across_workers(tmp_path):
     # Two shards, one per worker process; the broken samples sit mid-shard so one pass meets them.
-    write_shard(tmp_path / "00000.tar", range(0, 13), corrupt={3}, captionless={6})
+    write_shard(tmp_path / "00000.tar", range(13), corrupt={3}, captionless={6})
     write_shard(tmp_path / "00001.tar", range(13, 26), corrupt={15, 17}, empty_caption={20})
     dm = ImageTextDataModule(train_data=str(tmp_path / "{00000..00001}.tar"), model_name=MODEL, batch_size=5,
                              num_workers=2, samples_per_epoch=20, shuffle=False, augmentation="none")
@@ -137,8 +137,8 @@ def test_corrupt_and_captionless_samples_are_skipped_and_counted_across_workers(
 
 def test_three_formats_yield_the_same_pairs(tiny_world, tmp_path):
     root = Path(tiny_world) / "image_text"
-    common = dict(model_name=MODEL, batch_size=16, num_workers=0, shuffle=False, augmentation="none",
-                  hf_cache_dir=str(tmp_path / "hf-cache"))
+    common = {"model_name": MODEL, "batch_size": 16, "num_workers": 0, "shuffle": False, "augmentation": "none",
+              "hf_cache_dir": str(tmp_path / "hf-cache")}
     first = {}
     for fmt, data in (("webdataset", str(root / "shards" / "*.tar")), ("csv", str(root / "pairs.csv")),
                       ("hf", str(root / "hf" / "train.parquet"))):
@@ -209,3 +209,15 @@ def test_mocov2_augmentation_is_random_and_model_sized(tiny_world):
     a, b = train_tf(image), train_tf(image)
     assert a.shape == b.shape == eval_tf(image).shape == (3, 64, 64)
     assert not torch.equal(a, b)
+
+
+def test_hf_streaming_yields_full_batches_for_the_epoch_length(tiny_world):
+    parquet = str(Path(tiny_world) / "image_text" / "hf" / "train.parquet")
+    dm = ImageTextDataModule(format="hf", train_data=parquet, hf_streaming=True, samples_per_epoch=64,
+                             model_name=MODEL, batch_size=16, num_workers=0, shuffle_buffer=32)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 4 and all(b["image"].shape == (16, 3, 64, 64) for b in batches)
+    assert sum(int(b["skipped"]) for b in batches) == 0
+    with pytest.raises(ValueError, match="samples_per_epoch"):
+        ImageTextDataModule(format="hf", train_data=parquet, hf_streaming=True, model_name=MODEL).setup("fit")
