@@ -108,6 +108,20 @@ def _grads_after_one_step(batch: dict, **kwargs) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
+def test_adamw_groups_follow_open_clip_weight_decay_exclusions():
+    """open_clip's rule: no decay on rank < 2 tensors, norms (ln), biases and the logit scale."""
+    module = ContrastivePretrainModule(MODEL, loss="siglip", weight_decay=0.2, warmup_steps=0)
+    _trainer(max_steps=1, limit_val_batches=0).fit(module, DataLoader([_batch(4)], batch_size=None))
+    decay, no_decay = module.optimizers().optimizer.param_groups
+    names = {id(p): n for n, p in module.named_parameters()}
+    assert decay["weight_decay"] == 0.2 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 and "ln" not in names[id(p)] for p in decay["params"])
+    excluded = {names[id(p)] for p in no_decay["params"]}
+    assert {"backbone.model.logit_scale", "backbone.model.logit_bias",
+            "backbone.model.visual.class_embedding", "backbone.model.ln_final.weight"} <= excluded
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(module.parameters()))
+
+
 def test_accumulating_micro_batches_equals_one_large_batch():
     batch = _batch(16)
     # Patch dropout on: the replayed random state must give both passes the same patches.

@@ -107,6 +107,11 @@ def test_shards_split_over_ranks_without_overlap_and_every_rank_runs_equal_batch
     first, second = epochs(0, buffer=8)
     assert first == epochs(0, buffer=8)[0] and first != second
     assert first != sorted(first)
+    # Resampled (multi-node) mode: each rank draws shards with replacement, still 4 full batches.
+    resampled = WebDatasetPairs(urls, _identity_tf, _tokenizer(), batch_size=5, epoch_batches=4, rank=1,
+                                world_size=2, resampled=True, shuffle_buffer=0, seed=3)
+    drawn = [i for b in resampled for i in _indices(b)]
+    assert len(drawn) == 20 and set(drawn) <= set(range(40))
 
 
 def test_validation_stream_pads_every_rank_to_the_same_length(tmp_path):
