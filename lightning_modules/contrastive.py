@@ -4,8 +4,8 @@ The hand-off from stage 1 is a file: ``init_visual_from`` names a ``visual.pt`` 
 ``CLIPBackbone.save_visual``) or any Lightning/open_clip checkpoint; only its ``visual.*`` tensors
 are copied (``CLIPBackbone.load_visual``), the text tower and the logit scale keep their fresh
 initialisation. ``init_visual_from: null`` is the random-init baseline. The copy happens in
-``setup("fit")``, before any distributed wrapping, and is skipped when the run resumes from a
-checkpoint (which already holds every weight).
+``setup("fit")``, before any distributed wrapping, and is skipped when the weights come from a
+checkpoint (a resumed run, ``load_from_checkpoint``): it already holds every weight.
 
 Loss
 ----
@@ -48,6 +48,10 @@ set, gathered from all ranks. On a labelled image set: zero-shot ``val/zeroshot_
 ``val/zeroshot_top5`` (shares in [0, 1]) with open_clip's ``build_zero_shot_classifier`` over the
 data module's ``zeroshot_classnames`` and ``zeroshot_templates``.
 
+Logged while training: ``train/loss`` (mean over ranks), ``train/logit_scale`` (the scale itself,
+not its log) and ``data/skipped`` (samples the loaders dropped so far, summed over ranks; a warning
+repeats it at 1, 2, 4, 8, ... skips).
+
 Distributed: DDP (any backend), FSDP (``FSDPStrategy``, GPUs) and FSDP2 (``ModelParallelStrategy``
 with ``data_parallel_size`` = world size, ``tensor_parallel_size: 1``; ``configure_model`` applies
 ``fully_shard`` to every transformer block, each tower and the model). Every rank must receive
@@ -55,7 +59,6 @@ batches of the same size (``ImageTextDataModule`` guarantees it).
 """
 from __future__ import annotations
 
-import logging
 import math
 from typing import Literal
 
@@ -68,13 +71,7 @@ from torch import nn
 from torchmetrics import CatMetric, MeanMetric
 
 from lightning_modules.backbone import CLIPBackbone, LoadReport
-from lightning_modules.optim import (
-    cosine_with_warmup,
-    no_weight_decay,
-    total_training_steps,
-)
-
-log = logging.getLogger(__name__)
+from lightning_modules.optim import cosine_with_warmup, no_weight_decay, total_training_steps
 
 LOSSES = ("clip", "siglip")
 # Wrapper segments distributed/compiled modules insert into parameter names.
