@@ -71,7 +71,11 @@ from torch import nn
 from torchmetrics import CatMetric, MeanMetric
 
 from lightning_modules.backbone import CLIPBackbone, LoadReport
-from lightning_modules.optim import cosine_with_warmup, no_weight_decay, total_training_steps
+from lightning_modules.optim import (
+    cosine_with_warmup,
+    no_weight_decay,
+    total_training_steps,
+)
 
 LOSSES = ("clip", "siglip")
 # Wrapper segments distributed/compiled modules insert into parameter names.
