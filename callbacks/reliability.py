@@ -7,8 +7,9 @@
   most schedulers send before killing a job), so ``--ckpt_path last`` resumes where it stopped.
   Lightning turns SIGTERM into ``SIGTERMException`` at the next batch boundary on every rank; this
   callback writes the checkpoint in ``on_exception``.
-* :class:`SkippedSamplesGuard` stops training when the share of corrupt samples a datamodule
-  skipped exceeds a threshold (the datamodule reports counts through ``skipped_samples()``).
+
+The share of corrupt samples above which stage 2 stops is ``max_skipped_share`` of
+``ContrastivePretrainModule`` (the module sees the per-batch skip counts the loaders report).
 
 Checkpoint writes are atomic already: Lightning serialises to memory and writes through an
 fsspec transaction (a temporary file moved into place), so a kill during a save leaves the
@@ -65,27 +66,6 @@ class PreemptionCheckpoint(Callback):
         if trainer.is_global_zero:
             log.warning("SIGTERM received: saved %s at global step %d; resume with --ckpt_path last",
                         path, trainer.global_step)
-
-
-class SkippedSamplesGuard(Callback):
-    """Stop when more than ``max_share`` of the samples seen this epoch were skipped as corrupt.
-
-    The datamodule must expose ``skipped_samples() -> (skipped, seen)``; others are ignored.
-    """
-
-    def __init__(self, max_share: float = 0.05) -> None:
-        self.max_share = max_share
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "skipped_samples"):
-            return
-        skipped, seen = dm.skipped_samples()
-        if seen and skipped / seen > self.max_share:
-            raise RuntimeError(
-                f"{skipped} of {seen} samples ({skipped / seen:.1%}) were skipped as corrupt this epoch, "
-                f"above max_share={self.max_share:.1%}: check the data (see the data/skipped warnings)"
-            )
 
 
 def _checkpoint_dir(trainer: pl.Trainer) -> str | None:

@@ -130,6 +130,8 @@ class ContrastivePretrainModule(pl.LightningModule):
         logit_scale_max: clamp of the scale after every step (open_clip: 100).
         logit_bias_init: ``siglip``: initial logit bias (SigLIP: -10).
         accum_freq: micro-batches per batch, all of them negatives of each other (see docstring).
+        max_skipped_share: stop at the end of an epoch in which more than this share of the samples
+            read were skipped as corrupt or caption-less (``null``: never stop).
         lr: peak learning rate of AdamW.
         weight_decay: AdamW decay, not applied to biases, norms, embeddings of rank < 2 and the
             logit scale/bias (open_clip's exclusions).
@@ -159,6 +161,7 @@ class ContrastivePretrainModule(pl.LightningModule):
         logit_scale_max: float = 100.0,
         logit_bias_init: float = -10.0,
         accum_freq: int = 1,
+        max_skipped_share: float | None = 0.05,
         lr: float = 5e-4,
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.98),
@@ -206,6 +209,8 @@ class ContrastivePretrainModule(pl.LightningModule):
         self._loss_fn: nn.Module | None = None
         self._val_loss_fn = self._make_loss(rank=0, world_size=1)
         self._skipped_total = 0  # this rank's
+        self._epoch_read = 0  # samples this rank read this epoch (kept + skipped)
+        self._epoch_skipped = 0
         self._skipped_global = 0  # over all ranks, as last logged
         self._skipped_reported = 0
         self._zeroshot_weights: torch.Tensor | None = None
@@ -432,7 +437,10 @@ class ContrastivePretrainModule(pl.LightningModule):
         batch_size = images.shape[0]
         self.log("train/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch_size)
         self.log("train/logit_scale", _full(self.backbone.model.logit_scale.detach()).exp().mean(), batch_size=batch_size)
+        self._epoch_read += batch_size
         if skipped is not None:
+            self._epoch_read += int(skipped)
+            self._epoch_skipped += int(skipped)
             self._log_skipped(skipped)
         return loss
 
@@ -512,6 +520,22 @@ class ContrastivePretrainModule(pl.LightningModule):
             metric.reset()
         self._zeroshot_weights = None
 
+    def on_train_epoch_start(self) -> None:
+        self._epoch_read = self._epoch_skipped = 0
+
     def on_train_epoch_end(self) -> None:
         if self._skipped_reported:
             rank_zero_info(f"data/skipped: {self._skipped_reported} samples skipped so far")
+        counts = torch.tensor([float(self._epoch_skipped), float(self._epoch_read)], device=self.device)
+        if self.trainer.world_size > 1:
+            counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        skipped, read = int(counts[0]), int(counts[1])
+        if skipped:
+            rank_zero_info(f"epoch {self.current_epoch}: skipped {skipped} of {read} samples read ({skipped / max(read, 1):.1%})")
+        limit = self.hparams.max_skipped_share
+        if limit is not None and read and skipped / read > limit:
+            raise RuntimeError(
+                f"{skipped} of {read} samples ({skipped / read:.1%}) read in epoch {self.current_epoch} were skipped "
+                f"as corrupt or caption-less, above max_skipped_share={limit:.1%}: check the shards "
+                "(the data/skipped warnings name the samples), or raise max_skipped_share"
+            )

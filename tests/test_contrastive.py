@@ -202,6 +202,20 @@ def test_training_goes_on_past_a_corrupt_jpeg_and_logs_the_skip(tmp_path):
     assert math.isfinite(trainer.callback_metrics["train/loss"].item())
 
 
+def test_training_stops_when_the_skipped_share_passes_the_threshold(tmp_path):
+    from datamodules.image_text import ImageTextDataModule
+
+    _shard(tmp_path / "00000.tar", 16, corrupt={1, 3, 5, 7})  # 4 of 16 = 25% unreadable
+    dm = ImageTextDataModule(train_data=str(tmp_path / "00000.tar"), batch_size=4, num_workers=0, shuffle=False,
+                             samples_per_epoch=12)
+    module = ContrastivePretrainModule(MODEL, warmup_steps=1, max_skipped_share=0.2)
+    trainer = _trainer(max_epochs=3, limit_val_batches=0, log_every_n_steps=1)
+    with pytest.raises(RuntimeError, match=r"4 of 16 samples \(25\.0%\) read in epoch 0 .*max_skipped_share=20\.0%"):
+        with pytest.warns(UserWarning, match="skipped"):
+            trainer.fit(module, dm)
+    assert trainer.current_epoch == 0
+
+
 @pytest.mark.slow
 def test_toy_pretraining_lifts_zero_shot_accuracy_above_chance(tiny_world):
     """80 steps of 64 pairs (20 epochs of the tiny world's 256 captioned images), FLIP patch dropout."""
