@@ -37,7 +37,6 @@ def test_quick_demo_runs_every_stage_and_reports_what_the_runs_wrote(tmp_path):
     base = {n: json.loads((r / "alignment.jsonl").read_text().splitlines()[0])["metrics"] for n, r in runs.items()}
     assert base["pretrain_pi"]["nights/2afc"] == pytest.approx(
         json.loads((runs["pi_nights"] / "alignment.jsonl").read_text().splitlines()[-1])["metrics"]["nights/2afc"], abs=1e-6)
-    assert base["pretrain_random"]["nights/2afc"] != pytest.approx(base["pretrain_pi"]["nights/2afc"], abs=1e-6)
 
     md = (out / "report" / "report.md").read_text()
     names = {"perceptual_init": runs["pretrain_pi"], "random_init": runs["pretrain_random"], "stage1": runs["pi_nights"]}
