@@ -224,7 +224,7 @@ class PerceptualInitModule(pl.LightningModule):
         if self.trainer.sanity_checking:
             return
         self.val_2afc_best(self.val_2afc.compute())
-        self.log("val/2afc_best", self.val_2afc_best.compute(), sync_dist=False)
+        self.log("val/2afc_best", self.val_2afc_best.compute(), sync_dist=True)  # equal on every rank
 
     # --------------------------------------------------------------------------------- test
     def _test_split_names(self) -> list[str]:
