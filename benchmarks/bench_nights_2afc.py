@@ -6,8 +6,9 @@ workers doing all decoding) and the same device, in one process, alternating run
 * ``dreamsim_style`` -- DreamSim's ``evaluation/score.py`` loop: under ``torch.no_grad`` it calls
   ``model(ref, left)`` and ``model(ref, right)``, where ``model(a, b)`` embeds both images and
   returns ``1 - cos``: four encoder passes per triplet, in batches of ``n``.
-* ``perceptlab`` -- ``PerceptualInitModule.distances`` under ``torch.inference_mode``: ref, left
-  and right in ONE batch of ``3n``, three encoder passes per triplet.
+* ``perceptlab`` -- ``PerceptualInitModule.distances`` under ``torch.inference_mode``: three
+  encoder passes per triplet (ref, left and right as one batch of ``3n`` on a GPU, as three
+  batches of ``n`` on CPU, where that is faster per image).
 
 Prints one JSON object: triplets per second of each from the fastest of ``--repeats`` alternating
 runs (the least disturbed by other load on the machine; the medians are reported too),
@@ -61,7 +62,7 @@ def dreamsim_style(model: PerceptualInitModule, loader, device) -> tuple[float, 
 
 
 def perceptlab(model: PerceptualInitModule, loader, device) -> tuple[float, float, int]:
-    """The module's evaluation: one batched encode of 3n images per batch, inference mode."""
+    """The module's evaluation: three encodes per triplet, batched, inference mode."""
     d0s, d1s, ps = [], [], []
     start = time.perf_counter()
     with torch.inference_mode():
