@@ -38,9 +38,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from callbacks.scores import two_afc  # noqa: E402
-from datamodules.nights import NightsDataModule  # noqa: E402
-from lightning_modules.perceptual_init import PerceptualInitModule  # noqa: E402
+from callbacks.scores import two_afc
+from datamodules.nights import NightsDataModule
+from lightning_modules.perceptual_init import PerceptualInitModule
 
 
 def dreamsim_style(model: PerceptualInitModule, loader, device) -> tuple[float, float, int]:

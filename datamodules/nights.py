@@ -26,13 +26,15 @@ configuration for ``model_name`` (and ``pretrained`` tag, ``image_size`` overrid
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import pandas as pd
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -134,7 +136,7 @@ def _unreadable(path: Path) -> str | None:
         with Image.open(path) as im:
             im.size  # noqa: B018 - forces the header parse
         return None
-    except Exception as err:  # PIL raises several unrelated types for bad files
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # PIL's failure types
         return f"{path} ({type(err).__name__}: {err})"
 
 
@@ -358,8 +360,6 @@ class NightsDataModule(pl.LightningDataModule):
         if trainer is not None and trainer.world_size > 1:
             # Lightning's default DistributedSampler pads with repeated triplets, which would
             # count some judgements twice; this one shards without repeats, so 2AFC is exact.
-            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-
             sampler = UnrepeatedDistributedSampler(
                 dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
             )

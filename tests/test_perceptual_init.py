@@ -10,11 +10,11 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+from test_nights import EXPECTED_2AFC, ROWS, write_nights
 
 from datamodules.nights import NightsDataModule
 from lightning_modules.backbone import CLIPBackbone
 from lightning_modules.perceptual_init import PerceptualInitModule, hinge_loss
-from test_nights import EXPECTED_2AFC, ROWS, write_nights
 
 TINY = "perceptlab-vit-tiny-64"
 REPO = Path(__file__).resolve().parents[1]
@@ -22,8 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def trainer(root: Path, **kwargs) -> pl.Trainer:
     """A quiet CPU trainer; without a logger, Lightning's run directory is ``root``."""
-    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, default_root_dir=root,
-                    enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    defaults = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
+                "default_root_dir": root, "enable_progress_bar": False, "enable_model_summary": False,
+                "num_sanity_val_steps": 0}
     return pl.Trainer(**{**defaults, **kwargs})
 
 
@@ -194,7 +195,7 @@ def test_cli_fast_dev_run_writes_the_run_layout(tiny_world, tmp_path):
         [*perceptlab_command(), "fit", "--config", str(REPO / "experiments/toy/pi_nights.yaml"),
          "--trainer.fast_dev_run=true", f"--data.init_args.root={tiny_world / 'nights'}", f"--runs_dir={runs}",
          "--trainer.enable_progress_bar=false"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=tmp_path, check=False, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert sorted(os.listdir(tmp_path)) == ["runs"]  # nothing written into the working directory
@@ -218,7 +219,7 @@ def test_paper_config_resolves():
     proc = subprocess.run(
         [*perceptlab_command(), "fit", "--config", str(REPO / "experiments/paper/pi_nights_vitb32.yaml"),
          "--data.init_args.root=/data/nights", "--print_config"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = yaml.safe_load(proc.stdout)
