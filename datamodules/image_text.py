@@ -207,21 +207,6 @@ def count_samples(urls: Sequence[str]) -> int:
 
 
 # ----------------------------------------------------------------------- transforms, tokens
-def preprocess_cfg_for(model_name: str):
-    """open_clip's ``PreprocessCfg`` for an architecture, without building the model."""
-    import open_clip
-    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
-
-    import lightning_modules.backbone  # noqa: F401  registers this project's model configs
-
-    cfg = open_clip.get_model_config(model_name)
-    if cfg is None:
-        raise ValueError(f"unknown model_name {model_name!r}: not an open_clip architecture nor a perceptlab config")
-    pp = merge_preprocess_dict(PreprocessCfg(), cfg.get("preprocess_cfg", {}))
-    pp["size"] = cfg.get("vision_cfg", {}).get("image_size", pp["size"])
-    return PreprocessCfg(**pp)
-
-
 def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
@@ -861,6 +846,8 @@ class ImageTextDataModule(pl.LightningDataModule):
                 )
             import open_clip
             from open_clip.transform import image_transform_v2
+
+            from lightning_modules.backbone import preprocess_cfg_for
 
             cfg = preprocess_cfg_for(self.model_name)
             eval_tf = image_transform_v2(cfg, is_train=False)

@@ -207,30 +207,11 @@ class NightsTriplets(Dataset):
         }
 
 
-def preprocess_cfg_for(model_name: str, pretrained: str | None = None, image_size: int | None = None):
-    """open_clip's ``PreprocessCfg`` for a model, without building the model.
-
-    Follows open_clip's factory order: defaults, the model config's ``preprocess_cfg``, the
-    pretrained tag's mean/std, the tower's input size, then ``image_size`` if given.
-    """
-    import open_clip
-    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
-
-    import lightning_modules.backbone  # noqa: F401 - registers this project's model configs
-
-    cfg = open_clip.get_model_config(model_name)
-    if cfg is None:
-        raise ValueError(f"unknown model_name {model_name!r}: not an open_clip architecture nor a perceptlab config")
-    pp: dict[str, Any] = merge_preprocess_dict(PreprocessCfg(), cfg.get("preprocess_cfg", {}))
-    if pretrained and not Path(str(pretrained)).expanduser().exists():
-        pp = merge_preprocess_dict(pp, open_clip.get_pretrained_cfg(model_name, pretrained))
-    pp["size"] = image_size or cfg.get("vision_cfg", {}).get("image_size", pp["size"])
-    return PreprocessCfg(**pp)
-
-
 def eval_transform_for(model_name: str, pretrained: str | None = None, image_size: int | None = None):
     """DreamSim's preprocessing (open_clip's eval transform) for a model, without building it."""
     from open_clip.transform import image_transform_v2
+
+    from lightning_modules.backbone import preprocess_cfg_for
 
     return image_transform_v2(preprocess_cfg_for(model_name, pretrained, image_size), is_train=False)
 
@@ -313,6 +294,8 @@ class NightsDataModule(pl.LightningDataModule):
                 "when it is not attached to a model with a backbone"
             )
         from open_clip.transform import image_transform_v2
+
+        from lightning_modules.backbone import preprocess_cfg_for
 
         cfg = preprocess_cfg_for(self.model_name, self.pretrained, self.image_size)
         eval_tf = image_transform_v2(cfg, is_train=False)

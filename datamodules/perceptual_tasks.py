@@ -359,23 +359,6 @@ class ImageTargets(Dataset):
 
 
 # ------------------------------------------------------------------------------- transforms
-def _preprocess_cfg(model_name: str, pretrained: str | None, image_size: int | None):
-    """open_clip's preprocess config for a model without building it (factory order)."""
-    import open_clip
-    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
-
-    import lightning_modules.backbone  # noqa: F401 - registers this project's model configs
-
-    cfg = open_clip.get_model_config(model_name)
-    if cfg is None:
-        raise ValueError(f"unknown model_name {model_name!r}: not an open_clip architecture nor a perceptlab config")
-    pp: dict[str, Any] = merge_preprocess_dict(PreprocessCfg(), cfg.get("preprocess_cfg", {}))
-    if pretrained and not Path(str(pretrained)).expanduser().exists():
-        pp = merge_preprocess_dict(pp, open_clip.get_pretrained_cfg(model_name, pretrained))
-    pp["size"] = image_size or cfg.get("vision_cfg", {}).get("image_size", pp["size"])
-    return PreprocessCfg(**pp)
-
-
 def multicrop_transform(size: int, mean: Sequence[float], std: Sequence[float], crops: int,
                         resize_ratio: float = 1.15, interpolation: str = "bicubic") -> T.Compose:
     """Test-time crops: resize the shorter side to ``size * resize_ratio``, then torchvision's
@@ -486,7 +469,9 @@ class PerceptualDataModule(pl.LightningDataModule, abc.ABC):
                 raise ValueError(f"{name} needs model_name to build its transform when no model with a backbone is attached")
             from open_clip.transform import image_transform_v2
 
-            cfg = _preprocess_cfg(self.model_name, self.pretrained, self.image_size)
+            from lightning_modules.backbone import preprocess_cfg_for
+
+            cfg = preprocess_cfg_for(self.model_name, self.pretrained, self.image_size)
             eval_tf = image_transform_v2(cfg, is_train=False)
             train_tf = image_transform_v2(cfg, is_train=True) if self.train_augment else eval_tf
             size = cfg.size[0] if isinstance(cfg.size, (tuple, list)) else cfg.size

@@ -87,6 +87,25 @@ def extract_visual_state(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
+def preprocess_cfg_for(model_name: str, pretrained: str | None = None, image_size: int | None = None):
+    """open_clip's ``PreprocessCfg`` for a model, without building the model.
+
+    Follows open_clip's factory order: defaults, the model config's ``preprocess_cfg``, the
+    pretrained tag's mean/std (a tag, not a local file), the tower's input size, then
+    ``image_size`` if given. The datamodules use it to build transforms before a backbone exists.
+    """
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    cfg = open_clip.get_model_config(model_name)
+    if cfg is None:
+        raise ValueError(f"unknown model_name {model_name!r}: not an open_clip architecture nor a perceptlab config")
+    pp: dict[str, Any] = merge_preprocess_dict(PreprocessCfg(), cfg.get("preprocess_cfg", {}))
+    if pretrained and not Path(str(pretrained)).expanduser().exists():
+        pp = merge_preprocess_dict(pp, open_clip.get_pretrained_cfg(model_name, pretrained))
+    pp["size"] = image_size or cfg.get("vision_cfg", {}).get("image_size", pp["size"])
+    return PreprocessCfg(**pp)
+
+
 class CLIPBackbone(nn.Module):
     """An open_clip CLIP model with its tokenizer and transforms.
 

@@ -3,7 +3,6 @@ LoRA + head fine-tuning really learns the toy world's IQA and emotion rules."""
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from pathlib import Path
 
