@@ -7,6 +7,15 @@
   most schedulers send before killing a job), so ``--ckpt_path last`` resumes where it stopped.
   Lightning turns SIGTERM into ``SIGTERMException`` at the next batch boundary on every rank; this
   callback writes the checkpoint in ``on_exception``.
+* :class:`RunCheckpoint` is Lightning's ``ModelCheckpoint`` with ``last.ckpt`` also written after
+  every epoch's end hooks and when ``fit`` ends. Lightning's own saves at an epoch end before the
+  alignment suite's epoch evaluation (a resumed run would miss it), nothing at epoch ends when a
+  step interval is set (``--checkpoint_every_n_steps``), and nothing when ``max_steps`` stops
+  mid-epoch (the next stage would load weights a few steps old).
+* :class:`RNGStateCheckpoint` stores the random generators (torch, CUDA, numpy, python) in every
+  checkpoint and restores them on resume, so a resumed run draws the same dropout, patch-dropout
+  and augmentation numbers as the uninterrupted run (Lightning restores weights, optimiser,
+  schedulers, loop counters and stateful data loaders, but not the generators).
 
 The share of corrupt samples above which stage 2 stops is ``max_skipped_share`` of
 ``ContrastivePretrainModule`` (the module sees the per-batch skip counts the loaders report).
@@ -19,9 +28,11 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -66,6 +77,99 @@ class PreemptionCheckpoint(Callback):
         if trainer.is_global_zero:
             log.warning("SIGTERM received: saved %s at global step %d; resume with --ckpt_path last",
                         path, trainer.global_step)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` is also written at every epoch end and when fit ends.
+
+    At an epoch end Lightning saves after validation (or after the epoch's last step interval),
+    before the ``on_train_epoch_end`` hooks -- the alignment suite's epoch evaluation among them --
+    have run; a run resumed from that file would miss those. Here ``last.ckpt`` is rewritten after
+    them (the top-k files are Lightning's as usual).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._writes = 0
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        self._writes += 1
+
+    def _fitting(self, trainer: pl.Trainer) -> bool:
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        return trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and not trainer.fast_dev_run
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        writes = self._writes
+        super().on_train_epoch_end(trainer, pl_module)
+        if self.save_last and self._writes == writes and self._fitting(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        # e.g. max_steps reached mid-epoch after the last step interval
+        if self.save_last and self._last_global_step_saved != trainer.global_step and self._fitting(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class RNGStateCheckpoint(Callback):
+    """Save the random generators' states with each checkpoint; restore them when training resumes.
+
+    The states are taken when the checkpoint is written and put back just before the next
+    training batch of the resumed run -- the first batch after a mid-epoch checkpoint, or the start
+    of the next epoch after an epoch-end one -- which is where the uninterrupted run next draws
+    from them (the data loaders' own generators come back with their state, see
+    ``datamodules``). Under DDP every rank starts from the same seed and draws the same numbers,
+    so rank 0's states are stored and restored on every rank. CUDA states are restored only on a
+    machine with the same number of GPUs (a GPU checkpoint resumed on a CPU keeps the CPU states).
+    """
+
+    KEY = "rng_states"
+
+    def __init__(self) -> None:
+        self._pending: dict | None = None
+
+    @staticmethod
+    def collect() -> dict:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        # plain types only: Lightning loads checkpoints with ``weights_only=True``
+        numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}
+        states = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            states["cuda"] = torch.cuda.get_rng_state_all()
+        return states
+
+    @staticmethod
+    def restore(states: dict) -> None:
+        torch.set_rng_state(states["torch"])
+        n = states["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+        random.setstate(states["python"])
+        cuda = states.get("cuda")
+        if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        # saved after the epoch's last batch (epoch-end validation or checkpoint): the next draw
+        # of the uninterrupted run is at the start of the next epoch
+        epoch_end = bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+        checkpoint[self.KEY] = {"states": self.collect(), "epoch_end": epoch_end}
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self._pending = checkpoint.get(self.KEY)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._pending is not None and self._pending["epoch_end"]:
+            self.restore(self._pending["states"])
+            self._pending = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if self._pending is not None:
+            self.restore(self._pending["states"])
+            self._pending = None
 
 
 def _checkpoint_dir(trainer: pl.Trainer) -> str | None:

@@ -41,7 +41,7 @@ def _make_cli_class():
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from callbacks.reliability import NonFiniteLossGuard, PreemptionCheckpoint
+    from callbacks.reliability import NonFiniteLossGuard, PreemptionCheckpoint, RNGStateCheckpoint, RunCheckpoint
 
     class PerceptLabCLI(LightningCLI):
         """LightningCLI with the project's run layout as defaults."""
@@ -74,13 +74,15 @@ def _make_cli_class():
             given = list(callbacks) + list(config.get("callbacks") or [])
             if config.get("enable_checkpointing", True) is not False and not any(isinstance(c, ModelCheckpoint) for c in given):
                 # no "-v1" suffixes: a resumed run keeps refreshing the same last.ckpt
-                callbacks.append(ModelCheckpoint(save_last=True, every_n_train_steps=cfg.get("checkpoint_every_n_steps"),
+                callbacks.append(RunCheckpoint(save_last=True, every_n_train_steps=cfg.get("checkpoint_every_n_steps"),
                                                  enable_version_counter=False))
             if self.subcommand == "fit":
                 if not any(isinstance(c, NonFiniteLossGuard) for c in given):
                     callbacks.append(NonFiniteLossGuard())
                 if not any(isinstance(c, PreemptionCheckpoint) for c in given):
                     callbacks.append(PreemptionCheckpoint())
+                if not any(isinstance(c, RNGStateCheckpoint) for c in given):
+                    callbacks.append(RNGStateCheckpoint())
             if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in given):
                 callbacks.append(RichProgressBar(leave=True))
             if config["logger"] and not any(isinstance(c, LearningRateMonitor) for c in given):

@@ -4,6 +4,7 @@ Each starts real trainings (tiny model, toy world) and checks what is left on di
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from callbacks.reliability import NonFiniteLossError, NonFiniteLossGuard
 
 REPO = Path(__file__).resolve().parent.parent
 PI_CONFIG = str(REPO / "experiments" / "toy" / "pi_nights.yaml")
+PRETRAIN_CONFIG = str(REPO / "experiments" / "toy" / "pretrain_random.yaml")
 
 
 def perceptlab(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -154,3 +156,88 @@ def test_probe_pointed_at_a_missing_folder_fails_at_start_up_naming_probe_and_pa
         trainer.fit(model, NightsDataModule(root=str(tiny_world / "nights"), batch_size=8, num_workers=0))
     assert trainer.global_step == 0
     assert not (tmp_path / "ckpt").exists()
+
+
+def _resume_suite(world: Path, kill_at: int | None) -> str:
+    """A trainer.callbacks config: three cheap probes every 2 steps, plus a SIGKILL at ``kill_at``."""
+    probes = [
+        {"class_path": "callbacks.probes.nights.NightsProbe", "init_args": {"root": "nights", "split": "test", "max_items": 40}},
+        {"class_path": "callbacks.probes.shape_bias.ShapeBiasProbe",
+         "init_args": {"root": "cue_conflict", "dataset": "cue_conflict", "max_items": 48}},
+        {"class_path": "callbacks.probes.noise.NoiseRobustnessProbe",
+         "init_args": {"root": "classification", "dataset": "classification", "sigmas": [0.1], "max_items": 32}},
+    ]
+    callbacks = [{"class_path": "callbacks.alignment.AlignmentSuite", "init_args": {
+        "data_root": str(world), "every_n_epochs": 1, "every_n_steps": 2, "every_n_steps_until": 14, "baseline": True,
+        "batch_size": 64, "tensorboard_figure": False, "probes": probes}}]
+    if kill_at is not None:
+        callbacks.append({"class_path": "faults.KillAt", "init_args": {"step": kill_at}})
+    return json.dumps({"trainer": {"callbacks": callbacks}})
+
+
+def _records(run: Path) -> list[dict]:
+    """alignment.jsonl without the timings (which differ from run to run)."""
+    lines = (run / "alignment.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+
+def _fit_resume_run(tmp: Path, world: Path, name: str, *extra: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
+    """Stage 2 on the toy CSV pairs (StatefulDataLoader with a worker), patch dropout 0.5, the
+    alignment suite every 2 steps, a step checkpoint every 4 steps; 6 batches per epoch, 14 steps."""
+    it = world / "image_text"
+    callbacks = tmp / f"{name}_{kill_at}.yaml"
+    callbacks.write_text(_resume_suite(world, kill_at))
+    args = ["fit", "--config", PRETRAIN_CONFIG, "--config", str(callbacks), "--runs_dir", str(tmp / "runs"),
+            "--experiment", name, "--trainer.enable_progress_bar=false", "--data.init_args.format=csv",
+            f"--data.init_args.train_data={it / 'pairs.csv'}", f"--data.init_args.val_data={it / 'val_pairs.csv'}",
+            f"--data.init_args.zeroshot_data={world / 'classification'}", "--data.init_args.batch_size=16",
+            "--data.init_args.num_workers=1", "--trainer.limit_train_batches=6", "--trainer.limit_val_batches=1",
+            "--trainer.max_steps=14", "--trainer.max_epochs=-1", "--checkpoint_every_n_steps=4",
+            "--model.init_args.warmup_steps=3", *extra]
+    return perceptlab(*args, env={**os.environ, "PYTHONPATH": str(REPO / "tests")})
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_world) -> Path:
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    full = _fit_resume_run(tmp, tiny_world, "full")
+    assert full.returncode == 0, full.stderr[-3000:]
+    return tmp / "runs" / "full" / "version_0"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kill_at", "resume_step", "before_kill"), [
+    (11, 8, [0, 2, 4, 6, 8, 10]),  # mid epoch 1; the step-10 evaluation is past the checkpoint
+    (13, 12, [0, 2, 4, 6, 8, 10, 12]),  # just after the end of epoch 1 (its evaluations are in the checkpoint)
+])
+def test_killed_pretraining_resumed_from_last_reproduces_the_uninterrupted_run(
+        tmp_path, tiny_world, uninterrupted, kill_at, resume_step, before_kill):
+    """The interrupted run is SIGKILLed (no handler runs, as on a node failure) before step
+    ``kill_at + 1``; resumed with ``--ckpt_path last`` from ``resume_step``, it must end with the
+    uninterrupted run's weights and the same evaluations, each exactly once. Up to the kill the two
+    are the same config and seed run twice in separate processes, so their evaluations must agree
+    exactly too (determinism)."""
+    expected = _records(uninterrupted)
+    # baseline, every 2 steps, epoch ends (6, 12, 14): each evaluation once
+    assert [(r["trigger"], r["step"]) for r in expected] == [
+        ("baseline", 0), ("step", 2), ("step", 4), ("epoch", 6), ("step", 8), ("step", 10), ("epoch", 12), ("epoch", 14)]
+
+    killed = _fit_resume_run(tmp_path, tiny_world, "resumed", kill_at=kill_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run = tmp_path / "runs" / "resumed" / "version_0"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == resume_step
+    written = _records(run)
+    assert [r["step"] for r in written] == before_kill
+    assert written == expected[:len(before_kill)]  # same seed and config, run twice: the same metrics
+
+    resumed = _fit_resume_run(tmp_path, tiny_world, "resumed", "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not (tmp_path / "runs" / "resumed" / "version_1").exists()
+    assert _records(run) == expected  # re-evaluated once, nothing duplicated or missing
+    assert json.loads((run / "alignment_summary.json").read_text()) == json.loads(
+        (uninterrupted / "alignment_summary.json").read_text())
+    a = torch.load(uninterrupted / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 14  # last.ckpt holds the end of fit (mid epoch 2)
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=1e-6, msg=key)
