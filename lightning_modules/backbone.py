@@ -106,6 +106,19 @@ def preprocess_cfg_for(model_name: str, pretrained: str | None = None, image_siz
     return PreprocessCfg(**pp)
 
 
+def uint8_transform(transform: T.Compose) -> T.Compose:
+    """``transform`` up to its PIL steps (resize, crop, ...), then a ``uint8`` tensor ``(3, H, W)``.
+
+    Drops the float conversion and the normalisation, which :meth:`CLIPBackbone.encode_image`
+    then applies on the model's device (``prepare_images``): loader workers do less work and send
+    a quarter of the bytes (between processes and to the GPU). The result is the same numbers as
+    the full transform (the same float ops in the same order).
+    """
+    steps = [t for t in transform.transforms if not isinstance(t, T.Normalize)
+             and not type(t).__name__.endswith("ToTensor")]
+    return T.Compose([*steps, T.PILToTensor()])
+
+
 class CLIPBackbone(nn.Module):
     """An open_clip CLIP model with its tokenizer and transforms.
 
@@ -204,13 +217,16 @@ class CLIPBackbone(nn.Module):
         """The backbone's per-channel normalisation, applied to tensors in [0, 1]."""
         return T.Normalize(self.image_mean, self.image_std)
 
-    def transform(self, train: bool = False, normalize: bool = True) -> T.Compose:
-        """open_clip's train or eval transform; ``normalize=False`` stops at a [0, 1] tensor.
+    def transform(self, train: bool = False, normalize: bool = True, uint8: bool = False) -> T.Compose:
+        """open_clip's train or eval transform; ``normalize=False`` stops at a [0, 1] tensor,
+        ``uint8=True`` at a ``uint8`` tensor that :meth:`encode_image` normalises itself.
 
         The eval transform is DreamSim's preprocessing: bicubic resize to the model's size,
         centre crop, tensor, normalisation.
         """
         tf = self._train_tf if train else self._eval_tf
+        if uint8:
+            return uint8_transform(tf)
         if normalize:
             return tf
         return T.Compose([t for t in tf.transforms if not isinstance(t, T.Normalize)])
@@ -235,8 +251,10 @@ class CLIPBackbone(nn.Module):
 
         ``layer=None`` gives the projected embedding (``embed_dim``). ``layer=i`` gives the class
         token after transformer block ``i`` (0-based; negative counts from the end), width of the
-        tower; for convolutional towers the spatial mean of stage ``i``.
+        tower; for convolutional towers the spatial mean of stage ``i``. ``images`` are normalised
+        float tensors, or ``uint8`` tensors (see :meth:`prepare_images`).
         """
+        images = self.prepare_images(images)
         if layer is None:
             feats = self.model.encode_image(images)
         else:
@@ -254,6 +272,18 @@ class CLIPBackbone(nn.Module):
                 inter = out["image_intermediates"][0]
                 feats = inter.mean(dim=(2, 3)) if inter.ndim == 4 else inter.mean(dim=1)
         return F.normalize(feats, dim=-1) if normalize else feats
+
+    def prepare_images(self, images: torch.Tensor) -> torch.Tensor:
+        """``uint8`` images ``(n, 3, H, W)`` -> normalised floats in the tower's dtype, on their
+        device (what ``ToTensor`` + ``Normalize`` compute, in the same order); others unchanged."""
+        if images.dtype != torch.uint8:
+            return images
+        x = images.float().div(255)
+        mean = torch.tensor(self.image_mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.image_std, device=x.device).view(1, -1, 1, 1)
+        x = (x - mean) / std
+        dtype = next(self.model.visual.parameters()).dtype
+        return x if dtype == x.dtype or torch.is_autocast_enabled(x.device.type) else x.to(dtype)
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Text embeddings ``(batch, embed_dim)`` from token ids."""

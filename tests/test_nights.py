@@ -133,10 +133,11 @@ def test_standalone_transform_equals_the_backbones(nights_root, tmp_path):
     big = tmp_path / "big.png"
     write_image(big, seed=7, size=100)  # not square-equal to the model: resize + crop really act
     image = Image.open(big).convert("RGB")
-    dm = NightsDataModule(str(nights_root), model_name=TINY)
-    _, eval_tf = dm.transforms()
-    expected = CLIPBackbone(TINY, vision_only=True).transform(train=False)(image)
-    assert torch.equal(eval_tf(image), expected)
+    backbone = CLIPBackbone(TINY, vision_only=True)
+    _, eval_tf = NightsDataModule(str(nights_root), model_name=TINY, uint8_images=False).transforms()
+    assert torch.equal(eval_tf(image), backbone.transform(train=False)(image))
+    _, eval_u8 = NightsDataModule(str(nights_root), model_name=TINY).transforms()
+    assert torch.equal(eval_u8(image), backbone.transform(train=False, uint8=True)(image))
     _, eval_96 = NightsDataModule(str(nights_root), model_name=TINY, image_size=96).transforms()
     assert eval_96(image).shape == (3, 96, 96)
 
@@ -206,3 +207,18 @@ def test_unreadable_image_stops_setup(tmp_path):
     ds = NightsTriplets(root, "train", transform=lambda im: im, verify_images=False)
     with pytest.raises(OSError, match=r"distort/000/001_0\.png"):
         ds[1]
+
+
+def test_uint8_batches_give_the_embeddings_of_the_float_transform(nights_root):
+    """The default loader sends uint8 images and the backbone normalises them: same numbers."""
+    backbone = CLIPBackbone(TINY, vision_only=True).eval()
+    floats = NightsTriplets(nights_root, "train", transform=backbone.transform(train=False))
+    u8 = NightsDataModule(str(nights_root), batch_size=4, num_workers=0, model_name=TINY, val_split="train")
+    u8.setup("validate")
+    batch = next(iter(u8.val_dataloader()))
+    n = len(batch["p"])
+    assert batch["ref"].dtype == torch.uint8 and batch["ref"].shape == (n, 3, 64, 64) and n > 1
+    reference = torch.stack([floats[i]["ref"] for i in range(n)])
+    torch.testing.assert_close(backbone.prepare_images(batch["ref"]), reference, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone.encode_image(batch["ref"]), backbone.encode_image(reference), rtol=0, atol=0)
