@@ -312,3 +312,25 @@ def test_yaml_fragment_combines_with_a_stage_config_through_the_cli(tiny_world, 
     kinds = [p["class_path"].rsplit(".", 1)[-1] for p in callback["init_args"]["probes"]]
     assert kinds == ["NightsProbe", "FullReferenceIQAProbe", "FullReferenceIQAProbe", "CLIPIQAProbe",
                      "CLIPIQAProbe", "CLIPIQAProbe", "ShapeBiasProbe", "NoiseRobustnessProbe"]
+
+
+def test_the_suite_does_not_change_the_training_it_observes(tmp_path, tiny_world):
+    """Evaluations draw nothing from the training's random streams (their loaders would: worker
+    seeds, shuffles): a run with the suite every 2 steps ends with bit-identical weights to the
+    same run without it. Here the training loader reshuffles every epoch from the global seed."""
+    pairs = pairs_loader(tiny_world, n=32).dataset
+    weights = []
+    for with_suite in (False, True):
+        pl.seed_everything(0)
+        model = TinyCLIP()
+        suite = [AlignmentSuite(probes=all_probes(), data_root=str(tiny_world), every_n_steps=2, num_workers=1,
+                                tensorboard_figure=False)] if with_suite else []
+        trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=8, logger=False, enable_checkpointing=False,
+                             callbacks=suite, enable_progress_bar=False, enable_model_summary=False,
+                             default_root_dir=tmp_path / str(with_suite))
+        trainer.fit(model, DataLoader(pairs, batch_size=8, shuffle=True))
+        weights.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        if with_suite:
+            assert [r["step"] for r in suite[0].history] == [0, 2, 4, 6, 8]
+    for key, value in weights[0].items():
+        torch.testing.assert_close(weights[1][key], value, rtol=0, atol=0, msg=key)
