@@ -7,11 +7,12 @@
   most schedulers send before killing a job), so ``--ckpt_path last`` resumes where it stopped.
   Lightning turns SIGTERM into ``SIGTERMException`` at the next batch boundary on every rank; this
   callback writes the checkpoint in ``on_exception``.
-* :class:`RunCheckpoint` is Lightning's ``ModelCheckpoint`` with ``last.ckpt`` also written after
-  every epoch's end hooks and when ``fit`` ends. Lightning's own saves at an epoch end before the
-  alignment suite's epoch evaluation (a resumed run would miss it), nothing at epoch ends when a
-  step interval is set (``--checkpoint_every_n_steps``), and nothing when ``max_steps`` stops
-  mid-epoch (the next stage would load weights a few steps old).
+* :class:`RunCheckpoint` is Lightning's ``ModelCheckpoint`` with ``last.ckpt`` written after
+  every epoch's ``on_train_epoch_end`` hooks (the alignment suite's epoch evaluation among them)
+  and when ``fit`` ends. Lightning's own writes none at epoch ends when a step interval is set
+  (``--checkpoint_every_n_steps``; the last interval's write precedes those hooks), none when
+  ``max_steps`` stops mid-epoch (the next stage would load weights a few steps old), and, when
+  validation does not run every epoch, writes at validation end, before the hooks.
 * :class:`RNGStateCheckpoint` stores the random generators (torch, CUDA, numpy, python) in every
   checkpoint and restores them on resume, so a resumed run draws the same dropout, patch-dropout
   and augmentation numbers as the uninterrupted run (Lightning restores weights, optimiser,
@@ -80,31 +81,42 @@ class PreemptionCheckpoint(Callback):
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose ``last.ckpt`` is also written at every epoch end and when fit ends.
+    """``ModelCheckpoint`` whose ``last.ckpt`` is written after the epoch-end hooks and when fit ends.
 
-    At an epoch end Lightning saves after validation (or after the epoch's last step interval),
-    before the ``on_train_epoch_end`` hooks -- the alignment suite's epoch evaluation among them --
-    have run; a run resumed from that file would miss those. Here ``last.ckpt`` is rewritten after
-    them (the top-k files are Lightning's as usual).
+    A run resumed from a ``last.ckpt`` written before ``on_train_epoch_end`` would miss that
+    epoch's alignment evaluation; one written some steps before the end of ``fit`` would hand the
+    next stage stale weights. Here ``last.ckpt`` is written once per epoch end, after those hooks
+    (an epoch-end validation leaves it to them), and at the end of ``fit`` if the last step has
+    not been saved. The top-k files are Lightning's as usual.
     """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._writes = 0
-
-    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        super()._save_checkpoint(trainer, filepath)
-        self._writes += 1
+        self._last_writes = 0
+        self._defer_last = False
 
     def _fitting(self, trainer: pl.Trainer) -> bool:
         from lightning.pytorch.trainer.states import TrainerFn
 
         return trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and not trainer.fast_dev_run
 
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
+        if self._defer_last:
+            return  # written in on_train_epoch_end, after the epoch-end hooks
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        self._last_writes += 1
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._defer_last = self._fitting(trainer) and bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+        try:
+            super().on_validation_end(trainer, pl_module)
+        finally:
+            self._defer_last = False
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        writes = self._writes
+        writes = self._last_writes
         super().on_train_epoch_end(trainer, pl_module)
-        if self.save_last and self._writes == writes and self._fitting(trainer):
+        if self.save_last and self._last_writes == writes and self._fitting(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -241,3 +241,65 @@ def test_killed_pretraining_resumed_from_last_reproduces_the_uninterrupted_run(
     assert a["global_step"] == b["global_step"] == 14  # last.ckpt holds the end of fit (mid epoch 2)
     for key, value in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=1e-6, msg=key)
+
+
+class _Linear(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.net(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/out", self.net(batch[0]).mean())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class _EpochEnds(pl.Callback):
+    """Counts on_train_epoch_end calls in its state (as the alignment suite keeps its history)."""
+
+    def __init__(self) -> None:
+        self.ends = 0
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.ends += 1
+
+    def state_dict(self) -> dict:
+        return {"ends": self.ends}
+
+
+@pytest.mark.parametrize(("every_n_steps", "max_steps", "expected"), [
+    # validation every 2nd epoch: Lightning writes last.ckpt only at validation end (step 8), before
+    # on_train_epoch_end, and nothing at the end of epoch 0
+    (None, -1, [(4, "last.ckpt"), (8, "epoch=1-step=8.ckpt"), (8, "last.ckpt")]),
+    (3, 7, [(3, "epoch=0-step=3.ckpt"), (3, "last.ckpt"), (4, "last.ckpt"), (6, "epoch=1-step=6.ckpt"),
+            (6, "last.ckpt"), (7, "last.ckpt")]),
+])
+def test_last_ckpt_is_written_once_per_epoch_end_after_the_epoch_hooks_and_at_the_end_of_fit(
+        tmp_path, every_n_steps, max_steps, expected):
+    from callbacks.reliability import RunCheckpoint
+
+    written = []
+
+    class Recorded(RunCheckpoint):
+        def _save_checkpoint(self, trainer, filepath):
+            super()._save_checkpoint(trainer, filepath)
+            state = torch.load(filepath, weights_only=False)["callbacks"]
+            written.append((trainer.global_step, Path(filepath).name, next(s["ends"] for k, s in state.items() if "_EpochEnds" in k)))
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)), batch_size=2)
+    trainer = pl.Trainer(max_epochs=2, max_steps=max_steps, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, check_val_every_n_epoch=2, callbacks=[
+                             _EpochEnds(), Recorded(dirpath=tmp_path, save_last=True, every_n_train_steps=every_n_steps,
+                                                    enable_version_counter=False)])
+    trainer.fit(_Linear(), data, data)
+    # In step mode Lightning alone writes no last.ckpt at epoch ends, nor at step 7 when max_steps
+    # stops mid-epoch.
+    assert [(step, name) for step, name, _ in written] == expected
+    # each epoch-end last.ckpt already holds that epoch's on_train_epoch_end (the suite's evaluation)
+    ends_by_step = {4: 1, 7: 2, 8: 2}
+    last = [(step, ends) for step, name, ends in written if name == "last.ckpt" and step in ends_by_step]
+    assert last and all(ends == ends_by_step[step] for step, ends in last), last
