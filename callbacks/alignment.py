@@ -90,6 +90,8 @@ class AlignmentSuite(Callback):
             saves ``checkpoints/alignment-peak.ckpt``.
         tensorboard_figure: draw the trajectory figure into TensorBoard at each evaluation.
         prefix: logger namespace of the metrics.
+        verbose: print one line per evaluation (rank 0): when, how long, and each probe's headline
+            metric (``*``: a new peak), so a run's console shows alignment as it happens.
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class AlignmentSuite(Callback):
         checkpoint_peak_of: str | None = None,
         tensorboard_figure: bool = True,
         prefix: str = "alignment",
+        verbose: bool = True,
     ) -> None:
         super().__init__()
         for key, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps),
@@ -128,6 +131,7 @@ class AlignmentSuite(Callback):
         self.checkpoint_peak_of = checkpoint_peak_of
         self.tensorboard_figure = tensorboard_figure
         self.prefix = prefix
+        self.verbose = verbose
 
         self.history: list[dict[str, Any]] = []
         self.tracker = PeakTracker()
@@ -273,6 +277,8 @@ class AlignmentSuite(Callback):
         improved = self.tracker.update(epoch, step, record["metrics"], self.directions(), baseline=trigger == "baseline")
         self._write_files(trainer)
         self._log(trainer, record)
+        if self.verbose:
+            rank_zero_info(self.describe(record, improved))
         if self.checkpoint_peak_of:
             if self.checkpoint_peak_of not in record["metrics"]:
                 raise KeyError(
@@ -283,6 +289,25 @@ class AlignmentSuite(Callback):
                 # Every process takes this branch (the metrics are gathered), as save_checkpoint needs.
                 trainer.save_checkpoint(self.peak_checkpoint_path(trainer))
         return record
+
+    def headline_metrics(self, metrics: dict[str, float | None]) -> dict[str, float | None]:
+        """Each active probe's main metric: ``<name>``, ``<name>/2afc``, ``/srcc`` or ``/drop``."""
+        out = {}
+        for probe in self.active:
+            for key in (probe.name, f"{probe.name}/2afc", f"{probe.name}/srcc", f"{probe.name}/drop"):
+                if key in metrics:
+                    out[key] = metrics[key]
+                    break
+        return out
+
+    def describe(self, record: dict, improved: set[str] | list[str] = ()) -> str:
+        """One console line for an evaluation, e.g.
+        ``alignment at step 25 (epoch 0, step) in 12.3 s: nights/2afc 0.6823*, ...``."""
+        headline = self.headline_metrics(record["metrics"])
+        parts = [f"{k} {'n/a' if v is None else f'{v:.4f}'}{'*' if k in improved else ''}" for k, v in headline.items()]
+        legend = "   (* new peak)" if any(k in improved for k in headline) else ""
+        return (f"alignment at step {record['step']} (epoch {record['epoch']}, {record['trigger']}) in "
+                f"{sum(record['seconds'].values()):.1f} s: " + ", ".join(parts) + legend)
 
     # ---------------------------------------------------------------------------- outputs
     def run_dir(self, trainer: pl.Trainer) -> Path:

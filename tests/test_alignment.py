@@ -334,3 +334,23 @@ def test_the_suite_does_not_change_the_training_it_observes(tmp_path, tiny_world
             assert [r["step"] for r in suite[0].history] == [0, 2, 4, 6, 8]
     for key, value in weights[0].items():
         torch.testing.assert_close(weights[1][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_each_evaluation_prints_one_line_with_the_headline_metrics(tmp_path, tiny_world, caplog):
+    pl.seed_everything(0)
+    probes = [NightsProbe("nights", split="test", max_items=12),
+              NoiseRobustnessProbe("classification", sigmas=[0.2], templates=TEMPLATES, max_items=12)]
+    suite = AlignmentSuite(probes=probes, data_root=str(tiny_world), every_n_steps=1, num_workers=1,
+                           tensorboard_figure=False)
+    trainer = make_trainer(tmp_path, suite, max_steps=2)
+    with caplog.at_level(logging.INFO):
+        trainer.fit(TinyCLIP(), pairs_loader(tiny_world, n=16))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("alignment at step")]
+    assert len(lines) == len(suite.history) == 3  # baseline, steps 1 and 2
+    for line, record in zip(lines, suite.history):
+        assert line.startswith(f"alignment at step {record['step']} (epoch {record['epoch']}, {record['trigger']})")
+        for key in ("nights/2afc", "noise/classification/drop"):
+            value = record["metrics"][key]  # the drop is undefined (None) while clean accuracy is 0
+            assert f"{key} {'n/a' if value is None else f'{value:.4f}'}" in line
+        assert "acc@sigma" not in line  # headline metrics only
+    assert "nights/2afc" in lines[0] and f"{suite.history[0]['metrics']['nights/2afc']:.4f}*" in lines[0]  # baseline = first peak
