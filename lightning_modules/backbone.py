@@ -114,8 +114,17 @@ def uint8_transform(transform: T.Compose) -> T.Compose:
     a quarter of the bytes (between processes and to the GPU). The result is the same numbers as
     the full transform (the same float ops in the same order).
     """
-    steps = [t for t in transform.transforms if not isinstance(t, T.Normalize)
-             and not type(t).__name__.endswith("ToTensor")]
+    steps, to_tensor_seen = [], False
+    for t in transform.transforms:
+        if type(t).__name__.endswith("ToTensor"):
+            to_tensor_seen = True
+        elif isinstance(t, T.Normalize):
+            continue
+        elif to_tensor_seen:  # a float-tensor step (e.g. RandomErasing) cannot run on uint8
+            raise ValueError(f"uint8_transform: {t!r} runs on float tensors after ToTensor; use float batches "
+                             "(uint8_images: false) with this transform")
+        else:
+            steps.append(t)
     return T.Compose([*steps, T.PILToTensor()])
 
 
@@ -178,6 +187,9 @@ class CLIPBackbone(nn.Module):
         size = pp["size"]
         self.image_size: int = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.interpolation: str = pp.get("interpolation", "bicubic")
+        # for prepare_images; not in the state dict (they follow from the model config)
+        self.register_buffer("_mean", torch.tensor(self.image_mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(self.image_std).view(1, -1, 1, 1), persistent=False)
         self.vision_only = vision_only
         self.tokenizer = None if vision_only else open_clip.get_tokenizer(model_name)
         if vision_only:
@@ -278,10 +290,7 @@ class CLIPBackbone(nn.Module):
         device (what ``ToTensor`` + ``Normalize`` compute, in the same order); others unchanged."""
         if images.dtype != torch.uint8:
             return images
-        x = images.float().div(255)
-        mean = torch.tensor(self.image_mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.image_std, device=x.device).view(1, -1, 1, 1)
-        x = (x - mean) / std
+        x = images.float().div_(255).sub_(self._mean.float()).div_(self._std.float())
         dtype = next(self.model.visual.parameters()).dtype
         return x if dtype == x.dtype or torch.is_autocast_enabled(x.device.type) else x.to(dtype)
 

@@ -222,3 +222,14 @@ def test_uint8_batches_give_the_embeddings_of_the_float_transform(nights_root):
     torch.testing.assert_close(backbone.prepare_images(batch["ref"]), reference, rtol=0, atol=0)
     with torch.no_grad():
         torch.testing.assert_close(backbone.encode_image(batch["ref"]), backbone.encode_image(reference), rtol=0, atol=0)
+
+
+def test_uint8_transform_refuses_float_tensor_steps():
+    from torchvision import transforms as T
+
+    from lightning_modules.backbone import uint8_transform
+
+    with pytest.raises(ValueError, match="RandomErasing"):
+        uint8_transform(T.Compose([T.CenterCrop(8), T.ToTensor(), T.RandomErasing(), T.Normalize([0.5] * 3, [0.5] * 3)]))
+    kept = uint8_transform(T.Compose([T.CenterCrop(8), T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)]))
+    assert [type(t).__name__ for t in kept.transforms] == ["CenterCrop", "PILToTensor"]
