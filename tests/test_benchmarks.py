@@ -1,0 +1,51 @@
+"""The benchmarks' timed loops compute what they claim. Their timings are never asserted here."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from datamodules.nights import NightsDataModule
+from lightning_modules.perceptual_init import PerceptualInitModule
+from test_nights import EXPECTED_2AFC, EXPECTED_ROWS, ROWS, write_nights
+
+TINY = "perceptlab-vit-tiny-64"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def nights_root(tmp_path_factory) -> Path:
+    return write_nights(tmp_path_factory.mktemp("nights"), ROWS)
+
+
+@pytest.mark.parametrize("split", ["val", "test_imagenet"])
+def test_2afc_benchmark_loops_score_the_known_2afc(nights_root, split):
+    """Every side of bench_nights_2afc (DreamSim's float transport and loop, the same loop on
+    uint8 batches, perceptlab's evaluation) scores the constructed split's known 2AFC."""
+    bench = load_benchmark("bench_nights_2afc")
+    torch.manual_seed(0)
+    model = PerceptualInitModule(model_name=TINY).eval()
+    dm = NightsDataModule(str(nights_root), batch_size=2, num_workers=0, model_name=TINY, val_split=split)
+    dm.setup("validate")
+    uint8_loader, float_loader = dm.val_dataloader(), bench.dreamsim_loader(dm, split)
+
+    u8, fl = next(iter(uint8_loader)), next(iter(float_loader))
+    assert u8["ref"].dtype == torch.uint8 and fl["ref"].dtype == torch.float32
+    assert 0 <= fl["ref"].min() and fl["ref"].max() <= 1  # ToTensor's range: the model normalises
+    # DreamSim's transport divides by 255 in the worker: the same numbers as on the device.
+    torch.testing.assert_close(fl["ref"], u8["ref"].float() / 255, rtol=0, atol=0)
+
+    sides = [(bench.dreamsim_style, float_loader), (bench.dreamsim_style, uint8_loader), (bench.perceptlab, uint8_loader)]
+    for fn, loader in sides:
+        seconds, score, n = fn(model, loader, torch.device("cpu"))
+        assert n == EXPECTED_ROWS[split] and seconds > 0
+        assert score == pytest.approx(EXPECTED_2AFC[split], abs=1e-6), (fn.__name__, loader.dataset.transform)
