@@ -11,8 +11,10 @@ On-disk layouts (the real data sets; the toy world writes the same):
 * **LaMem** -- ``ROOT/images/<file>``, ``ROOT/splits/{train,val,test}_<k>.txt`` for k = 1..5,
   one image per line: ``<file> <score> [more columns ignored]``, whitespace separated; the
   score is the memorability in [0, 1] (higher = more memorable) and is the target unchanged.
-* **IQA** -- a pyiqa meta-info CSV read by column *name* (``img_name``, ``mos``, ... as pyiqa's
-  files lay them out; pyiqa itself reads them by position) with the images in a separate folder.
+* **IQA** -- a pyiqa meta-info CSV with the images in a separate folder. With a pyiqa preset its
+  columns are read by position, as pyiqa reads them (image name, score; full-reference sets:
+  reference, distorted, score), since the headers differ between releases of the files (SPAQ:
+  ``img_name,mos`` or ``Image name,MOS``); without one, or when named, by name (``img_name``, ``mos``).
   Splits: a split column with values ``train``/``val``/``test`` (KonIQ-10k's official split is
   pyiqa's ``official_split`` column; the toy world writes ``split``; pyiqa's ratio splits are
   columns like ``ratio802_seed123_split_01``) or, when the CSV has none (LIVE-C), a seeded
@@ -146,6 +148,19 @@ def read_emoset_split(
     return pd.DataFrame(rows, columns=["emotion", "label", "path", "annotation"])
 
 
+def pyiqa_column(table, position: int, source: str | os.PathLike) -> str:
+    """Name of column ``position`` of a pyiqa meta-info CSV.
+
+    pyiqa reads its general IQA sets by position, not by header (no-reference: image 0, score 1;
+    full-reference: reference 0, distorted 1, score 2), and the headers differ between releases of
+    its meta-info files (SPAQ: ``img_name,mos,...`` or ``Image name,MOS,...``), so presets do too.
+    """
+    if table.shape[1] <= position:
+        raise KeyError(f"{source}: a pyiqa meta-info CSV needs at least {position + 1} columns; has "
+                       f"{', '.join(map(str, table.columns))}")
+    return table.columns[position]
+
+
 def pyiqa_presets() -> dict[str, dict]:
     """pyiqa's dataset registry (``default_dataset_configs.yml``), read without importing pyiqa."""
     import yaml
@@ -170,8 +185,10 @@ class IQASet:
             ``tid2013``, ...) whose registry entry supplies ``mos_range``, ``lower_better``, the
             meta-info file name, the split column and LIVE-C's ``drop_first=7``; explicit
             fields win.
-        name_column: image file column (``dist_name`` for the distorted images of FR sets).
-        mos_column: score column (``dmos`` for KADID-10k).
+        name_column: image file column, by name (default: with a preset, pyiqa's position -- the
+            first column, the second (distorted image) for full-reference sets; else ``img_name``).
+        mos_column: score column, by name (default: with a preset, pyiqa's position -- the second
+            column, the third for full-reference sets; else ``mos``).
         lower_better: MOS direction of this set; required (here or by ``preset``), never guessed.
         mos_range: the MOS scale ``[lo, hi]`` for ``range`` normalisation (default: preset's, else
             the CSV's min and max).
@@ -196,8 +213,8 @@ class IQASet:
     meta_info_file: str | None = None
     image_dir: str = "images"
     preset: str | None = None
-    name_column: str = "img_name"
-    mos_column: str = "mos"
+    name_column: str | None = None
+    mos_column: str | None = None
     lower_better: bool | None = None
     mos_range: tuple[float, float] | None = None
     mos_normalize: Literal["range", "zscore", "none"] = "range"
@@ -235,6 +252,13 @@ def _resolved(cfg: IQASet) -> dict[str, Any]:
     if out["drop_first"] is None:
         out["drop_first"] = 7 if preset.get("type") == "LIVEChallengeDataset" else 0
     out["preset_split"] = preset.get("split_index") if isinstance(preset.get("split_index"), str) else None
+    # Unnamed columns: pyiqa's positions with a preset (name, score; FR: reference, distorted,
+    # score), else the usual names.
+    fr = preset.get("type") == "GeneralFRDataset"
+    out["name_position"] = (1 if fr else 0) if cfg.preset and out["name_column"] is None else None
+    out["mos_position"] = (2 if fr else 1) if cfg.preset and out["mos_column"] is None else None
+    out["name_column"] = out["name_column"] or "img_name"
+    out["mos_column"] = out["mos_column"] or "mos"
     return out
 
 
@@ -254,6 +278,9 @@ def read_iqa_set(cfg: IQASet, phase: str) -> pd.DataFrame:
     if not csv.is_file():
         raise FileNotFoundError(f"IQA set {cfg.name!r}: meta-info CSV not found: {csv}")
     table = pd.read_csv(csv)
+    for key in ("name", "mos"):
+        if c[f"{key}_position"] is not None:
+            c[f"{key}_column"] = pyiqa_column(table, c[f"{key}_position"], csv)
     for role, col in (("image name", c["name_column"]), ("MOS", c["mos_column"])):
         if col not in table.columns:
             raise ValueError(

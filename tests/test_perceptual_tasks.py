@@ -163,6 +163,32 @@ def test_iqa_seeded_ratio_split_and_pyiqa_livec_rule(tiny_world):
     np.testing.assert_allclose(livec["score"], (csv["mos"][7:] - 1) / 99)
 
 
+def test_iqa_presets_read_columns_by_position_whatever_the_header(tiny_world, tmp_path):
+    """pyiqa reads its sets by position; its SPAQ file has been headed both ``img_name,mos`` and
+    ``Image name,MOS``. A preset reads either; named columns stay strict."""
+    original = tiny_world / "iqa" / "spaq"
+    csv = pd.read_csv(original / "meta_info_SPAQDataset.csv")
+    renamed = tmp_path / "spaq"
+    renamed.mkdir()
+    (renamed / "images").symlink_to(original / "images")
+    csv.rename(columns={"img_name": "Image name", "mos": "MOS", "brightness": "Brightness"}).to_csv(
+        renamed / "meta_info_SPAQDataset.csv", index=False)
+    for phase in ("train", "test"):
+        ours = read_iqa_set(IQASet(name="spaq", root=str(original), preset="spaq"), phase)
+        pd.testing.assert_frame_equal(read_iqa_set(IQASet(name="spaq", root=str(renamed), preset="spaq"), phase),
+                                      ours.assign(path=ours["path"].str.replace(str(original), str(renamed))))
+    assert read_iqa_set(IQASet(name="spaq", root=str(renamed), preset="spaq", mos_column="Brightness",
+                               mos_range=(0.0, 100.0)), "test")["mos"].tolist() != ours["mos"].tolist()
+    with pytest.raises(ValueError, match=r"no MOS column 'mos'.*columns: Image name, MOS"):
+        read_iqa_set(IQASet(name="spaq", root=str(renamed), preset="spaq", mos_column="mos"), "test")
+    # full-reference presets: reference, distorted, score (KADID-10k's dmos), so the toy config's
+    # explicit names and the preset's positions agree
+    kadid = tiny_world / "iqa" / "kadid10k"
+    named = IQASet(name="kadid", root=str(kadid), preset="kadid10k", name_column="dist_name", mos_column="dmos")
+    pd.testing.assert_frame_equal(read_iqa_set(IQASet(name="kadid", root=str(kadid), preset="kadid10k"), "test"),
+                                  read_iqa_set(named, "test"))
+
+
 def test_iqa_pyiqa_split_pickle_selects_rows_by_index(tiny_world, tmp_path):
     import pickle
 

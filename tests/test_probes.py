@@ -105,6 +105,35 @@ def test_fr_iqa_errors_name_the_problem(tiny_world, tmp_path):
         probe.prepare(PixelEmbedding())
 
 
+def test_iqa_presets_read_pyiqa_columns_by_position(tiny_world, tmp_path):
+    """Presets read the columns where pyiqa does (its files' headers vary between releases): the
+    same scores from a renamed header, for a full-reference and a no-reference probe."""
+    for family, folder, csv_name in (("fr", "kadid10k", "meta_info_KADID10kDataset.csv"),
+                                     ("nr", "livec", "meta_info_LIVEChallengeDataset.csv")):
+        original = tiny_world / "iqa" / folder
+        renamed = tmp_path / folder
+        renamed.mkdir()
+        (renamed / "images").symlink_to(original / "images")
+        table = pd.read_csv(original / csv_name)
+        table.set_axis([f"Column {i}" for i in range(table.shape[1])], axis=1).to_csv(renamed / csv_name, index=False)
+        probes = []
+        for root in (original, renamed):
+            probe = (FullReferenceIQAProbe(str(root), dataset=folder, distance="l2", classical=[], max_items=None)
+                     if family == "fr" else CLIPIQAProbe(str(root), dataset=folder, max_items=None))
+            probe.load_table()
+            probes.append(probe)
+        torch.testing.assert_close(probes[0].quality, probes[1].quality, rtol=0, atol=0)
+        assert probes[0].quality.tolist() == table[table.columns[2 if family == "fr" else 1]].tolist()
+        if family == "fr":
+            pd.testing.assert_frame_equal(probes[0].table, probes[1].table)
+        else:
+            assert probes[0].names == probes[1].names == table["img_name"].astype(str).tolist()
+    # a named score column is read by name, so a renamed header is an error naming it
+    probe = CLIPIQAProbe(str(tmp_path / "livec"), dataset="livec", score_column="mos")
+    with pytest.raises(KeyError, match=r"'mos'.*Column 0"):
+        probe.load_table()
+
+
 # ----------------------------------------------------------------------------------- NIGHTS
 def test_nights_2afc_matches_dreamsim_on_pixels(tiny_world):
     probe = NightsProbe("nights", split="test", distance="l2", max_items=None)

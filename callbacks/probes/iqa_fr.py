@@ -10,9 +10,11 @@ formulas, no learned weights) are computed once on the same pairs, as the model 
 and centre-cropped), and reported at every evaluation as constant reference lines
 ``iqa_fr/<dataset>/<metric>/srcc`` (and ``/plcc``).
 
-Data: pyiqa meta-info CSVs (``ref_name,dist_name,<score>,...``). Presets fill in the file names,
-the score column and its direction for ``tid2013`` (``mos``, higher is better) and ``kadid10k``
-(``dmos``, higher is better, as pyiqa reads KADID-10k); any other data set names them explicitly.
+Data: pyiqa meta-info CSVs (``ref_name,dist_name,<score>,...``). Presets fill in the file names
+and the score's direction for ``tid2013`` (``mos``, higher is better) and ``kadid10k`` (``dmos``,
+higher is better, as pyiqa reads KADID-10k), and read the columns by position as pyiqa does
+(reference, distorted, score, whatever the header); any other data set names its score column and
+has ``ref_name`` and ``dist_name`` columns.
 """
 from __future__ import annotations
 
@@ -24,14 +26,15 @@ import torch
 
 from callbacks import scores
 from callbacks.probes.base import Probe, ProbeContext, decode_images, require_columns, select_items, shard_indices
+from datamodules.perceptual_tasks import pyiqa_column
 
 log = logging.getLogger(__name__)
 
 FR_PRESETS: dict[str, dict] = {
     "tid2013": {"csv": "meta_info_TID2013Dataset.csv", "ref_dir": "reference_images",
-                "dist_dir": "distorted_images", "score_column": "mos", "higher_better": True},
+                "dist_dir": "distorted_images", "higher_better": True},
     "kadid10k": {"csv": "meta_info_KADID10kDataset.csv", "ref_dir": "images",
-                 "dist_dir": "images", "score_column": "dmos", "higher_better": True},
+                 "dist_dir": "images", "higher_better": True},
 }
 
 DEFAULT_CLASSICAL = ("psnr", "ssim", "fsim", "vif", "gmsd")
@@ -45,7 +48,9 @@ class FullReferenceIQAProbe(Probe):
         dataset: preset name (``tid2013``, ``kadid10k``) or any name used in metric names.
         csv: meta-info CSV, relative to ``root`` (default from the preset).
         ref_dir / dist_dir: folders of reference / distorted images, relative to ``root``.
-        score_column: human score column (``mos``/``dmos``).
+        score_column: human score column, by name (default with a preset: the third column, as
+            pyiqa reads it, with the reference and distorted names in the first two; required
+            without one).
         higher_better: direction of the human score (True: higher = better quality). Required for
             data sets without a preset.
         distance: ``cosine`` (default), ``l2`` or ``normalized_l2`` (see ``scores.embedding_distance``).
@@ -78,9 +83,9 @@ class FullReferenceIQAProbe(Probe):
         self.csv = csv or preset.get("csv")
         self.ref_dir = ref_dir if ref_dir is not None else preset.get("ref_dir", "")
         self.dist_dir = dist_dir if dist_dir is not None else preset.get("dist_dir", "")
-        self.score_column = score_column or preset.get("score_column")
+        self.score_column = score_column  # None with a preset: pyiqa's positions
         self.higher_better = higher_better if higher_better is not None else preset.get("higher_better")
-        missing = [k for k, v in (("csv", self.csv), ("score_column", self.score_column),
+        missing = [k for k, v in (("csv", self.csv), ("score_column", score_column or preset or None),
                                   ("higher_better", self.higher_better)) if v is None]
         if missing:
             raise ValueError(
@@ -103,11 +108,15 @@ class FullReferenceIQAProbe(Probe):
         if not csv.is_file():
             raise FileNotFoundError(f"{self.name}: meta-info CSV not found: {csv}")
         table = pd.read_csv(csv)
-        require_columns(table, ["ref_name", "dist_name", self.score_column], csv)
+        if self.score_column is None:  # a preset: pyiqa's positions
+            columns = [pyiqa_column(table, i, csv) for i in range(3)]
+        else:
+            columns = ["ref_name", "dist_name", self.score_column]
+            require_columns(table, columns, csv)
         table = table.iloc[select_items(len(table), self.max_items, self.seed)].reset_index(drop=True)
-        self.table = table
+        self.table = pd.DataFrame({"ref_name": table[columns[0]].astype(str), "dist_name": table[columns[1]].astype(str)})
         # Human quality, oriented so that higher is better whatever the data set's convention.
-        mos = torch.tensor(table[self.score_column].to_numpy(), dtype=torch.float64)
+        mos = torch.tensor(table[columns[2]].to_numpy(), dtype=torch.float64)
         self.quality = mos if self.higher_better else -mos
         return len(table)
 

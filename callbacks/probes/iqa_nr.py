@@ -11,7 +11,8 @@ at full resolution, and ``logit_scale`` is fixed (default 100, the temperature o
 and of pyiqa) so that the averaged probability does not move with the learned temperature.
 
 Needs a text tower; the suite skips it for vision-only backbones. Data: pyiqa meta-info CSVs
-with an image-name column and a score column; presets for ``koniq``, ``livec`` and ``spaq``.
+with an image-name column and a score column; presets for ``koniq``, ``livec`` and ``spaq``, which
+read the columns by position as pyiqa does (image name first, score second, whatever the header).
 """
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ import torch.nn.functional as F
 
 from callbacks import scores
 from callbacks.probes.base import Probe, ProbeContext, decode_images, require_columns, select_items
+from datamodules.perceptual_tasks import pyiqa_column
 
 NR_PRESETS: dict[str, dict] = {
-    "koniq": {"csv": "meta_info_KonIQ10kDataset.csv", "image_dir": "images", "score_column": "mos", "higher_better": True},
-    "livec": {"csv": "meta_info_LIVEChallengeDataset.csv", "image_dir": "images", "score_column": "mos", "higher_better": True},
-    "spaq": {"csv": "meta_info_SPAQDataset.csv", "image_dir": "images", "score_column": "mos", "higher_better": True},
+    "koniq": {"csv": "meta_info_KonIQ10kDataset.csv", "image_dir": "images", "higher_better": True},
+    "livec": {"csv": "meta_info_LIVEChallengeDataset.csv", "image_dir": "images", "higher_better": True},
+    "spaq": {"csv": "meta_info_SPAQDataset.csv", "image_dir": "images", "higher_better": True},
 }
 
 DEFAULT_PROMPT_PAIRS = (("Good photo.", "Bad photo."),)
@@ -39,8 +41,10 @@ class CLIPIQAProbe(Probe):
     Args:
         root: data-set folder (CSV and image folder).
         dataset: preset name (``koniq``, ``livec``, ``spaq``) or any name used in metric names.
-        csv / image_dir / score_column / higher_better: table layout (default from the preset;
-            required without one). ``image_dir`` is relative to ``root``.
+        csv / image_dir / higher_better: table layout (default from the preset; required
+            without one). ``image_dir`` is relative to ``root``.
+        score_column: human score column, by name (default with a preset: the CSV's second
+            column, as pyiqa reads it; required without one).
         name_column: image-name column (default: the CSV's first column, as pyiqa reads it).
         split: keep only rows whose ``split`` column equals this (KonIQ: ``train``/``val``/``test``).
         prompt_pairs: ``[[positive, negative], ...]``; probabilities are averaged over pairs.
@@ -75,9 +79,9 @@ class CLIPIQAProbe(Probe):
         self._dataset = dataset
         self.csv = csv or preset.get("csv")
         self.image_dir = image_dir if image_dir is not None else preset.get("image_dir", "")
-        self.score_column = score_column or preset.get("score_column")
+        self.score_column = score_column  # None with a preset: pyiqa's position
         self.higher_better = higher_better if higher_better is not None else preset.get("higher_better")
-        missing = [k for k, v in (("csv", self.csv), ("score_column", self.score_column),
+        missing = [k for k, v in (("csv", self.csv), ("score_column", score_column or preset or None),
                                   ("higher_better", self.higher_better)) if v is None]
         if missing:
             raise ValueError(
@@ -101,15 +105,16 @@ class CLIPIQAProbe(Probe):
         if not csv.is_file():
             raise FileNotFoundError(f"{self.name}: meta-info CSV not found: {csv}")
         table = pd.read_csv(csv)
-        name_column = self.name_column or table.columns[0]
-        require_columns(table, [name_column, self.score_column] + (["split"] if self.split else []), csv)
+        name_column = self.name_column or pyiqa_column(table, 0, csv)
+        score_column = self.score_column or pyiqa_column(table, 1, csv)
+        require_columns(table, [name_column, score_column] + (["split"] if self.split else []), csv)
         if self.split:
             table = table[table["split"] == self.split]
             if table.empty:
                 raise ValueError(f"{csv}: no rows with split == {self.split!r}")
         table = table.iloc[select_items(len(table), self.max_items, self.seed)].reset_index(drop=True)
         self.names = table[name_column].astype(str).tolist()
-        mos = torch.tensor(table[self.score_column].to_numpy(), dtype=torch.float64)
+        mos = torch.tensor(table[score_column].to_numpy(), dtype=torch.float64)
         self.quality = mos if self.higher_better else -mos
         return len(table)
 
