@@ -7,8 +7,10 @@ prompt; the quality prediction is its mean over pairs, in [0, 1], higher = bette
 
 Differences from pyiqa's ``clipiqa`` that matter when comparing numbers: the image goes through the
 backbone's eval transform (resize + centre crop to the model's input size) rather than being fed
-at full resolution, and ``logit_scale`` is fixed (default 100, the temperature of a trained CLIP
-and of pyiqa) so that the averaged probability does not move with the learned temperature.
+at full resolution, ``logit_scale`` is fixed (default 100, the temperature of a trained CLIP
+and of pyiqa) so that the averaged probability does not move with the learned temperature, and
+every row of the CSV is a candidate item (pyiqa's LIVE-C drops the first 7, the original data
+set's training images; ``max_items`` then samples a fixed subset, 1000 by default).
 
 Needs a text tower; the suite skips it for vision-only backbones. Data: pyiqa meta-info CSVs
 with an image-name column and a score column; presets for ``koniq``, ``livec`` and ``spaq``, which
