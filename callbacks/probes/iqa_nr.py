@@ -9,8 +9,8 @@ Differences from pyiqa's ``clipiqa`` that matter when comparing numbers: the ima
 backbone's eval transform (resize + centre crop to the model's input size) rather than being fed
 at full resolution, ``logit_scale`` is fixed (default 100, the temperature of a trained CLIP
 and of pyiqa) so that the averaged probability does not move with the learned temperature, and
-every row of the CSV is a candidate item (pyiqa's LIVE-C drops the first 7, the original data
-set's training images; ``max_items`` then samples a fixed subset, 1000 by default).
+``max_items`` evaluates a fixed subset (1000 by default; ``None``: the whole set). As in pyiqa,
+the ``livec`` preset leaves out the CSV's first 7 rows (the original data set's training images).
 
 Needs a text tower; the suite skips it for vision-only backbones. Data: pyiqa meta-info CSVs
 with an image-name column and a score column; presets for ``koniq``, ``livec`` and ``spaq``, which
@@ -30,7 +30,8 @@ from datamodules.perceptual_tasks import pyiqa_column
 
 NR_PRESETS: dict[str, dict] = {
     "koniq": {"csv": "meta_info_KonIQ10kDataset.csv", "image_dir": "images", "higher_better": True},
-    "livec": {"csv": "meta_info_LIVEChallengeDataset.csv", "image_dir": "images", "higher_better": True},
+    "livec": {"csv": "meta_info_LIVEChallengeDataset.csv", "image_dir": "images", "higher_better": True,
+              "drop_first": 7},
     "spaq": {"csv": "meta_info_SPAQDataset.csv", "image_dir": "images", "higher_better": True},
 }
 
@@ -49,6 +50,7 @@ class CLIPIQAProbe(Probe):
             column, as pyiqa reads it; required without one).
         name_column: image-name column (default: the CSV's first column, as pyiqa reads it).
         split: keep only rows whose ``split`` column equals this (KonIQ: ``train``/``val``/``test``).
+        drop_first: leave out the CSV's first rows (default: 7 for ``livec``, as pyiqa; else 0).
         prompt_pairs: ``[[positive, negative], ...]``; probabilities are averaged over pairs.
         logit_scale: softmax temperature multiplier (fixed; see the module docstring).
         max_items / layer / batch_size / seed / name: see :class:`Probe` (``layer`` reads the
@@ -68,6 +70,7 @@ class CLIPIQAProbe(Probe):
         higher_better: bool | None = None,
         name_column: str | None = None,
         split: str | None = None,
+        drop_first: int | None = None,
         prompt_pairs: Sequence[Sequence[str]] = DEFAULT_PROMPT_PAIRS,
         logit_scale: float = 100.0,
         max_items: int | None = 1000,
@@ -92,6 +95,7 @@ class CLIPIQAProbe(Probe):
             )
         self.name_column = name_column
         self.split = split
+        self.drop_first = int(drop_first if drop_first is not None else preset.get("drop_first", 0))
         self.prompt_pairs = [tuple(p) for p in prompt_pairs]
         bad = [p for p in self.prompt_pairs if len(p) != 2]
         if not self.prompt_pairs or bad:
@@ -110,6 +114,7 @@ class CLIPIQAProbe(Probe):
         name_column = self.name_column or pyiqa_column(table, 0, csv)
         score_column = self.score_column or pyiqa_column(table, 1, csv)
         require_columns(table, [name_column, score_column] + (["split"] if self.split else []), csv)
+        table = table.iloc[self.drop_first:]
         if self.split:
             table = table[table["split"] == self.split]
             if table.empty:
