@@ -57,8 +57,10 @@ from datamodules.nights import NightsDataModule
 from lightning_modules.perceptual_init import PerceptualInitModule
 
 
-def dreamsim_style(model: PerceptualInitModule, loader, device) -> tuple[float, float, int]:
-    """DreamSim's loop: two pairwise calls per batch, each normalising and embedding both images."""
+def dreamsim_style(model: PerceptualInitModule, loader, device) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DreamSim's loop: two pairwise calls per batch, each normalising and embedding both images.
+
+    Returns (seconds, d0, d1, p) over the whole loader, as :func:`perceptlab` does."""
     mean, std = model.backbone._mean.float(), model.backbone._std.float()
 
     def pair_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -75,10 +77,10 @@ def dreamsim_style(model: PerceptualInitModule, loader, device) -> tuple[float, 
             d1s.append(pair_distance(ref, right))
             ps.append(batch["p"])
     d0, d1, p = torch.cat(d0s).cpu(), torch.cat(d1s).cpu(), torch.cat(ps)
-    return time.perf_counter() - start, two_afc(d0, d1, p), len(p)
+    return time.perf_counter() - start, d0, d1, p
 
 
-def perceptlab(model: PerceptualInitModule, loader, device) -> tuple[float, float, int]:
+def perceptlab(model: PerceptualInitModule, loader, device) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The module's evaluation: three encodes per triplet, batched, inference mode."""
     d0s, d1s, ps = [], [], []
     start = time.perf_counter()
@@ -89,7 +91,7 @@ def perceptlab(model: PerceptualInitModule, loader, device) -> tuple[float, floa
             d1s.append(d1)
             ps.append(batch["p"])
     d0, d1, p = torch.cat(d0s).cpu(), torch.cat(d1s).cpu(), torch.cat(ps)
-    return time.perf_counter() - start, two_afc(d0, d1, p), len(p)
+    return time.perf_counter() - start, d0, d1, p
 
 
 def dreamsim_loader(dm: NightsDataModule, split: str) -> DataLoader:
@@ -101,10 +103,11 @@ def dreamsim_loader(dm: NightsDataModule, split: str) -> DataLoader:
     return DataLoader(dataset, batch_size=dm.hparams.batch_size, shuffle=False, **dm._loader_kwargs())
 
 
-def _timed(fns, model, source, device, repeats, passes) -> tuple[dict[str, list[float]], dict[str, float], int]:
-    """Per side, ``repeats`` timings of ``passes`` whole evaluations of the split each."""
+def _timed(fns, model, source, device, repeats, passes) -> tuple[dict[str, list[float]], dict[str, tuple], int]:
+    """Per side, ``repeats`` timings of ``passes`` whole evaluations of the split each, and the
+    side's last ``(d0, d1, p)``."""
     times: dict[str, list[float]] = {name: [] for name in fns}
-    scores: dict[str, float] = {}
+    outputs: dict[str, tuple] = {}
     n = 0
     for _ in range(repeats):
         for name, (fn, src) in fns.items():  # alternate, so slow phases of the machine hit all sides
@@ -112,13 +115,14 @@ def _timed(fns, model, source, device, repeats, passes) -> tuple[dict[str, list[
             for _ in range(passes):
                 if device.type == "cuda":
                     torch.cuda.synchronize()
-                seconds, score, n = fn(model, source if src is None else src, device)
+                seconds, *out = fn(model, source if src is None else src, device)
+                n = len(out[2])
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 total += seconds
             times[name].append(total)
-            scores[name] = score
-    return times, scores, n * passes
+            outputs[name] = tuple(out)
+    return times, outputs, n * passes
 
 
 def main() -> None:
@@ -163,7 +167,10 @@ def main() -> None:
         "dreamsim_style_uint8_loader": (dreamsim_style, None),
         "perceptlab": (perceptlab, None),
     }
-    times, scores, n = _timed(fns, model, loader, device, args.repeats, args.passes)
+    times, outputs, n = _timed(fns, model, loader, device, args.repeats, args.passes)
+    scores = {name: two_afc(*out) for name, out in outputs.items()}
+    ours = outputs["perceptlab"]
+    distance_gap = max((a - b).abs().max().item() for out in outputs.values() for a, b in zip(out[:2], ours[:2]))
     decoded = list(loader)
     mem_fns = {"dreamsim_style": (dreamsim_style, None), "perceptlab": (perceptlab, None)}
     times_mem, _, _ = _timed(mem_fns, model, decoded, device, args.repeats, args.passes)
@@ -196,6 +203,7 @@ def main() -> None:
         "speedup_ratio_compute_only": ratio(rate_mem),
         "two_afc": {k: round(v, 6) for k, v in scores.items()},
         "same_2afc": max(scores.values()) - min(scores.values()) < 1e-6,
+        "max_distance_difference": distance_gap,
         "machine": platform.processor() or platform.machine(),
     }))
     if tmp is not None:

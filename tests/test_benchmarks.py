@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from callbacks.scores import two_afc
 from datamodules.nights import NightsDataModule
 from lightning_modules.perceptual_init import PerceptualInitModule
 from test_nights import EXPECTED_2AFC, EXPECTED_ROWS, ROWS, write_nights
@@ -28,9 +29,10 @@ def nights_root(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("split", ["val", "test_imagenet"])
-def test_2afc_benchmark_loops_score_the_known_2afc(nights_root, split):
+def test_2afc_benchmark_sides_score_the_known_2afc_with_the_same_distances(nights_root, split):
     """Every side of bench_nights_2afc (DreamSim's float transport and loop, the same loop on
-    uint8 batches, perceptlab's evaluation) scores the constructed split's known 2AFC."""
+    uint8 batches, perceptlab's evaluation) scores the constructed split's known 2AFC, from the
+    same distances."""
     bench = load_benchmark("bench_nights_2afc")
     torch.manual_seed(0)
     model = PerceptualInitModule(model_name=TINY).eval()
@@ -45,7 +47,13 @@ def test_2afc_benchmark_loops_score_the_known_2afc(nights_root, split):
     torch.testing.assert_close(fl["ref"], u8["ref"].float() / 255, rtol=0, atol=0)
 
     sides = [(bench.dreamsim_style, float_loader), (bench.dreamsim_style, uint8_loader), (bench.perceptlab, uint8_loader)]
-    for fn, loader in sides:
-        seconds, score, n = fn(model, loader, torch.device("cpu"))
-        assert n == EXPECTED_ROWS[split] and seconds > 0
-        assert score == pytest.approx(EXPECTED_2AFC[split], abs=1e-6), (fn.__name__, loader.dataset.transform)
+    results = [fn(model, loader, torch.device("cpu")) for fn, loader in sides]
+    for (fn, loader), (seconds, d0, d1, p) in zip(sides, results):
+        assert len(p) == EXPECTED_ROWS[split] and seconds > 0
+        assert two_afc(d0, d1, p) == pytest.approx(EXPECTED_2AFC[split], abs=1e-6), (fn.__name__, loader.dataset.transform)
+    # The same distances on every side (the 2AFC above holds for any model; this does not): the
+    # DreamSim side normalises its [0, 1] floats exactly as the backbone normalises uint8 images.
+    _, ref_d0, ref_d1, _ = results[-1]
+    for _, d0, d1, _ in results[:-1]:
+        torch.testing.assert_close(d0, ref_d0, rtol=0, atol=1e-6)
+        torch.testing.assert_close(d1, ref_d1, rtol=0, atol=1e-6)
