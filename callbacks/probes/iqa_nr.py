@@ -86,7 +86,7 @@ class CLIPIQAProbe(Probe):
         self.image_dir = image_dir if image_dir is not None else preset.get("image_dir", "")
         self.score_column = score_column  # None with a preset: pyiqa's position
         self.higher_better = higher_better if higher_better is not None else preset.get("higher_better")
-        missing = [k for k, v in (("csv", self.csv), ("score_column", score_column or preset or None),
+        missing = [k for k, v in (("csv", self.csv), ("score_column", score_column if not preset else "by position"),
                                   ("higher_better", self.higher_better)) if v is None]
         if missing:
             raise ValueError(
