@@ -37,10 +37,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
+# The layer contract first (seconds; names the importing and the imported module), then the suite.
 test: setup
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 test-fast: setup
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not slow"
 
 tensorboard: setup
@@ -63,6 +66,8 @@ bench: setup
 # (e.g. EXTRA="--trainer.num_nodes=4"); WEIGHTS is a local open_clip weights file (offline use).
 GPUS  ?= 8
 EXTRA ?=
+# The run directory is named after the experiment config (the one naming a model), not the
+# strategy fragment: `make pi-nights` writes runs/pi_nights_vitb32/version_<n>/.
 DDP   := --config experiments/strategies/ddp.yaml --trainer.devices=$(GPUS)
 need   = $(if $($(1)),,$(error $(1) is not set: $(2)))
 

@@ -27,7 +27,6 @@ import importlib
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,10 +35,9 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from callbacks.probes.base import Probe, ProbeContext  # noqa: E402
-from lightning_modules.backbone import CLIPBackbone  # noqa: E402
+from perceptlab.callbacks.probes.base import Probe, ProbeContext
+from perceptlab.core.backbone import CLIPBackbone
 
 SUITE_YAML = REPO / "experiments" / "toy" / "alignment_suite.yaml"
 TOY_BATCH = 64  # experiments/toy/pretrain_random.yaml
@@ -118,7 +116,7 @@ def toy_training_step(world: Path, repeats: int) -> float:
     from open_clip import ClipLoss
     from PIL import Image
 
-    from lightning_modules.optim import adamw_cosine
+    from perceptlab.core.optim import adamw_cosine, param_groups
 
     torch.manual_seed(0)
     backbone = CLIPBackbone("perceptlab-vit-tiny-64").train()
@@ -127,7 +125,7 @@ def toy_training_step(world: Path, repeats: int) -> float:
     images = torch.stack([tf(Image.open(world / "image_text" / f).convert("RGB")) for f in table["filepath"]])
     tokens = backbone.tokenize(table["title"].tolist())
     loss_fn = ClipLoss()
-    optimizer = adamw_cosine(backbone, 1e-3, 0.1, (0.9, 0.98), 1e-6, 50, 1000)["optimizer"]
+    optimizer = adamw_cosine(param_groups(backbone.named_parameters(), 0.1), 1e-3, (0.9, 0.98), 1e-6, 50, 1000)["optimizer"]
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -185,7 +183,7 @@ def main() -> None:
     if ns.world:
         world = Path(ns.world)
     else:
-        from datamodules.toyworld import synthesize
+        from perceptlab.datamodules.toyworld import synthesize
 
         tmp = tempfile.TemporaryDirectory()
         world = Path(tmp.name)

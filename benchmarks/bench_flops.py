@@ -16,18 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from open_clip import ClipLoss
 from torch.utils.flop_counter import FlopCounterMode
 
-from lightning_modules.backbone import CLIPBackbone
-from lightning_modules.optim import param_groups
+from perceptlab.core.backbone import CLIPBackbone
+from perceptlab.core.optim import param_groups
 
 
 def sync(device: str) -> None:

@@ -20,21 +20,19 @@ import argparse
 import io
 import json
 import math
-import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
 from open_clip import ClipLoss
 from PIL import Image
 
-from datamodules.image_text import ImageTextDataModule
-from lightning_modules.backbone import CLIPBackbone
+from perceptlab.datamodules.image_text import ImageTextDataModule
+from perceptlab.core.backbone import CLIPBackbone
 
 
 def write_shards(folder: Path, shards: int, per_shard: int, size: int) -> str:

@@ -41,7 +41,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -50,11 +49,10 @@ import torch
 import torchvision.transforms as T
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from callbacks.scores import two_afc
-from datamodules.nights import NightsDataModule
-from lightning_modules.perceptual_init import PerceptualInitModule
+from perceptlab.core.scores import two_afc
+from perceptlab.datamodules.nights import NightsDataModule
+from perceptlab.lightning_modules.perceptual_init import PerceptualInitModule
 
 
 def dreamsim_style(model: PerceptualInitModule, loader, device) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -100,7 +98,8 @@ def dreamsim_loader(dm: NightsDataModule, split: str) -> DataLoader:
     u8 = dm.datasets[split].transform
     dataset = copy.copy(dm.datasets[split])
     dataset.transform = T.Compose([*u8.transforms[:-1], T.ToTensor()])  # PILToTensor -> ToTensor
-    return DataLoader(dataset, batch_size=dm.hparams.batch_size, shuffle=False, **dm._loader_kwargs())
+    return DataLoader(dataset, batch_size=dm.hparams.batch_size, shuffle=False,
+                      **dm.loader_kwargs(dm.hparams.num_workers, dm.hparams.pin_memory))
 
 
 def _timed(fns, model, source, device, repeats, passes) -> tuple[dict[str, list[float]], dict[str, tuple], int]:
@@ -142,7 +141,7 @@ def main() -> None:
     tmp = None
     root = args.root
     if root is None:
-        from datamodules.toyworld import synthesize
+        from perceptlab.datamodules.toyworld import synthesize
 
         tmp = tempfile.TemporaryDirectory()
         synthesize(tmp.name, seed=0, scale="tiny", progress=False)

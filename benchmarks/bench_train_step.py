@@ -19,19 +19,16 @@ import copy
 import json
 import math
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning.pytorch as pl
 import torch
 from open_clip import ClipLoss
 from torch.utils.data import DataLoader
 
-from lightning_modules.contrastive import ContrastivePretrainModule
-from lightning_modules.optim import cosine_with_warmup, param_groups
+from perceptlab.lightning_modules.contrastive import ContrastivePretrainModule
+from perceptlab.core.optim import cosine_with_warmup, param_groups
 
 
 def make_batch(module: ContrastivePretrainModule, batch: int, device: str) -> dict:

@@ -5,15 +5,15 @@ Add it to any stage's trainer (the modules keep their model as ``self.backbone``
 
     trainer:
       callbacks:
-        - class_path: callbacks.alignment.AlignmentSuite
+        - class_path: perceptlab.callbacks.alignment.AlignmentSuite
           init_args:
             data_root: data/toyworld
             every_n_epochs: 1
             every_n_steps: 200          # sub-epoch resolution for an early peak
             probes:
-              - class_path: callbacks.probes.nights.NightsProbe
+              - class_path: perceptlab.callbacks.probes.nights.NightsProbe
                 init_args: {root: nights, split: test}
-              - class_path: callbacks.probes.iqa_fr.FullReferenceIQAProbe
+              - class_path: perceptlab.callbacks.probes.iqa_fr.FullReferenceIQAProbe
                 init_args: {root: iqa/tid2013, dataset: tid2013}
 
 When it evaluates
@@ -27,7 +27,7 @@ What it writes (rank 0), in ``trainer.log_dir`` (``runs/<experiment>/version_<n>
     * ``alignment.jsonl``: one line per evaluation
       ``{"epoch", "step", "trigger", "metrics": {name: value}, "seconds": {probe: s}}``;
       ``trigger`` is ``baseline``, ``epoch``, ``step`` or ``end``; undefined values are ``null``.
-    * ``alignment_summary.json``: per metric peak / final / drop (see ``callbacks.peaks``).
+    * ``alignment_summary.json``: per metric peak / final / drop (see ``perceptlab.callbacks.peaks``).
     * logger scalars ``alignment/<metric>`` at the training step; for TensorBoard also a
       custom-scalars layout grouping the probes and the figure ``alignment/trajectories``.
     * ``checkpoints/alignment-peak.ckpt`` when ``checkpoint_peak_of`` names a metric, rewritten
@@ -61,8 +61,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-from callbacks.peaks import PeakTracker, custom_scalars_layout, finite, trajectory_figure, write_json_atomic
-from callbacks.probes.base import Probe, ProbeContext
+from perceptlab.callbacks.peaks import PeakTracker, custom_scalars_layout, finite, trajectory_figure, write_json_atomic
+from perceptlab.callbacks.probes.base import Probe, ProbeContext
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class AlignmentSuite(Callback):
     """Runs human-alignment probes during ``fit`` and tracks each metric's peak.
 
     Args:
-        probes: the probes (``callbacks.probes.*``), each with its data folder and ``max_items``.
+        probes: the probes (``perceptlab.callbacks.probes.*``), each with its data folder and ``max_items``.
         data_root: folder that relative probe roots are taken under (absolute roots are kept).
         every_n_epochs: evaluate after every N-th epoch (``null``: never at epoch ends).
         every_n_steps: evaluate every N optimiser steps (``null``: never mid-epoch).

@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """The toy world at scale ``tiny``, seed 0, written once per test session; returns its root."""
-    from datamodules.toyworld import synthesize
+    from perceptlab.datamodules.toyworld import synthesize
 
     root = tmp_path_factory.mktemp("toyworld")
     synthesize(root, seed=0, scale="tiny", progress=False)

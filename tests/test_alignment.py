@@ -18,14 +18,14 @@ from open_clip import ClipLoss
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.alignment import JSONL_NAME, PEAK_CHECKPOINT_NAME, SUMMARY_NAME, AlignmentSuite
-from callbacks.probes.iqa_fr import FullReferenceIQAProbe
-from callbacks.probes.iqa_nr import CLIPIQAProbe
-from callbacks.probes.nights import NightsProbe
-from callbacks.probes.noise import NoiseRobustnessProbe
-from callbacks.probes.shape_bias import ShapeBiasProbe
-from lightning_modules.backbone import CLIPBackbone
-from lightning_modules.optim import adamw_cosine, total_training_steps
+from perceptlab.callbacks.alignment import JSONL_NAME, PEAK_CHECKPOINT_NAME, SUMMARY_NAME, AlignmentSuite
+from perceptlab.callbacks.probes.iqa_fr import FullReferenceIQAProbe
+from perceptlab.callbacks.probes.iqa_nr import CLIPIQAProbe
+from perceptlab.callbacks.probes.nights import NightsProbe
+from perceptlab.callbacks.probes.noise import NoiseRobustnessProbe
+from perceptlab.callbacks.probes.shape_bias import ShapeBiasProbe
+from perceptlab.core.backbone import CLIPBackbone
+from perceptlab.core.optim import adamw_cosine, param_groups, total_training_steps
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = ["a photo of a {}."]
@@ -55,7 +55,7 @@ class TinyCLIP(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return adamw_cosine(self, self.hparams.lr, 0.1, (0.9, 0.98), 1e-6, self.hparams.warmup_steps,
+        return adamw_cosine(param_groups(self.named_parameters(), 0.1), self.hparams.lr, (0.9, 0.98), 1e-6, self.hparams.warmup_steps,
                             total_training_steps(self.trainer))
 
 
@@ -89,7 +89,7 @@ def pairs_loader(world: Path, n: int = 16, batch_size: int = 8) -> DataLoader:
 
 
 def triplet_loader(world: Path, n: int = 16, batch_size: int = 8) -> DataLoader:
-    from datamodules.nights import NightsTriplets
+    from perceptlab.datamodules.nights import NightsTriplets
 
     tf = CLIPBackbone("perceptlab-vit-tiny-64", vision_only=True).transform(train=False)
     ds = NightsTriplets(world / "nights", "train", tf)
@@ -250,11 +250,11 @@ def test_resume_restores_history_without_duplicates(tiny_world, tmp_path):
 
 DDP_SCRIPT = r'''
 import json, sys
-sys.path.insert(0, {tests!r}); sys.path.insert(0, {repo!r})
+sys.path.insert(0, {tests!r})
 import torch, lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 from test_alignment import TinyCLIP, all_probes, pairs_loader
-from callbacks.alignment import AlignmentSuite
+from perceptlab.callbacks.alignment import AlignmentSuite
 
 world, out, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
 torch.manual_seed(0)
@@ -272,7 +272,7 @@ trainer.fit(model, pairs_loader(__import__("pathlib").Path(world), n=16, batch_s
 def test_ddp_two_processes_give_the_same_probe_values_as_one(tiny_world, tmp_path):
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT.format(tests=str(REPO / "tests"), repo=str(REPO)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     results = {}
     for devices in (1, 2):
         out = tmp_path / f"out{devices}"
@@ -296,17 +296,17 @@ def test_yaml_fragment_combines_with_a_stage_config_through_the_cli(tiny_world, 
         "model:\n  class_path: test_alignment.TinyPerceptualInit\n"
     )
     cmd = [sys.executable, "-c",
-           "import sys; sys.path.insert(0, sys.argv.pop(1)); from lightning_modules.cli import main; main(sys.argv[1:])",
+           "import sys; sys.path.insert(0, sys.argv.pop(1)); from perceptlab.commands.cli import main; main(sys.argv[1:])",
            str(REPO / "tests"), "fit", "--config", str(stage), "--config", str(REPO / "experiments/toy/alignment_suite.yaml"),
            f"--trainer.callbacks.init_args.data_root={tiny_world}", "--print_config"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+                          env={**os.environ})
     assert proc.returncode == 0, proc.stderr[-3000:]
     import yaml
 
     config = yaml.safe_load(proc.stdout)
     (callback,) = config["trainer"]["callbacks"]
-    assert callback["class_path"] == "callbacks.alignment.AlignmentSuite"
+    assert callback["class_path"] == "perceptlab.callbacks.alignment.AlignmentSuite"
     assert callback["init_args"]["data_root"] == str(tiny_world)
     assert config["trainer"]["max_steps"] == 1
     kinds = [p["class_path"].rsplit(".", 1)[-1] for p in callback["init_args"]["probes"]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.backbone import CLIPBackbone, extract_visual_state, list_models
+from perceptlab.core.backbone import CLIPBackbone, extract_visual_state, list_models
 
 TINY = "perceptlab-vit-tiny-64"
 
@@ -144,7 +144,7 @@ def test_extract_visual_state_cuts_at_the_visual_segment():
 
 
 def test_load_visual_merges_a_lora_adapted_checkpoint(tmp_path, images):
-    from lightning_modules.lora import apply_lora
+    from perceptlab.core.lora import apply_lora
 
     torch.manual_seed(5)
     src = CLIPBackbone(TINY, vision_only=True).eval()

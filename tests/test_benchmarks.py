@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from callbacks.scores import two_afc
-from datamodules.nights import NightsDataModule
-from lightning_modules.perceptual_init import PerceptualInitModule
+from perceptlab.core.scores import two_afc
+from perceptlab.datamodules.nights import NightsDataModule
+from perceptlab.lightning_modules.perceptual_init import PerceptualInitModule
 from test_nights import EXPECTED_2AFC, EXPECTED_ROWS, ROWS, write_nights
 
 TINY = "perceptlab-vit-tiny-64"

@@ -16,8 +16,8 @@ import pytest
 import torch
 import yaml
 
-from datamodules.image_text import CsvPairs
-from lightning_modules.contrastive import ContrastivePretrainModule
+from perceptlab.datamodules.image_text import CsvPairs
+from perceptlab.lightning_modules.contrastive import ContrastivePretrainModule
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = "experiments/toy/pretrain_random.yaml"

@@ -19,9 +19,8 @@ def _rows(markdown: str, section: str) -> list[list[str]]:
 
 @pytest.mark.slow
 def test_quick_demo_runs_every_stage_and_reports_what_the_runs_wrote(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "lightning_modules.cli", "demo", "--quick", "--out", "runs/demo"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=900,
-                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run([sys.executable, "-m", "perceptlab.commands.cli", "demo", "--quick", "--out", "runs/demo"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "runs" / "demo"
     world = json.loads((tmp_path / "data" / "toyworld" / "world.json").read_text())

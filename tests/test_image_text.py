@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules.image_text import (
+from perceptlab.datamodules.image_text import (
     CsvPairs,
     ImageTextDataModule,
     WebDatasetPairs,

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules.nights import NightsDataModule, NightsTriplets, load_nights_table
-from lightning_modules.backbone import CLIPBackbone
+from perceptlab.datamodules.nights import NightsDataModule, NightsTriplets, load_nights_table
+from perceptlab.core.backbone import CLIPBackbone
 
 TINY = "perceptlab-vit-tiny-64"
 
@@ -227,7 +227,7 @@ def test_uint8_batches_give_the_embeddings_of_the_float_transform(nights_root):
 def test_uint8_transform_refuses_float_tensor_steps():
     from torchvision import transforms as T
 
-    from lightning_modules.backbone import uint8_transform
+    from perceptlab.core.backbone import uint8_transform
 
     with pytest.raises(ValueError, match="RandomErasing"):
         uint8_transform(T.Compose([T.CenterCrop(8), T.ToTensor(), T.RandomErasing(), T.Normalize([0.5] * 3, [0.5] * 3)]))

@@ -8,14 +8,14 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from callbacks import scores
-from callbacks.probes.base import ProbeContext, select_items, shard_indices, unshard
-from callbacks.probes.iqa_fr import FullReferenceIQAProbe
-from callbacks.probes.iqa_nr import CLIPIQAProbe
-from callbacks.probes.nights import NightsProbe
-from callbacks.probes.noise import NoiseRobustnessProbe
-from callbacks.probes.shape_bias import ShapeBiasProbe
-from lightning_modules.backbone import CLIPBackbone
+from perceptlab.core import scores
+from perceptlab.callbacks.probes.base import ProbeContext, select_items, shard_indices, unshard
+from perceptlab.callbacks.probes.iqa_fr import FullReferenceIQAProbe
+from perceptlab.callbacks.probes.iqa_nr import CLIPIQAProbe
+from perceptlab.callbacks.probes.nights import NightsProbe
+from perceptlab.callbacks.probes.noise import NoiseRobustnessProbe
+from perceptlab.callbacks.probes.shape_bias import ShapeBiasProbe
+from perceptlab.core.backbone import CLIPBackbone
 
 stats = pytest.importorskip("scipy.stats")
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from callbacks.reliability import NonFiniteLossError, NonFiniteLossGuard
+from perceptlab.callbacks.reliability import NonFiniteLossError, NonFiniteLossGuard
 
 REPO = Path(__file__).resolve().parent.parent
 PI_CONFIG = str(REPO / "experiments" / "toy" / "pi_nights.yaml")
@@ -25,7 +25,7 @@ PRETRAIN_CONFIG = str(REPO / "experiments" / "toy" / "pretrain_random.yaml")
 
 
 def perceptlab(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lightning_modules.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "perceptlab.commands.cli", *args], capture_output=True, text=True,
                           cwd=kw.pop("cwd", REPO), timeout=kw.pop("timeout", 300), **kw)
 
 
@@ -72,7 +72,7 @@ def test_sigterm_saves_last_checkpoint_and_resume_continues_in_the_same_run(tmp_
     common = ["fit", "--config", PI_CONFIG, f"--data.init_args.root={tiny_world / 'nights'}", "--runs_dir", str(runs),
               "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=1", "--data.init_args.num_workers=0"]
     args = [*common, "--trainer.max_epochs=1000", "--checkpoint_every_n_steps=2"]
-    proc = subprocess.Popen([sys.executable, "-m", "lightning_modules.cli", *args], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "perceptlab.commands.cli", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run = runs / "pi_nights" / "version_0"
     deadline = time.time() + 240
@@ -143,10 +143,10 @@ def test_missing_dataset_root_is_named_before_training(tmp_path):
 
 
 def test_probe_pointed_at_a_missing_folder_fails_at_start_up_naming_probe_and_path(tmp_path, tiny_world):
-    from callbacks.alignment import AlignmentSuite
-    from callbacks.probes.nights import NightsProbe
-    from datamodules.nights import NightsDataModule
-    from lightning_modules.perceptual_init import PerceptualInitModule
+    from perceptlab.callbacks.alignment import AlignmentSuite
+    from perceptlab.callbacks.probes.nights import NightsProbe
+    from perceptlab.datamodules.nights import NightsDataModule
+    from perceptlab.lightning_modules.perceptual_init import PerceptualInitModule
 
     suite = AlignmentSuite(probes=[NightsProbe(root=str(tmp_path / "missing_nights"), name="nights_test")], num_workers=0)
     trainer = pl.Trainer(max_steps=2, callbacks=[suite, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
@@ -161,13 +161,13 @@ def test_probe_pointed_at_a_missing_folder_fails_at_start_up_naming_probe_and_pa
 def _resume_suite(world: Path, kill_at: int | None) -> str:
     """A trainer.callbacks config: three cheap probes every 2 steps, plus a SIGKILL at ``kill_at``."""
     probes = [
-        {"class_path": "callbacks.probes.nights.NightsProbe", "init_args": {"root": "nights", "split": "test", "max_items": 40}},
-        {"class_path": "callbacks.probes.shape_bias.ShapeBiasProbe",
+        {"class_path": "perceptlab.callbacks.probes.nights.NightsProbe", "init_args": {"root": "nights", "split": "test", "max_items": 40}},
+        {"class_path": "perceptlab.callbacks.probes.shape_bias.ShapeBiasProbe",
          "init_args": {"root": "cue_conflict", "dataset": "cue_conflict", "max_items": 48}},
-        {"class_path": "callbacks.probes.noise.NoiseRobustnessProbe",
+        {"class_path": "perceptlab.callbacks.probes.noise.NoiseRobustnessProbe",
          "init_args": {"root": "classification", "dataset": "classification", "sigmas": [0.1], "max_items": 32}},
     ]
-    callbacks = [{"class_path": "callbacks.alignment.AlignmentSuite", "init_args": {
+    callbacks = [{"class_path": "perceptlab.callbacks.alignment.AlignmentSuite", "init_args": {
         "data_root": str(world), "every_n_epochs": 1, "every_n_steps": 2, "every_n_steps_until": 14, "baseline": True,
         "batch_size": 64, "tensorboard_figure": False, "probes": probes}}]
     if kill_at is not None:
@@ -280,7 +280,7 @@ class _EpochEnds(pl.Callback):
 ])
 def test_last_ckpt_is_written_once_per_epoch_end_after_the_epoch_hooks_and_at_the_end_of_fit(
         tmp_path, every_n_steps, max_steps, expected):
-    from callbacks.reliability import RunCheckpoint
+    from perceptlab.callbacks.reliability import RunCheckpoint
 
     written = []
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from callbacks.report import load_run, write_report
+from perceptlab.commands.report import load_run, write_report
 
 
 def _write_run(path: Path, trajectory: dict[str, list[float]], steps: list[int]) -> dict:
@@ -69,7 +69,7 @@ def test_report_tables_agree_with_summaries_and_differences_are_run_minus_refere
 
 
 def test_report_cli_names_a_missing_run(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "lightning_modules.cli", "report", str(tmp_path / "nope"),
+    proc = subprocess.run([sys.executable, "-m", "perceptlab.commands.cli", "report", str(tmp_path / "nope"),
                            "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert proc.returncode != 0
     assert "run directory not found" in proc.stderr and "nope" in proc.stderr

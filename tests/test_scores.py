@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 
@@ -10,11 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from callbacks import scores
+from perceptlab.core import scores
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference" / "cue-conflict"
-if not REFERENCE.is_dir():
-    REFERENCE = Path("/work/shared/data/reference/cue-conflict")
+# The project's shared reference data sits beside the repository (``../shared/data/reference``);
+# PERCEPTLAB_REFERENCE_DATA points elsewhere.
+REFERENCE = Path(os.environ.get("PERCEPTLAB_REFERENCE_DATA",
+                                Path(__file__).resolve().parents[2] / "shared" / "data" / "reference")) / "cue-conflict"
 needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"reference data not found: {REFERENCE}")
 
 

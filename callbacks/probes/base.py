@@ -39,7 +39,7 @@ class ProbeContext:
     ``autocast`` is the trainer's precision context (``nullcontext`` on full precision).
     """
 
-    backbone: Any  # lightning_modules.backbone.CLIPBackbone
+    backbone: Any  # perceptlab.core.backbone.CLIPBackbone
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     rank: int = 0
     world_size: int = 1

@@ -3,7 +3,7 @@
 For each triplet the model's distances reference-left ``d0`` and reference-right ``d1`` (cosine
 by default, as DreamSim) are scored with DreamSim's 2AFC against ``p`` = share of people who found
 the right image closer: ``nights/2afc`` in [0, 1], higher = more human-like, 0.5 = chance for a
-model that guesses. Reads NIGHTS through stage 1's reader (``datamodules.nights``), so the probe
+model that guesses. Reads NIGHTS through stage 1's reader (``perceptlab.datamodules.nights``), so the probe
 and stage 1 agree on the vote filter and the splits.
 """
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Callable
 
 import torch
 
-from callbacks import scores
-from callbacks.probes.base import Probe, ProbeContext, select_items, to_uint8
-from datamodules.nights import NightsTriplets
+from perceptlab.core import scores
+from perceptlab.callbacks.probes.base import Probe, ProbeContext, select_items, to_uint8
+from perceptlab.datamodules.nights import NightsTriplets
 
 
 class NightsProbe(Probe):

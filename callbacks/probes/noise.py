@@ -21,8 +21,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from callbacks import scores
-from callbacks.probes.base import Probe, ProbeContext, ZeroShotMixin, decode_images, select_items, to_uint8
+from perceptlab.core import scores
+from perceptlab.callbacks.probes.base import Probe, ProbeContext, ZeroShotMixin, decode_images, select_items, to_uint8
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 

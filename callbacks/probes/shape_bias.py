@@ -16,8 +16,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from callbacks import scores
-from callbacks.probes.base import Probe, ProbeContext, ZeroShotMixin, decode_images, select_items
+from perceptlab.core import scores
+from perceptlab.callbacks.probes.base import Probe, ProbeContext, ZeroShotMixin, decode_images, select_items
 
 CUE_CONFLICT_CLASSES = (
     "airplane", "bear", "bicycle", "bird", "boat", "bottle", "car", "cat",

@@ -7,7 +7,7 @@ live in its training script, not in the installed library, and expect its argpar
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -18,18 +18,27 @@ def no_weight_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
 
 
-def param_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
-    """Split trainable parameters into a decayed and a non-decayed group (frozen ones dropped)."""
+def param_groups(
+    named_parameters: Iterable[tuple[str, nn.Parameter]],
+    weight_decay: float,
+    exclude: Callable[[str, nn.Parameter], bool] = no_weight_decay,
+    **options,
+) -> list[dict]:
+    """Split trainable parameters into a decayed and a non-decayed group (frozen ones dropped).
+
+    ``exclude(name, param)`` says which parameters get no weight decay (open_clip's rule by
+    default); ``options`` (e.g. ``lr=...``) go into both groups.
+    """
     decay, no_decay = [], []
     for name, p in named_parameters:
         if not p.requires_grad:
             continue
-        (no_decay if no_weight_decay(name, p) else decay).append(p)
+        (no_decay if exclude(name, p) else decay).append(p)
     groups = []
     if decay:
-        groups.append({"params": decay, "weight_decay": weight_decay})
+        groups.append({"params": decay, "weight_decay": weight_decay, **options})
     if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+        groups.append({"params": no_decay, "weight_decay": 0.0, **options})
     return groups
 
 
@@ -50,16 +59,16 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int, tota
 
 
 def adamw_cosine(
-    module: nn.Module,
+    groups: list[dict],
     lr: float,
-    weight_decay: float,
     betas: tuple[float, float],
     eps: float,
     warmup_steps: int,
     total_steps: int,
 ) -> dict:
-    """What ``LightningModule.configure_optimizers`` returns: AdamW + per-step cosine schedule."""
-    optimizer = torch.optim.AdamW(param_groups(module.named_parameters(), weight_decay), lr=lr, betas=tuple(betas), eps=eps)
+    """What ``LightningModule.configure_optimizers`` returns: AdamW over parameter ``groups``
+    (:func:`param_groups`) + a per-step cosine schedule with linear warm-up."""
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
     scheduler = cosine_with_warmup(optimizer, warmup_steps, total_steps)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 

@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms as T
 
-log = logging.getLogger(__name__)
+from perceptlab.core.lora import copy_into_adapted, has_lora, merge_lora, merge_lora_state_dict
+from perceptlab.core.transforms import MODEL_CONFIG_DIR, uint8_transform
 
-MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-open_clip.add_model_config(MODEL_CONFIG_DIR)
+log = logging.getLogger(__name__)
 
 VISUAL_FILE_FORMAT = "perceptlab-visual-v1"
 
@@ -87,47 +87,6 @@ def extract_visual_state(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
-def preprocess_cfg_for(model_name: str, pretrained: str | None = None, image_size: int | None = None):
-    """open_clip's ``PreprocessCfg`` for a model, without building the model.
-
-    Follows open_clip's factory order: defaults, the model config's ``preprocess_cfg``, the
-    pretrained tag's mean/std (a tag, not a local file), the tower's input size, then
-    ``image_size`` if given. The datamodules use it to build transforms before a backbone exists.
-    """
-    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
-
-    cfg = open_clip.get_model_config(model_name)
-    if cfg is None:
-        raise ValueError(f"unknown model_name {model_name!r}: not an open_clip architecture nor a perceptlab config")
-    pp: dict[str, Any] = merge_preprocess_dict(PreprocessCfg(), cfg.get("preprocess_cfg", {}))
-    if pretrained and not Path(str(pretrained)).expanduser().exists():
-        pp = merge_preprocess_dict(pp, open_clip.get_pretrained_cfg(model_name, pretrained))
-    pp["size"] = image_size or cfg.get("vision_cfg", {}).get("image_size", pp["size"])
-    return PreprocessCfg(**pp)
-
-
-def uint8_transform(transform: T.Compose) -> T.Compose:
-    """``transform`` up to its PIL steps (resize, crop, ...), then a ``uint8`` tensor ``(3, H, W)``.
-
-    Drops the float conversion and the normalisation, which :meth:`CLIPBackbone.encode_image`
-    then applies on the model's device (``prepare_images``): loader workers do less work and send
-    a quarter of the bytes (between processes and to the GPU). The result is the same numbers as
-    the full transform (the same float ops in the same order).
-    """
-    steps, to_tensor_seen = [], False
-    for t in transform.transforms:
-        if type(t).__name__.endswith("ToTensor"):
-            to_tensor_seen = True
-        elif isinstance(t, T.Normalize):
-            continue
-        elif to_tensor_seen:  # a float-tensor step (e.g. RandomErasing) cannot run on uint8
-            raise ValueError(f"uint8_transform: {t!r} runs on float tensors after ToTensor; use float batches "
-                             "(uint8_images: false) with this transform")
-        else:
-            steps.append(t)
-    return T.Compose([*steps, T.PILToTensor()])
-
-
 class CLIPBackbone(nn.Module):
     """An open_clip CLIP model with its tokenizer and transforms.
 
@@ -156,7 +115,7 @@ class CLIPBackbone(nn.Module):
         if model_name not in open_clip.list_models() and not model_name.startswith(("hf-hub:", "local-dir:")):
             raise ValueError(
                 f"unknown model_name {model_name!r}: not an open_clip architecture nor a config in "
-                f"{MODEL_CONFIG_DIR} (see perceptlab.backbone.list_models())"
+                f"{MODEL_CONFIG_DIR} (see perceptlab.core.backbone.list_models())"
             )
         if pretrained and _looks_like_path(pretrained) and not Path(pretrained).expanduser().is_file():
             raise FileNotFoundError(f"pretrained weights file not found: {pretrained}")
@@ -167,19 +126,13 @@ class CLIPBackbone(nn.Module):
             kwargs["force_image_size"] = force_image_size
         if patch_dropout is not None:
             kwargs["force_patch_dropout"] = patch_dropout
-        # open_clip warns at WARNING level that no weights were loaded; for us that is the default.
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)
-        try:
-            model, self._train_tf, self._eval_tf = open_clip.create_model_and_transforms(
-                model_name,
-                pretrained=str(Path(pretrained).expanduser()) if pretrained and _looks_like_path(pretrained) else pretrained,
-                cache_dir=cache_dir,
-                **kwargs,
-            )
-        finally:
-            root.setLevel(level)
+        # open_clip logs a warning when no weights are loaded (pretrained=None): true, and left visible.
+        model, self._train_tf, self._eval_tf = open_clip.create_model_and_transforms(
+            model_name,
+            pretrained=str(Path(pretrained).expanduser()) if pretrained and _looks_like_path(pretrained) else pretrained,
+            cache_dir=cache_dir,
+            **kwargs,
+        )
         self.model = model
         pp = open_clip.get_model_preprocess_cfg(model)
         self.image_mean: tuple[float, ...] = tuple(pp["mean"])
@@ -242,14 +195,6 @@ class CLIPBackbone(nn.Module):
         if normalize:
             return tf
         return T.Compose([t for t in tf.transforms if not isinstance(t, T.Normalize)])
-
-    @property
-    def train_transform(self) -> T.Compose:
-        return self._train_tf
-
-    @property
-    def eval_transform(self) -> T.Compose:
-        return self._eval_tf
 
     def tokenize(self, texts: str | list[str]) -> torch.Tensor:
         """Token ids ``(n, context_length)`` from open_clip's tokenizer for this model."""
@@ -320,10 +265,15 @@ class CLIPBackbone(nn.Module):
 
     # ------------------------------------------------------------------ visual tower save/load
     def save_visual(self, path: str | os.PathLike) -> Path:
-        """Write the vision tower alone (keys ``visual.*``) with the architecture name."""
+        """Write the vision tower alone (keys ``visual.*``) with the architecture name.
+
+        LoRA adapters are merged into a copy of the tower first (the tower itself keeps its
+        adapters and can go on training), so the file always has open_clip's plain keys.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {f"visual.{k}": v.detach().cpu() for k, v in self.model.visual.state_dict().items()}
+        visual = merge_lora(self.model.visual) if has_lora(self.model.visual) else self.model.visual
+        state = {f"visual.{k}": v.detach().cpu() for k, v in visual.state_dict().items()}
         tmp = path.with_suffix(path.suffix + ".tmp")
         torch.save({"format": VISUAL_FILE_FORMAT, "model_name": self.model_name, "state_dict": state}, tmp)
         os.replace(tmp, path)  # atomic: a crash never leaves a half-written file under `path`
@@ -346,12 +296,14 @@ class CLIPBackbone(nn.Module):
         incoming = extract_visual_state(source)
         if not incoming:
             raise ValueError(f"{name} holds no 'visual.*' tensors: is it a CLIP or perceptlab checkpoint?")
+        # This tower may carry LoRA adapters already (a module adapts before it loads): load into
+        # a plain copy, then copy that into the adapted tower's base weights.
+        adapted = self.model.visual if has_lora(self.model.visual) else None
+        plain = merge_lora(adapted) if adapted is not None else self.model.visual
         if any(".lora_A." in k for k in incoming):
             # a LoRA-adapted tower (stage-1 LoRA variant, perceptual tasks): fold the adapters in
-            from lightning_modules.lora import merge_lora_state_dict
-
-            incoming = merge_lora_state_dict(incoming, like=self.model.visual)
-        target = self.model.visual.state_dict()
+            incoming = merge_lora_state_dict(incoming, like=plain)
+        target = plain.state_dict()
         report = LoadReport(source=name)
         mismatched = [
             f"visual.{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
@@ -370,6 +322,8 @@ class CLIPBackbone(nn.Module):
         with torch.no_grad():
             for k in report.loaded:
                 target[k].copy_(incoming[k].to(dtype=target[k].dtype))
+        if adapted is not None:
+            copy_into_adapted(plain, adapted)
         log.info("%s", report)
         return report
 

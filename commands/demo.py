@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent  # commands/ is a top-level folder of the checkout
 EXPERIMENTS = REPO / "experiments"
 
 
@@ -62,7 +62,7 @@ class Demo:
 
     def perceptlab(self, *args: str) -> None:
         """Run one ``perceptlab`` command in this process (imports are paid once, not per stage)."""
-        from lightning_modules.cli import main as perceptlab_main
+        from perceptlab.commands.cli import main as perceptlab_main
 
         shown = "perceptlab " + " ".join(shlex.quote(a) for a in args)
         print(f"\n$ {shown}", flush=True)
@@ -101,6 +101,9 @@ class Demo:
         return latest_version(self.out, experiment)
 
     def run(self) -> Path:
+        if not EXPERIMENTS.is_dir():
+            raise FileNotFoundError(f"the demo runs the shipped configs of a source checkout; {EXPERIMENTS} not found "
+                                    "(clone the repository and run `make demo` there)")
         t0 = time.perf_counter()
         self.synth()
         plan = self.plan

@@ -331,3 +331,24 @@ def merge_lora_state_dict(state: Mapping[str, torch.Tensor], like: nn.Module) ->
     adapted = apply_lora(copy.deepcopy(like), rank=rank, alpha=alpha, dropout=0.0, target_modules=targets)
     adapted.load_state_dict(state, strict=True)
     return merge_lora(adapted, inplace=True).state_dict()
+
+
+def copy_into_adapted(plain: nn.Module, adapted: nn.Module) -> None:
+    """Copy the weights of ``plain`` (an un-adapted tower) into the base weights of ``adapted``.
+
+    ``adapted`` is the same architecture after :func:`apply_lora`; its adapters and scaling are
+    left as they are, so a tower adapted with fresh (``B = 0``) adapters then computes exactly what
+    ``plain`` computes. This is how a checkpoint's tower is loaded into a module that has already
+    been adapted (``init_visual_from``).
+    """
+    split = copy.deepcopy(plain)
+    split_attention(split)  # in_proj_weight -> q_proj / k_proj / v_proj, as in the adapted tower
+    source = split.state_dict()
+    with torch.no_grad():
+        for key, tensor in adapted.state_dict(keep_vars=True).items():
+            if ".lora_" in f".{key}" or key == SCALING_BUFFER:
+                continue
+            plain_key = key.replace(".base_layer.", ".")
+            if plain_key not in source:
+                raise KeyError(f"{key}: no tensor {plain_key!r} in the un-adapted tower")
+            tensor.copy_(source[plain_key])

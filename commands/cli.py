@@ -41,7 +41,7 @@ def _make_cli_class():
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from callbacks.reliability import NonFiniteLossGuard, PreemptionCheckpoint, RNGStateCheckpoint, RunCheckpoint
+    from perceptlab.callbacks.reliability import NonFiniteLossGuard, PreemptionCheckpoint, RNGStateCheckpoint, RunCheckpoint
 
     class PerceptLabCLI(LightningCLI):
         """LightningCLI with the project's run layout as defaults."""
@@ -57,11 +57,7 @@ def _make_cli_class():
             cfg = self.config[self.subcommand] if self.subcommand else self.config
             if cfg.get("experiment"):
                 return str(cfg["experiment"])
-            configs = cfg.get("config") or []
-            if configs:
-                # the first config names the run; later ones are fragments (e.g. the alignment suite)
-                return Path(str(configs[0])).stem
-            return "default"
+            return experiment_name(cfg.get("config") or [])
 
         def _instantiate_trainer(self, config, callbacks):
             cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -90,6 +86,28 @@ def _make_cli_class():
             return super()._instantiate_trainer(config, callbacks)
 
     return PerceptLabCLI
+
+
+def experiment_name(configs) -> str:
+    """The run name of a list of ``--config`` files: the stem of the experiment config.
+
+    The experiment config is the first one that names a model (``model.class_path``); the others
+    are fragments (a strategy such as ``strategies/ddp.yaml``, the alignment suite), whatever
+    order they come in. Without such a file, the first config names the run.
+    """
+    import yaml
+
+    # jsonargparse hands its own Path objects, whose ``absolute`` is the resolved path string
+    paths = [Path(c.absolute if isinstance(getattr(c, "absolute", None), str) else str(c)) for c in configs]
+    for path in paths:
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        model = data.get("model") if isinstance(data, dict) else None
+        if isinstance(model, dict) and "class_path" in model:
+            return path.stem
+    return paths[0].stem if paths else "default"
 
 
 def _resumed_version(runs_dir: str, experiment: str, ckpt_path) -> int | None:
@@ -160,7 +178,7 @@ def run_synth(args: list[str]) -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--no-progress", action="store_true")
     ns = parser.parse_args(args)
-    from datamodules.toyworld import synthesize
+    from perceptlab.datamodules.toyworld import synthesize
 
     manifest = synthesize(ns.out, seed=ns.seed, scale=ns.scale, image_size=ns.image_size, progress=not ns.no_progress)
     counts = manifest.get("counts", {})
@@ -170,7 +188,7 @@ def run_synth(args: list[str]) -> None:
 
 
 def run_report(args: list[str]) -> None:
-    from callbacks.report import main as report_main
+    from perceptlab.commands.report import main as report_main
 
     report_main(args)
 
@@ -191,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     elif command == "report":
         run_report(rest)
     elif command == "demo":
-        from lightning_modules.demo import main as demo_main
+        from perceptlab.commands.demo import main as demo_main
 
         demo_main(rest)
     else:

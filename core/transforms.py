@@ -1,0 +1,59 @@
+"""Image transforms of open_clip models, built without the model.
+
+``preprocess_cfg_for`` follows open_clip's factory to a model's ``PreprocessCfg`` (what the data
+modules need before any backbone exists); ``uint8_transform`` cuts a transform at its PIL steps so
+that loader workers send ``uint8`` tensors and the backbone normalises them on its device
+(:meth:`perceptlab.core.backbone.CLIPBackbone.prepare_images`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import open_clip
+from torchvision import transforms as T
+
+#: This project's small architectures (``perceptlab-vit-tiny-64``, ...), registered with open_clip.
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+def preprocess_cfg_for(model_name: str, pretrained: str | None = None, image_size: int | None = None):
+    """open_clip's ``PreprocessCfg`` for a model, without building the model.
+
+    Follows open_clip's factory order: defaults, the model config's ``preprocess_cfg``, the
+    pretrained tag's mean/std (a tag, not a local file), the tower's input size, then
+    ``image_size`` if given. The datamodules use it to build transforms before a backbone exists.
+    """
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    cfg = open_clip.get_model_config(model_name)
+    if cfg is None:
+        raise ValueError(f"unknown model_name {model_name!r}: not an open_clip architecture nor a perceptlab config")
+    pp: dict[str, Any] = merge_preprocess_dict(PreprocessCfg(), cfg.get("preprocess_cfg", {}))
+    if pretrained and not Path(str(pretrained)).expanduser().exists():
+        pp = merge_preprocess_dict(pp, open_clip.get_pretrained_cfg(model_name, pretrained))
+    pp["size"] = image_size or cfg.get("vision_cfg", {}).get("image_size", pp["size"])
+    return PreprocessCfg(**pp)
+
+
+def uint8_transform(transform: T.Compose) -> T.Compose:
+    """``transform`` up to its PIL steps (resize, crop, ...), then a ``uint8`` tensor ``(3, H, W)``.
+
+    Drops the float conversion and the normalisation, which :meth:`CLIPBackbone.encode_image`
+    then applies on the model's device (``prepare_images``): loader workers do less work and send
+    a quarter of the bytes (between processes and to the GPU). The result is the same numbers as
+    the full transform (the same float ops in the same order).
+    """
+    steps, to_tensor_seen = [], False
+    for t in transform.transforms:
+        if type(t).__name__.endswith("ToTensor"):
+            to_tensor_seen = True
+        elif isinstance(t, T.Normalize):
+            continue
+        elif to_tensor_seen:  # a float-tensor step (e.g. RandomErasing) cannot run on uint8
+            raise ValueError(f"uint8_transform: {t!r} runs on float tensors after ToTensor; use float batches "
+                             "(uint8_images: false) with this transform")
+        else:
+            steps.append(t)
+    return T.Compose([*steps, T.PILToTensor()])

@@ -1,0 +1,4 @@
+"""``python -m perceptlab ...`` is the ``perceptlab`` command."""
+from perceptlab.commands.cli import main
+
+main()
