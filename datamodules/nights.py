@@ -34,13 +34,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import pandas as pd
-import torch
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
+
+from perceptlab.datamodules.base import BackboneDataModule
 
 SPLITS = ("train", "val", "test", "test_imagenet", "test_no_imagenet")
 REQUIRED_COLUMNS = ("id", "right_vote", "votes", "ref_path", "left_path", "right_path", "split", "is_imagenet")
@@ -210,16 +209,7 @@ class NightsTriplets(Dataset):
         }
 
 
-def eval_transform_for(model_name: str, pretrained: str | None = None, image_size: int | None = None):
-    """DreamSim's preprocessing (open_clip's eval transform) for a model, without building it."""
-    from open_clip.transform import image_transform_v2
-
-    from lightning_modules.backbone import preprocess_cfg_for
-
-    return image_transform_v2(preprocess_cfg_for(model_name, pretrained, image_size), is_train=False)
-
-
-class NightsDataModule(pl.LightningDataModule):
+class NightsDataModule(BackboneDataModule):
     """NIGHTS train/val/test loaders of 2AFC triplets (see the module docstring for the format).
 
     Args:
@@ -260,11 +250,8 @@ class NightsDataModule(pl.LightningDataModule):
         pin_memory: bool = True,
         uint8_images: bool = True,
     ) -> None:
-        super().__init__()
-        # The transform's model keys stay out of hparams: Lightning refuses to log a data module
-        # and a model whose hparams share a key with different values (model_name, pretrained).
-        self.save_hyperparameters(ignore=["model_name", "pretrained", "image_size"])
-        self.model_name, self.pretrained, self.image_size = model_name, pretrained, image_size
+        super().__init__(model_name, pretrained, image_size)
+        self.save_hyperparameters(ignore=list(self.MODEL_KEYS))
         self.root = Path(root).expanduser()
         self.test_splits = list(test_splits) if test_splits is not None else ["test_imagenet", "test_no_imagenet"]
         for name in [val_split, *self.test_splits]:
@@ -273,45 +260,15 @@ class NightsDataModule(pl.LightningDataModule):
         self.val_split = val_split
         self.datasets: dict[str, NightsTriplets] = {}
 
-    # --------------------------------------------------------------------------- transforms
-    def _backbone(self):
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        return getattr(module, "backbone", None)
+    @property
+    def test_set_names(self) -> list[str]:
+        """Names of the test dataloaders, in order: the ``test_splits``."""
+        return list(self.test_splits)
 
     def transforms(self) -> tuple[Callable, Callable]:
         """(train transform, eval transform), from the attached backbone or open_clip's config."""
-        backbone = self._backbone()
-        hp = self.hparams
-        if backbone is not None:
-            if self.model_name and self.model_name != backbone.model_name:
-                raise ValueError(
-                    f"NightsDataModule.model_name={self.model_name!r} but the model's backbone is "
-                    f"{backbone.model_name!r}: drop data.model_name (the attached model decides) or make them agree"
-                )
-            if self.image_size and self.image_size != backbone.image_size:
-                raise ValueError(
-                    f"NightsDataModule.image_size={self.image_size} but the model's backbone takes "
-                    f"{backbone.image_size} px: drop data.image_size or make them agree"
-                )
-            u8 = bool(hp.uint8_images)
-            eval_tf = backbone.transform(train=False, uint8=u8)
-            train_tf = backbone.transform(train=True, uint8=u8) if hp.train_augment else eval_tf
-            return train_tf, eval_tf
-        if not self.model_name:
-            raise ValueError(
-                "NightsDataModule needs model_name (an open_clip architecture) to build its transform "
-                "when it is not attached to a model with a backbone"
-            )
-        from open_clip.transform import image_transform_v2
-
-        from lightning_modules.backbone import preprocess_cfg_for, uint8_transform
-
-        cfg = preprocess_cfg_for(self.model_name, self.pretrained, self.image_size)
-        eval_tf = image_transform_v2(cfg, is_train=False)
-        train_tf = image_transform_v2(cfg, is_train=True) if hp.train_augment else eval_tf
-        if hp.uint8_images:
-            return uint8_transform(train_tf), uint8_transform(eval_tf)
-        return train_tf, eval_tf
+        pp = self.preprocessing(train_augment=self.hparams.train_augment, uint8=self.hparams.uint8_images)
+        return pp.train, pp.eval
 
     # -------------------------------------------------------------------------------- set-up
     def setup(self, stage: str | None = None) -> None:
@@ -332,36 +289,16 @@ class NightsDataModule(pl.LightningDataModule):
                 self.datasets[name].transform = tf
 
     # ----------------------------------------------------------------------------- loaders
-    def _loader_kwargs(self) -> dict[str, Any]:
-        workers = self.hparams.num_workers
-        return {
-            "num_workers": workers,
-            "pin_memory": self.hparams.pin_memory and torch.cuda.is_available(),
-            "persistent_workers": workers > 0,
-        }
-
     def train_dataloader(self) -> StatefulDataLoader:
         # Stateful: Lightning stores the sampler position in the checkpoint, so a resumed run
         # continues mid-epoch instead of replaying it.
-        return StatefulDataLoader(
-            self.datasets["train"], batch_size=self.hparams.batch_size, shuffle=True, drop_last=False,
-            **self._loader_kwargs(),
-        )
+        hp = self.hparams
+        return StatefulDataLoader(self.datasets["train"], batch_size=hp.batch_size, shuffle=True, drop_last=False,
+                                  **self.loader_kwargs(hp.num_workers, hp.pin_memory))
 
     def _eval_loader(self, split: str) -> DataLoader:
-        dataset = self.datasets[split]
-        sampler = None
-        trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1:
-            # Lightning's default DistributedSampler pads with repeated triplets, which would
-            # count some judgements twice; this one shards without repeats, so 2AFC is exact.
-            sampler = UnrepeatedDistributedSampler(
-                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
-            )
-        return DataLoader(
-            dataset, batch_size=self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=False,
-            sampler=sampler, **self._loader_kwargs(),
-        )
+        hp = self.hparams
+        return self.eval_loader(self.datasets[split], hp.eval_batch_size or hp.batch_size, hp.num_workers, hp.pin_memory)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_split)

@@ -38,7 +38,6 @@ disagree on size or normalisation); on its own a data module builds open_clip's 
 from __future__ import annotations
 
 import abc
-import importlib.util
 import json
 import logging
 import math
@@ -48,7 +47,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
-import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
@@ -57,6 +55,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision import transforms as T
 
+from perceptlab.datamodules.base import BackboneDataModule
+from perceptlab.datamodules.iqa import iqa_preset, pyiqa_column
+
 log = logging.getLogger(__name__)
 
 #: EmoSet's eight emotions, in the order of its class indices (positive first, then negative).
@@ -64,9 +65,6 @@ EMOTIONS: tuple[str, ...] = (
     "amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness",
 )
 LAMEM_SPLITS = ("train", "val", "test")
-# The transform's model keys stay out of a data module's hparams: Lightning refuses to log a data
-# module and a model whose hparams share a key with different values.
-_MODEL_KEYS = ["model_name", "pretrained", "image_size"]
 PHASES = ("train", "val", "test")
 _SHOWN = 5
 
@@ -148,30 +146,6 @@ def read_emoset_split(
     return pd.DataFrame(rows, columns=["emotion", "label", "path", "annotation"])
 
 
-def pyiqa_column(table, position: int, source: str | os.PathLike) -> str:
-    """Name of column ``position`` of a pyiqa meta-info CSV.
-
-    pyiqa reads its general IQA sets by position, not by header (no-reference: image 0, score 1;
-    full-reference: reference 0, distorted 1, score 2), and the headers differ between releases of
-    its meta-info files (SPAQ: ``img_name,mos,...`` or ``Image name,MOS,...``), so presets do too.
-    """
-    if table.shape[1] <= position:
-        raise KeyError(f"{source}: a pyiqa meta-info CSV needs at least {position + 1} columns; has "
-                       f"{', '.join(map(str, table.columns))}")
-    return table.columns[position]
-
-
-def pyiqa_presets() -> dict[str, dict]:
-    """pyiqa's dataset registry (``default_dataset_configs.yml``), read without importing pyiqa."""
-    import yaml
-
-    spec = importlib.util.find_spec("pyiqa")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("pyiqa is not installed; it is needed for IQA presets")
-    path = Path(list(spec.submodule_search_locations)[0]) / "default_dataset_configs.yml"
-    return yaml.safe_load(path.read_text())
-
-
 @dataclass
 class IQASet:
     """One IQA data set given by a pyiqa meta-info CSV.
@@ -230,33 +204,32 @@ class IQASet:
 def _resolved(cfg: IQASet) -> dict[str, Any]:
     """``cfg`` with the pyiqa preset filled in where fields were left unset."""
     out = dict(vars(cfg))
-    preset: dict[str, Any] = {}
+    preset = None
     if cfg.preset:
-        presets = pyiqa_presets()
-        if cfg.preset not in presets:
-            raise ValueError(f"IQA set {cfg.name!r}: unknown pyiqa preset {cfg.preset!r}; known: {', '.join(presets)}")
-        preset = presets[cfg.preset]
+        try:
+            preset = iqa_preset(cfg.preset)
+        except ValueError as exc:
+            raise ValueError(f"IQA set {cfg.name!r}: {exc}") from None
     if out["meta_info_file"] is None:
-        if "meta_info_file" not in preset:
+        if preset is None or not preset.meta_info_file:
             raise ValueError(f"IQA set {cfg.name!r}: give meta_info_file (or a pyiqa preset that names one)")
-        out["meta_info_file"] = Path(preset["meta_info_file"]).name
+        out["meta_info_file"] = preset.meta_info_file
     if out["lower_better"] is None:
-        if "lower_better" not in preset:
+        if preset is None or preset.lower_better is None:
             raise ValueError(
                 f"IQA set {cfg.name!r}: set lower_better (the MOS direction is configuration, not a guess) "
                 "or a pyiqa preset"
             )
-        out["lower_better"] = bool(preset["lower_better"])
-    if out["mos_range"] is None and "mos_range" in preset:
-        out["mos_range"] = tuple(float(v) for v in preset["mos_range"])
+        out["lower_better"] = preset.lower_better
+    if out["mos_range"] is None and preset is not None:
+        out["mos_range"] = preset.mos_range
     if out["drop_first"] is None:
-        out["drop_first"] = 7 if preset.get("type") == "LIVEChallengeDataset" else 0
-    out["preset_split"] = preset.get("split_index") if isinstance(preset.get("split_index"), str) else None
+        out["drop_first"] = preset.drop_first if preset is not None else 0
+    out["preset_split"] = preset.split_column if preset is not None else None
     # Unnamed columns: pyiqa's positions with a preset (name, score; FR: reference, distorted,
     # score), else the usual names.
-    fr = preset.get("type") == "GeneralFRDataset"
-    out["name_position"] = (1 if fr else 0) if cfg.preset and out["name_column"] is None else None
-    out["mos_position"] = (2 if fr else 1) if cfg.preset and out["mos_column"] is None else None
+    out["name_position"] = preset.name_position if preset is not None and out["name_column"] is None else None
+    out["mos_position"] = preset.score_position if preset is not None and out["mos_column"] is None else None
     out["name_column"] = out["name_column"] or "img_name"
     out["mos_column"] = out["mos_column"] or "mos"
     return out
@@ -413,7 +386,7 @@ class _EachCrop:
 
 
 # ----------------------------------------------------------------------------- data modules
-class PerceptualDataModule(pl.LightningDataModule, abc.ABC):
+class PerceptualDataModule(BackboneDataModule, abc.ABC):
     """Shared loaders and transforms of the perceptual-task data modules.
 
     Args:
@@ -446,15 +419,12 @@ class PerceptualDataModule(pl.LightningDataModule, abc.ABC):
         verify_images: bool = True,
         pin_memory: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(model_name, pretrained, image_size)
         if test_crops not in (1, 5, 10):
             raise ValueError(f"test_crops must be 1, 5 or 10, got {test_crops}")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.eval_batch_size = eval_batch_size
-        self.model_name = model_name
-        self.pretrained = pretrained
-        self.image_size = image_size
         self.train_augment = train_augment
         self.test_crops = test_crops
         self.test_resize_ratio = test_resize_ratio
@@ -473,39 +443,12 @@ class PerceptualDataModule(pl.LightningDataModule, abc.ABC):
         """(image paths, targets) of ``phase``; ``name`` picks a test set."""
 
     # -- transforms
-    def _backbone(self):
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        return getattr(module, "backbone", None)
-
     def transforms(self) -> tuple[Callable, Callable, Callable]:
         """(train, eval, test) transforms, from the attached backbone or open_clip's config."""
-        backbone = self._backbone()
-        name = type(self).__name__
-        if backbone is not None:
-            if self.model_name and self.model_name != backbone.model_name:
-                raise ValueError(f"{name}.model_name={self.model_name!r} but the model's backbone is "
-                                 f"{backbone.model_name!r}: drop data.model_name or make them agree")
-            if self.image_size and self.image_size != backbone.image_size:
-                raise ValueError(f"{name}.image_size={self.image_size} but the model's backbone takes "
-                                 f"{backbone.image_size} px: drop data.image_size or make them agree")
-            eval_tf = backbone.transform(train=False)
-            train_tf = backbone.transform(train=True) if self.train_augment else eval_tf
-            size, mean, std, interp = backbone.image_size, backbone.image_mean, backbone.image_std, backbone.interpolation
-        else:
-            if not self.model_name:
-                raise ValueError(f"{name} needs model_name to build its transform when no model with a backbone is attached")
-            from open_clip.transform import image_transform_v2
-
-            from lightning_modules.backbone import preprocess_cfg_for
-
-            cfg = preprocess_cfg_for(self.model_name, self.pretrained, self.image_size)
-            eval_tf = image_transform_v2(cfg, is_train=False)
-            train_tf = image_transform_v2(cfg, is_train=True) if self.train_augment else eval_tf
-            size = cfg.size[0] if isinstance(cfg.size, (tuple, list)) else cfg.size
-            mean, std, interp = cfg.mean, cfg.std, cfg.interpolation
-        test_tf = eval_tf if self.test_crops == 1 else multicrop_transform(
-            int(size), mean, std, self.test_crops, self.test_resize_ratio, interp)
-        return train_tf, eval_tf, test_tf
+        pp = self.preprocessing(train_augment=self.train_augment)
+        test_tf = pp.eval if self.test_crops == 1 else multicrop_transform(
+            pp.size, pp.mean, pp.std, self.test_crops, self.test_resize_ratio, pp.interpolation)
+        return pp.train, pp.eval, test_tf
 
     # -- set-up
     def setup(self, stage: str | None = None) -> None:
@@ -528,31 +471,14 @@ class PerceptualDataModule(pl.LightningDataModule, abc.ABC):
             self.datasets[key] = ImageTargets(paths, targets, tf, classification=self.task == "classification")
 
     # -- loaders
-    def _loader_kwargs(self) -> dict[str, Any]:
-        return {
-            "num_workers": self.num_workers,
-            "pin_memory": self.pin_memory and torch.cuda.is_available(),
-            "persistent_workers": self.num_workers > 0,
-        }
-
     def train_dataloader(self) -> StatefulDataLoader:
         # Stateful: Lightning stores the sampler position, so a resumed run continues mid-epoch.
         return StatefulDataLoader(self.datasets["train"], batch_size=self.batch_size, shuffle=True,
-                                  drop_last=False, **self._loader_kwargs())
+                                  drop_last=False, **self.loader_kwargs(self.num_workers, self.pin_memory))
 
     def _eval_loader(self, key: str) -> DataLoader:
-        dataset = self.datasets[key]
-        sampler = None
-        trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1:
-            # Lightning's default DistributedSampler pads with repeated images, which would bias
-            # SRCC/accuracy; this one shards without repeats (torchmetrics gathers uneven shards).
-            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-
-            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size,
-                                                   rank=trainer.global_rank, shuffle=False)
-        return DataLoader(dataset, batch_size=self.eval_batch_size or self.batch_size, shuffle=False,
-                          sampler=sampler, **self._loader_kwargs())
+        return self.eval_loader(self.datasets[key], self.eval_batch_size or self.batch_size, self.num_workers,
+                                self.pin_memory)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
@@ -580,7 +506,7 @@ class LaMemDataModule(PerceptualDataModule):
                  pin_memory: bool = True) -> None:
         super().__init__(batch_size, num_workers, eval_batch_size, model_name, pretrained, image_size,
                          train_augment, test_crops, test_resize_ratio, verify_images, pin_memory)
-        self.save_hyperparameters(ignore=_MODEL_KEYS)
+        self.save_hyperparameters(ignore=list(self.MODEL_KEYS))
         self.root = Path(root).expanduser()
         self.split_index = split_index
         self.name = name
@@ -613,7 +539,7 @@ class EmoSetDataModule(PerceptualDataModule):
                  pin_memory: bool = True) -> None:
         super().__init__(batch_size, num_workers, eval_batch_size, model_name, pretrained, image_size,
                          train_augment, test_crops, test_resize_ratio, verify_images, pin_memory)
-        self.save_hyperparameters(ignore=_MODEL_KEYS)
+        self.save_hyperparameters(ignore=list(self.MODEL_KEYS))
         self.root = Path(root).expanduser()
         self.class_names = list(emotions) if emotions is not None else list(EMOTIONS)
         self.name = name
@@ -654,7 +580,7 @@ class IQADataModule(PerceptualDataModule):
                  pin_memory: bool = True) -> None:
         super().__init__(batch_size, num_workers, eval_batch_size, model_name, pretrained, image_size,
                          train_augment, test_crops, test_resize_ratio, verify_images, pin_memory)
-        self.save_hyperparameters(ignore=_MODEL_KEYS)
+        self.save_hyperparameters(ignore=list(self.MODEL_KEYS))
         self.train_set = train_set
         self.extra_test_sets = list(extra_test_sets or [])
         names = [train_set.name, *(s.name for s in self.extra_test_sets)]

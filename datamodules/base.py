@@ -1,0 +1,128 @@
+"""What every perceptlab data module shares: preprocessing from the model, loaders, checks.
+
+* **Preprocessing comes from the model.** Attached to a LightningModule with a ``backbone``
+  (:class:`perceptlab.core.backbone.CLIPBackbone`), a data module takes the backbone's own
+  transforms and tokenizer, so data and model never disagree on size, normalisation or context
+  length; a ``model_name`` or ``image_size`` given to the data module that contradicts the backbone
+  is an error naming both. On its own (a notebook, a benchmark) it builds open_clip's transforms and
+  tokenizer for ``model_name``.
+* **Evaluation loaders never repeat items.** Lightning's default ``DistributedSampler`` pads the
+  last shard with repeated items, which counts some judgements twice in a 2AFC, an SRCC or an
+  accuracy; :meth:`BackboneDataModule.eval_loader` shards without repeats under DDP (torchmetrics
+  and the modules' own gathers handle uneven shards).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset
+
+
+@dataclass
+class Preprocessing:
+    """Transforms (and tokenizer) of one model: open_clip's train/eval transforms and their parameters."""
+
+    train: Callable
+    eval: Callable
+    size: int  # input side, pixels
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str
+    tokenizer: Callable | None = None
+
+
+class BackboneDataModule(pl.LightningDataModule):
+    """Base of the data modules whose transforms follow a CLIP backbone (see the module docstring).
+
+    Args:
+        model_name: open_clip architecture for the transforms when no model is attached (an
+            attached backbone of another architecture is an error, not silently preferred).
+        pretrained: open_clip tag whose mean/std apply when no model is attached.
+        image_size: input size when no model is attached (default: the architecture's).
+    """
+
+    #: The transform's model keys stay out of a data module's hparams: Lightning refuses to log a
+    #: data module and a model whose hparams share a key with different values.
+    MODEL_KEYS = ("model_name", "pretrained", "image_size")
+
+    def __init__(self, model_name: str | None = None, pretrained: str | None = None,
+                 image_size: int | None = None) -> None:
+        super().__init__()
+        self.model_name, self.pretrained, self.image_size = model_name, pretrained, image_size
+
+    # ----------------------------------------------------------------------- the model's side
+    def attached_backbone(self):
+        """The backbone of the LightningModule this data module is trained with, if any."""
+        trainer = self.trainer
+        module = trainer.lightning_module if trainer is not None else None
+        return getattr(module, "backbone", None)
+
+    def rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
+    def preprocessing(self, train_augment: bool = True, uint8: bool = False, tokenizer: bool = False) -> Preprocessing:
+        """The model's preprocessing: the attached backbone's, else open_clip's for ``model_name``.
+
+        ``train_augment=False`` uses the eval transform for training too; ``uint8=True`` stops both
+        transforms at ``uint8`` tensors that the backbone normalises on its device
+        (:func:`perceptlab.core.transforms.uint8_transform`); ``tokenizer=True`` adds the tokenizer.
+        """
+        name = type(self).__name__
+        backbone = self.attached_backbone()
+        if backbone is not None:
+            if self.model_name and self.model_name != backbone.model_name:
+                raise ValueError(f"{name}.model_name={self.model_name!r} but the model's backbone is "
+                                 f"{backbone.model_name!r}: drop data.model_name (the attached model decides) "
+                                 "or make them agree")
+            if self.image_size and self.image_size != backbone.image_size:
+                raise ValueError(f"{name}.image_size={self.image_size} but the model's backbone takes "
+                                 f"{backbone.image_size} px: drop data.image_size or make them agree")
+            if tokenizer and backbone.tokenizer is None:
+                raise ValueError(f"{name}: the attached backbone has no text tower (vision_only=True): "
+                                 "it cannot tokenize captions")
+            eval_tf = backbone.transform(train=False, uint8=uint8)
+            train_tf = backbone.transform(train=True, uint8=uint8) if train_augment else eval_tf
+            return Preprocessing(train_tf, eval_tf, backbone.image_size, tuple(backbone.image_mean),
+                                 tuple(backbone.image_std), backbone.interpolation,
+                                 backbone.tokenizer if tokenizer else None)
+        if not self.model_name:
+            raise ValueError(f"{name} needs model_name (an open_clip architecture) to build its transform"
+                             f"{' and tokenizer' if tokenizer else ''} when it is not attached to a model with a backbone")
+        import open_clip
+        from open_clip.transform import image_transform_v2
+
+        from perceptlab.core.transforms import preprocess_cfg_for, uint8_transform
+
+        cfg = preprocess_cfg_for(self.model_name, self.pretrained, self.image_size)
+        eval_tf = image_transform_v2(cfg, is_train=False)
+        train_tf = image_transform_v2(cfg, is_train=True) if train_augment else eval_tf
+        if uint8:
+            train_tf, eval_tf = uint8_transform(train_tf), uint8_transform(eval_tf)
+        size = cfg.size[0] if isinstance(cfg.size, (tuple, list)) else cfg.size
+        return Preprocessing(train_tf, eval_tf, int(size), tuple(cfg.mean), tuple(cfg.std), cfg.interpolation,
+                             open_clip.get_tokenizer(self.model_name) if tokenizer else None)
+
+    # -------------------------------------------------------------------------------- loaders
+    @staticmethod
+    def loader_kwargs(num_workers: int, pin_memory: bool) -> dict[str, Any]:
+        return {"num_workers": num_workers, "pin_memory": bool(pin_memory) and torch.cuda.is_available(),
+                "persistent_workers": num_workers > 0}
+
+    def eval_loader(self, dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool,
+                    collate_fn: Callable | None = None, persistent_workers: bool = True) -> DataLoader:
+        """An evaluation loader over a map-style ``dataset`` that never repeats an item under DDP."""
+        rank, world = self.rank_world()
+        sampler = None
+        if world > 1:
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+        kwargs = self.loader_kwargs(num_workers, pin_memory)
+        kwargs["persistent_workers"] = kwargs["persistent_workers"] and persistent_workers
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, collate_fn=collate_fn,
+                          **kwargs)

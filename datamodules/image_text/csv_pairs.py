@@ -1,0 +1,43 @@
+"""Image-text pairs from a CSV/TSV, as open_clip reads it (image-path column, caption column)."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from perceptlab.datamodules.image_text.common import _MapPairs
+
+log = logging.getLogger(__name__)
+
+class CsvPairs(_MapPairs):
+    """Pairs from a CSV/TSV with an image-path column and a caption column (open_clip's format)."""
+
+    def __init__(self, path: str | os.PathLike, transform, image_key: str = "filepath", caption_key: str = "title",
+                 separator: str = "\t", image_root: str | os.PathLike | None = None) -> None:
+        super().__init__(transform)
+        self.path = Path(path).expanduser()
+        if not self.path.is_file():
+            raise FileNotFoundError(f"image-text CSV not found: {self.path}")
+        table = pd.read_csv(self.path, sep=separator, dtype=str, keep_default_na=False)
+        for key, what in ((image_key, "csv_image_key"), (caption_key, "csv_caption_key")):
+            if key not in table.columns:
+                raise ValueError(
+                    f"{self.path}: no column {key!r} ({what}); columns are {list(table.columns)} "
+                    f"(separator {separator!r})"
+                )
+        self.images = table[image_key].tolist()
+        self.captions = table[caption_key].tolist()
+        self.root = Path(image_root).expanduser() if image_root else self.path.parent
+        self.name = str(self.path)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _raw(self, index: int) -> tuple[Any, Any]:
+        return self.images[index], self.captions[index]
+
+    def _root(self) -> Path | None:
+        return self.root

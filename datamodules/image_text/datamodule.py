@@ -1,0 +1,308 @@
+"""``ImageTextDataModule``: image-text pairs of any format for contrastive pretraining."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data.distributed import DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from perceptlab.datamodules.base import BackboneDataModule
+from perceptlab.datamodules.image_text.common import MapPairCollate, mocov2_transform
+from perceptlab.datamodules.image_text.csv_pairs import CsvPairs
+from perceptlab.datamodules.image_text.hf_pairs import HFPairs, HFStreamPairs, load_hf
+from perceptlab.datamodules.image_text.wds_pairs import (
+    WebDatasetPairs,
+    _is_remote,
+    count_samples,
+    expand_shards,
+)
+from perceptlab.datamodules.image_text.zeroshot import (
+    ZeroShotImages,
+    _classnames,
+    _templates,
+    _zeroshot_collate,
+    image_folder,
+)
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("webdataset", "csv", "hf")
+AUGMENTATIONS = ("clip", "mocov2", "none")
+ZEROSHOT_FORMATS = ("imagefolder", "hf")
+
+
+
+class ImageTextDataModule(BackboneDataModule):
+    """Image-text pairs (webdataset, CSV or HF) for contrastive pretraining; see the module docstring.
+
+    Args:
+        format: ``webdataset``, ``csv`` or ``hf``.
+        train_data: shard pattern(s), CSV path, or HF id/path of the training pairs.
+        val_data: the same for held-out pairs (validation loss and retrieval); ``None`` = none.
+        batch_size: pairs per training step and per device (the contrastive batch of one rank;
+            with the module's ``accum_freq`` it is split into micro-batches).
+        val_batch_size: pairs per validation batch (default ``batch_size``).
+        num_workers: loader processes per device; decoding, augmentation and tokenisation run there.
+        model_name: open_clip architecture for transform and tokenizer when no model is attached.
+        augmentation: ``clip``, ``mocov2`` or ``none`` (training only; validation uses the eval
+            transform).
+        samples_per_epoch: pairs per epoch over all ranks for webdataset and streaming HF
+            (default for webdataset: counted from the shards, see :func:`count_samples`).
+        resampled: webdataset: draw shards with replacement in every process (multi-node).
+        shuffle: shuffle training pairs (sampler for CSV/HF; shard order and buffer for webdataset).
+        shuffle_buffer: webdataset/streaming sample-shuffle buffer, in pairs.
+        seed: base seed of the webdataset/stream shuffles (default: the run's seed, else 0).
+        csv_image_key, csv_caption_key, csv_separator: CSV columns and separator (open_clip's
+            defaults ``filepath``, ``title``, TAB).
+        image_root: base folder of relative CSV image paths (default: the CSV's folder).
+        hf_image_key, hf_caption_key: HF columns.
+        hf_split, hf_val_split: HF splits of ``train_data`` / ``val_data`` (ignored for parquet
+            files, which are one split).
+        hf_streaming: stream the HF dataset instead of downloading/memory-mapping it.
+        hf_cache_dir: where ``datasets`` keeps its Arrow cache (default ``HF_DATASETS_CACHE``).
+        zeroshot_data: image folder (``ROOT/<class>/*``) or HF dataset for zero-shot accuracy.
+        zeroshot_format: ``imagefolder`` or ``hf``.
+        zeroshot_split, zeroshot_image_key, zeroshot_label_key: HF zero-shot split and columns
+            (the label column must be a ``ClassLabel``: its names are the class names).
+        zeroshot_templates: prompts, ``{}`` is replaced by the class name; the class embedding is
+            the normalised mean over templates (open_clip's classifier builder). Also the names
+            ``simple_imagenet`` (open_clip's 7 prompts, the default) or ``openai_imagenet`` (CLIP's 80).
+        zeroshot_classnames: class names in label order, overriding the folder names / ClassLabel
+            names (an ImageNet folder is named by WordNet ids); ``imagenet`` = open_clip's 1000
+            ImageNet class names.
+        pin_memory: pin batches for faster host-to-GPU copies (on when CUDA is available).
+    """
+
+    def __init__(
+        self,
+        format: str = "webdataset",
+        train_data: str | list[str] | None = None,
+        val_data: str | list[str] | None = None,
+        batch_size: int = 256,
+        val_batch_size: int | None = None,
+        num_workers: int = 4,
+        model_name: str | None = None,
+        augmentation: str = "clip",
+        samples_per_epoch: int | None = None,
+        resampled: bool = False,
+        shuffle: bool = True,
+        shuffle_buffer: int = 1000,
+        seed: int | None = None,
+        csv_image_key: str = "filepath",
+        csv_caption_key: str = "title",
+        csv_separator: str = "\t",
+        image_root: str | None = None,
+        hf_image_key: str = "image",
+        hf_caption_key: str = "caption",
+        hf_split: str = "train",
+        hf_val_split: str = "validation",
+        hf_streaming: bool = False,
+        hf_cache_dir: str | None = None,
+        zeroshot_data: str | None = None,
+        zeroshot_format: str = "imagefolder",
+        zeroshot_split: str = "test",
+        zeroshot_image_key: str = "image",
+        zeroshot_label_key: str = "label",
+        zeroshot_templates: list[str] | str | None = None,
+        zeroshot_classnames: list[str] | str | None = None,
+        pin_memory: bool | None = None,
+    ) -> None:
+        super().__init__(model_name)
+        if format not in FORMATS:
+            raise ValueError(f"unknown image-text format {format!r}; expected one of {', '.join(FORMATS)}")
+        if augmentation not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {augmentation!r}; expected one of {', '.join(AUGMENTATIONS)}")
+        if zeroshot_format not in ZEROSHOT_FORMATS:
+            raise ValueError(f"unknown zeroshot_format {zeroshot_format!r}; expected one of {', '.join(ZEROSHOT_FORMATS)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        # model_name stays out of hparams: Lightning refuses a data module and a model whose
+        # hparams share a key with different values.
+        self.save_hyperparameters(ignore=["model_name"])
+        self.format = format
+        self.zeroshot_templates: list[str] = _templates(zeroshot_templates)
+        self._classnames_override = _classnames(zeroshot_classnames)
+        self.zeroshot_classnames: list[str] | None = None
+        self.train_set: Dataset | IterableDataset | None = None
+        self.val_set: Dataset | IterableDataset | None = None
+        self.zeroshot_set: Dataset | None = None
+        self._processing: tuple[Callable, Callable, Callable] | None = None
+
+    # ----------------------------------------------------------------------------- helpers
+    def _seed(self) -> int:
+        if self.hparams.seed is not None:
+            return int(self.hparams.seed)
+        return int(os.environ.get("PL_GLOBAL_SEED", "0"))
+
+    def processing(self) -> tuple[Callable, Callable, Callable]:
+        """(train transform, eval transform, tokenizer): the attached backbone's, or ``model_name``'s."""
+        if self._processing is not None:
+            return self._processing
+        aug = self.hparams.augmentation
+        pp = self.preprocessing(tokenizer=True)
+        eval_tf, clip_train_tf, tokenizer = pp.eval, pp.train, pp.tokenizer
+        size, mean, std = pp.size, pp.mean, pp.std
+        if aug == "clip":
+            train_tf = clip_train_tf
+        elif aug == "mocov2":
+            train_tf = mocov2_transform(int(size), mean, std)
+        else:
+            train_tf = eval_tf
+        self._processing = (train_tf, eval_tf, tokenizer)
+        return self._processing
+
+    # ------------------------------------------------------------------------------ set-up
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        train_tf, eval_tf, tokenizer = self.processing()
+        rank, world = self.rank_world()
+        if stage in (None, "fit") and self.train_set is None:
+            if hp.train_data is None:
+                raise ValueError("ImageTextDataModule: train_data is required for fitting")
+            self.train_set = self._build_train(train_tf, tokenizer, rank, world)
+        if stage in (None, "fit", "validate"):
+            if hp.val_data is not None and self.val_set is None:
+                self.val_set = self._build_val(eval_tf, tokenizer, rank, world)
+            if hp.zeroshot_data is not None and self.zeroshot_set is None:
+                self.zeroshot_set = self._build_zeroshot(eval_tf)
+
+    def _epoch_batches(self, samples: int, world: int) -> int:
+        """Batches per loader process per epoch (open_clip's arithmetic: every process equal)."""
+        workers = max(1, self.hparams.num_workers)
+        global_batch = self.hparams.batch_size * world
+        batches = max(1, math.ceil(samples / global_batch))
+        return max(1, math.ceil(batches / workers))
+
+    def _build_train(self, transform, tokenizer, rank: int, world: int):
+        hp = self.hparams
+        if hp.format == "webdataset":
+            urls = expand_shards(hp.train_data)
+            samples = hp.samples_per_epoch or count_samples(urls)
+            stream = WebDatasetPairs(
+                urls, transform, tokenizer, hp.batch_size, self._epoch_batches(samples, world), rank=rank,
+                world_size=world, resampled=hp.resampled, shuffle=hp.shuffle, shuffle_buffer=hp.shuffle_buffer,
+                seed=self._seed(),
+            )
+            stream.num_workers = max(1, hp.num_workers)
+            if not hp.resampled and len(urls) < world * max(1, hp.num_workers):
+                log.info("%d shards for %d loader processes: splitting by sample (every process reads every shard)",
+                         len(urls), world * max(1, hp.num_workers))
+            return stream
+        if hp.format == "csv":
+            return CsvPairs(hp.train_data, transform, hp.csv_image_key, hp.csv_caption_key, hp.csv_separator, hp.image_root)
+        dataset = load_hf(str(hp.train_data), hp.hf_split, streaming=hp.hf_streaming, cache_dir=hp.hf_cache_dir)
+        if hp.hf_streaming:
+            if not hp.samples_per_epoch:
+                raise ValueError("hf_streaming=True needs samples_per_epoch (a stream has no length)")
+            from datasets.distributed import split_dataset_by_node
+
+            if hp.shuffle:
+                dataset = dataset.shuffle(seed=self._seed(), buffer_size=hp.shuffle_buffer)
+            dataset = split_dataset_by_node(dataset, rank=rank, world_size=world)
+            stream = HFStreamPairs(dataset, transform, tokenizer, hp.batch_size,
+                                   self._epoch_batches(hp.samples_per_epoch, world), hp.hf_image_key,
+                                   hp.hf_caption_key, name=str(hp.train_data))
+            stream.num_workers = max(1, hp.num_workers)
+            return stream
+        return HFPairs(dataset, transform, hp.hf_image_key, hp.hf_caption_key, name=str(hp.train_data))
+
+    def _build_val(self, transform, tokenizer, rank: int, world: int):
+        hp = self.hparams
+        if hp.format == "webdataset":
+            urls = expand_shards(hp.val_data)
+            stream = WebDatasetPairs(urls, transform, tokenizer, self.val_batch_size, None, rank=rank,
+                                     world_size=world, shuffle=False, seed=self._seed(),
+                                     num_samples=count_samples(urls) if not any(map(_is_remote, urls)) else None)
+            stream.num_workers = max(1, hp.num_workers)
+            return stream
+        if hp.format == "csv":
+            return CsvPairs(hp.val_data, transform, hp.csv_image_key, hp.csv_caption_key, hp.csv_separator, hp.image_root)
+        dataset = load_hf(str(hp.val_data), hp.hf_val_split, cache_dir=hp.hf_cache_dir)
+        return HFPairs(dataset, transform, hp.hf_image_key, hp.hf_caption_key, name=str(hp.val_data))
+
+    def _build_zeroshot(self, transform) -> ZeroShotImages:
+        hp = self.hparams
+        if hp.zeroshot_format == "imagefolder":
+            classes, paths, labels = image_folder(hp.zeroshot_data)
+            self.zeroshot_classnames = self._override_classnames(classes)
+            return ZeroShotImages(list(zip(paths, labels)), transform)
+        dataset = load_hf(str(hp.zeroshot_data), hp.zeroshot_split, cache_dir=hp.hf_cache_dir)
+        feature = dataset.features.get(hp.zeroshot_label_key)
+        names = getattr(feature, "names", None)
+        if not names:
+            raise ValueError(
+                f"{hp.zeroshot_data}: column {hp.zeroshot_label_key!r} (zeroshot_label_key) is not a ClassLabel "
+                f"with class names; columns are {dataset.column_names}"
+            )
+        if hp.zeroshot_image_key not in dataset.column_names:
+            raise ValueError(f"{hp.zeroshot_data}: no column {hp.zeroshot_image_key!r} (zeroshot_image_key); "
+                             f"columns are {dataset.column_names}")
+        self.zeroshot_classnames = self._override_classnames([n.replace("_", " ") for n in names])
+        return ZeroShotImages(dataset, transform, hp.zeroshot_image_key, hp.zeroshot_label_key)
+
+    def _override_classnames(self, found: list[str]) -> list[str]:
+        if self._classnames_override is None:
+            return found
+        if len(self._classnames_override) != len(found):
+            raise ValueError(
+                f"zeroshot_classnames has {len(self._classnames_override)} names but {self.hparams.zeroshot_data} "
+                f"has {len(found)} classes"
+            )
+        return list(self._classnames_override)
+
+    @property
+    def val_batch_size(self) -> int:
+        return int(self.hparams.val_batch_size or self.hparams.batch_size)
+
+    # -------------------------------------------------------------------------- loaders
+    def _pin(self) -> bool:
+        return torch.cuda.is_available() if self.hparams.pin_memory is None else bool(self.hparams.pin_memory)
+
+    def train_dataloader(self):
+        hp = self.hparams
+        if self.train_set is None:
+            self.setup("fit")
+        _, _, tokenizer = self.processing()
+        workers = hp.num_workers
+        if isinstance(self.train_set, (WebDatasetPairs, HFStreamPairs)):
+            trainer = self.trainer
+            self.train_set.start_epoch = int(trainer.current_epoch) if trainer is not None else 0
+            if isinstance(self.train_set, WebDatasetPairs):
+                self.train_set.resume_step = int(trainer.global_step) if trainer is not None else 0
+            # Persistent workers keep their copy of the stream, so each counts its own epochs.
+            return DataLoader(self.train_set, batch_size=None, num_workers=workers, pin_memory=self._pin(),
+                              persistent_workers=workers > 0)
+        rank, world = self.rank_world()
+        sampler = None
+        if world > 1:
+            # Our own sampler, so that `shuffle` holds under DDP too (Lightning's injected one always
+            # shuffles training data); Lightning keeps it and calls its set_epoch.
+            sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=hp.shuffle,
+                                         seed=self._seed(), drop_last=True)
+        return StatefulDataLoader(
+            self.train_set, batch_size=hp.batch_size, shuffle=hp.shuffle if sampler is None else None,
+            sampler=sampler, drop_last=True, num_workers=workers, collate_fn=MapPairCollate(tokenizer),
+            pin_memory=self._pin(), persistent_workers=workers > 0,
+        )
+
+    def val_dataloader(self):
+        if self.val_set is None and self.zeroshot_set is None:
+            self.setup("validate")
+        _, _, tokenizer = self.processing()
+        workers = self.hparams.num_workers
+        loaders = []
+        if self.val_set is not None:
+            if isinstance(self.val_set, WebDatasetPairs):
+                loaders.append(DataLoader(self.val_set, batch_size=None, num_workers=workers, pin_memory=self._pin()))
+            else:
+                loaders.append(self.eval_loader(self.val_set, self.val_batch_size, workers, self._pin(),
+                                                collate_fn=MapPairCollate(tokenizer), persistent_workers=False))
+        if self.zeroshot_set is not None:
+            loaders.append(self.eval_loader(self.zeroshot_set, self.val_batch_size, workers, self._pin(),
+                                            collate_fn=_zeroshot_collate, persistent_workers=False))
+        return loaders

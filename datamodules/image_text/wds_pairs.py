@@ -1,0 +1,267 @@
+"""Image-text pairs from webdataset tar shards (img2dataset's layout), as batches."""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import os
+import random
+import tarfile
+from collections.abc import Callable, Iterator, Sequence
+from itertools import islice
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import IterableDataset
+
+from perceptlab.datamodules.image_text.common import (
+    CAPTION_KEYS,
+    IMAGE_KEYS,
+    PairBatcher,
+    SkipCounter,
+    _worker,
+    clean_caption,
+)
+
+log = logging.getLogger(__name__)
+
+_REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "hf://", "ais://")
+# A stream that opens this many shards in a row without one sample is stuck, not unlucky.
+_SHARDS_WITHOUT_SAMPLES = 64
+
+
+# ----------------------------------------------------------------------------------- shards
+def _is_remote(url: str) -> bool:
+    return url.startswith(_REMOTE_PREFIXES)
+
+
+def expand_shards(spec: str | Sequence[str]) -> list[str]:
+    """Expand shard patterns into a list of URLs/paths.
+
+    ``spec`` is a brace pattern, a glob, several patterns joined by ``::``, or a list of any of
+    these. Local patterns are checked: one that matches no file raises ``FileNotFoundError``
+    naming it, and so does a brace expansion naming files that do not exist.
+    """
+    import braceexpand
+
+    patterns = [spec] if isinstance(spec, str) else list(spec)
+    urls: list[str] = []
+    for entry in patterns:
+        for pattern in str(entry).split("::"):
+            pattern = os.path.expandvars(os.path.expanduser(pattern.strip()))
+            if not pattern:
+                continue
+            expanded = list(braceexpand.braceexpand(pattern))
+            if _is_remote(pattern):
+                urls.extend(expanded)
+                continue
+            found: list[str] = []
+            missing: list[str] = []
+            for item in expanded:
+                if glob.has_magic(item):
+                    found.extend(sorted(glob.glob(item)))
+                elif os.path.isfile(item):
+                    found.append(item)
+                else:
+                    missing.append(item)
+            if not found:
+                raise FileNotFoundError(f"webdataset shard pattern {pattern!r} matches no file")
+            if missing:
+                shown = ", ".join(missing[:3]) + (f" (and {len(missing) - 3} more)" if len(missing) > 3 else "")
+                raise FileNotFoundError(f"webdataset shard pattern {pattern!r} names missing files: {shown}")
+            urls.extend(found)
+    if not urls:
+        raise FileNotFoundError(f"webdataset shard spec {spec!r} names no shard")
+    return urls
+
+
+def count_samples(urls: Sequence[str]) -> int:
+    """Number of samples in local shards.
+
+    Read from open_clip's ``sizes.json`` (``{shard file name: count}``) beside the shards, else
+    img2dataset's ``NNNNN_stats.json`` (``successes``) beside each tar, else by scanning the tar
+    headers for image members (no image is decoded). Remote shards raise ``ValueError``: set
+    ``samples_per_epoch``.
+    """
+    if any(_is_remote(u) for u in urls):
+        raise ValueError("cannot count samples of remote shards: set samples_per_epoch")
+    sizes_cache: dict[Path, dict | None] = {}
+    total = 0
+    for url in urls:
+        path = Path(url)
+        if path.parent not in sizes_cache:
+            sizes_file = path.parent / "sizes.json"
+            sizes_cache[path.parent] = json.loads(sizes_file.read_text()) if sizes_file.is_file() else None
+        sizes = sizes_cache[path.parent]
+        if sizes is not None and path.name in sizes:
+            total += int(sizes[path.name])
+            continue
+        stats = path.with_name(path.name[: -len(".tar")] + "_stats.json") if path.name.endswith(".tar") else None
+        if stats is not None and stats.is_file():
+            total += int(json.loads(stats.read_text())["successes"])
+            continue
+        keys = set()
+        with tarfile.open(path) as tar:
+            for member in tar:
+                base, _, ext = member.name.rpartition(".")
+                if member.isreg() and ext.lower() in IMAGE_KEYS:
+                    keys.add(base)
+        total += len(keys)
+    return total
+
+
+
+# --------------------------------------------------------------------------------- webdataset
+class WebDatasetPairs(IterableDataset):
+    """Batches of image-text pairs streamed from webdataset shards (see the module docstring).
+
+    Training mode (``epoch_batches`` set): each loader process yields exactly ``epoch_batches``
+    full batches per epoch, cycling through its shards. Evaluation mode (``epoch_batches=None``):
+    one pass, split by sample, every process padded to the same number of samples
+    (``num_samples`` / processes, rounded up; the first samples are repeated, as
+    ``DistributedSampler`` does) and the last batch may be short.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        transform: Callable[[Image.Image], torch.Tensor],
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        batch_size: int,
+        epoch_batches: int | None,
+        rank: int = 0,
+        world_size: int = 1,
+        resampled: bool = False,
+        shuffle: bool = True,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        num_samples: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.urls = list(urls)
+        self.transform = transform
+        self.batcher = PairBatcher(tokenizer)
+        self.batch_size = int(batch_size)
+        self.epoch_batches = epoch_batches
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.resampled = resampled
+        self.shuffle = shuffle
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.seed = int(seed)
+        self.num_samples = num_samples
+        self.num_workers = 1  # the DataLoader's; set by the data module before iterating
+        # Epoch bookkeeping: the data module sets these from the trainer (the current epoch and
+        # the global step a resumed run starts from); each iteration of this object is one epoch.
+        # Loader workers are persistent, so their copy counts its own iterations.
+        self.start_epoch = 0
+        self.resume_step = 0
+        self._iterations = 0
+
+    def __len__(self) -> int:
+        if self.epoch_batches is None:
+            raise TypeError("an evaluation stream has no fixed length")
+        return self.epoch_batches * max(1, self.num_workers)
+
+    def _shard_stream(self, epoch: int, consumer: int, consumers: int, by_shard: bool, progress: dict) -> Iterator[dict]:
+        tag = f"{self.seed}-{epoch}-{self.resume_step}"
+        if self.resampled:
+            rng = random.Random(f"resample-{tag}-{consumer}")
+            while True:
+                progress["shards"] += 1
+                self._check_progress(progress)
+                yield {"url": rng.choice(self.urls)}
+        cycle = 0
+        while True:
+            order = list(self.urls)
+            if self.shuffle:  # the same order in every process, so the split below is a partition
+                random.Random(f"order-{tag}-{cycle}").shuffle(order)
+            for url in order[consumer::consumers] if by_shard else order:
+                progress["shards"] += 1
+                self._check_progress(progress)
+                yield {"url": url}
+            cycle += 1
+            if self.epoch_batches is None:
+                return
+
+    def _check_progress(self, progress: dict) -> None:
+        if progress["shards"] - progress["at_last_sample"] > max(_SHARDS_WITHOUT_SAMPLES, 2 * len(self.urls)):
+            raise RuntimeError(
+                f"webdataset stream opened {progress['shards'] - progress['at_last_sample']} shards without one "
+                f"sample (first shard {self.urls[0]!r}): are they tar files of KEY.jpg/KEY.txt?"
+            )
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        """One epoch: webdataset's own pipeline stages, around our shard order and batch collation.
+
+        The shard source (:meth:`_shard_stream`) is ours because it keeps today's guarantees:
+        a per-epoch seeded shard order that is the same in every process (so the by-shard split
+        is a partition), cycling so that every process yields the same number of batches, and
+        seeded resampling. Everything after it is webdataset's: ``tarfile_to_samples``, the
+        by-sample split (``slice``), ``shuffle``, ``decode``, ``to_tuple``, ``batched`` and
+        ``with_epoch``, each with the skip counter as its error handler.
+        """
+        import webdataset as wds
+
+        worker, num_workers = _worker()
+        epoch = self.start_epoch + self._iterations
+        self._iterations += 1
+        consumers = self.world_size * num_workers
+        consumer = self.rank * num_workers + worker
+        training = self.epoch_batches is not None
+        by_shard = training and len(self.urls) >= consumers
+        counter = SkipCounter(where=f"rank {self.rank}, worker {worker}")
+        progress = {"shards": 0, "at_last_sample": 0}
+
+        def seen(samples: Iterator[dict]) -> Iterator[dict]:  # a stream that opens shard after shard with no sample is stuck
+            for sample in samples:
+                progress["at_last_sample"] = progress["shards"]
+                yield sample
+
+        stages: list = [lambda: self._shard_stream(epoch, consumer, consumers, by_shard, progress),
+                        wds.tarfile_to_samples(handler=counter.handler), seen]
+        if not by_shard:  # every process reads every shard and keeps one sample in `consumers`
+            stages.append(wds.slice(consumer, None, consumers))
+        if not training and self.num_samples is not None:
+            n = math.ceil(self.num_samples / consumers)
+            stages.append(lambda samples: _pad_to(samples, n))
+        if self.shuffle and self.shuffle_buffer > 1 and training:
+            rng = random.Random(f"buffer-{self.seed}-{epoch}-{self.resume_step}-{consumer}")
+            stages.append(wds.shuffle(self.shuffle_buffer, min(self.shuffle_buffer, max(1, self.shuffle_buffer // 10)),
+                                      rng=rng))
+        stages += [
+            wds.decode("pilrgb", only=[*IMAGE_KEYS, *CAPTION_KEYS], handler=counter.handler),
+            wds.to_tuple(";".join(CAPTION_KEYS), ";".join(IMAGE_KEYS), handler=counter.handler),
+            wds.map_tuple(clean_caption, None, handler=counter.handler),
+            # The transform runs in the collation, on the batch's own samples only: `batched` reads
+            # one sample ahead, and a random crop of that sample would shift the worker's RNG.
+            wds.batched(self.batch_size, collation_fn=lambda pairs: self._collate(pairs, counter),
+                        partial=not training),
+        ]
+        pipeline = wds.DataPipeline(*stages)
+        if training:
+            pipeline = pipeline.with_epoch(self.epoch_batches)
+        yield from pipeline
+
+    def _collate(self, pairs: list[tuple[str, Image.Image]], counter: SkipCounter) -> dict[str, torch.Tensor]:
+        return self.batcher([self.transform(image) for _, image in pairs], [caption for caption, _ in pairs],
+                            counter.take())
+
+
+def _pad_to(samples: Iterator[dict], n: int) -> Iterator[dict]:
+    """Exactly ``n`` samples: truncate, or repeat the first one (every rank runs as many batches).
+
+    A sample-level split leaves each process ``n`` or ``n - 1`` samples, so the padding is at most
+    one repeat; only the first sample is kept for it.
+    """
+    first = None
+    count = 0
+    for sample in islice(samples, n):
+        if first is None:
+            first = sample
+        count += 1
+        yield sample
+    if first is not None:
+        for _ in range(n - count):
+            yield first
