@@ -24,18 +24,11 @@ from typing import Callable, Sequence
 import pandas as pd
 import torch
 
-from callbacks import scores
-from callbacks.probes.base import Probe, ProbeContext, decode_images, require_columns, select_items, shard_indices
-from datamodules.perceptual_tasks import pyiqa_column
+from perceptlab.core import scores
+from perceptlab.callbacks.probes.base import Probe, ProbeContext, decode_images, require_columns, select_items, shard_indices
+from perceptlab.datamodules.iqa import iqa_preset, is_preset, pyiqa_column
 
 log = logging.getLogger(__name__)
-
-FR_PRESETS: dict[str, dict] = {
-    "tid2013": {"csv": "meta_info_TID2013Dataset.csv", "ref_dir": "reference_images",
-                "dist_dir": "distorted_images", "higher_better": True},
-    "kadid10k": {"csv": "meta_info_KADID10kDataset.csv", "ref_dir": "images",
-                 "dist_dir": "images", "higher_better": True},
-}
 
 DEFAULT_CLASSICAL = ("psnr", "ssim", "fsim", "vif", "gmsd")
 
@@ -78,18 +71,21 @@ class FullReferenceIQAProbe(Probe):
         name: str | None = None,
     ) -> None:
         super().__init__(root, name=name, max_items=max_items, layer=layer, batch_size=batch_size, seed=seed)
-        preset = FR_PRESETS.get(dataset, {})
+        preset = iqa_preset(dataset) if is_preset(dataset) else None
+        if preset is not None and not preset.full_reference:
+            raise ValueError(f"FullReferenceIQAProbe(dataset={dataset!r}): {preset.name} is a no-reference set; "
+                             "use CLIPIQAProbe")
         self._dataset = dataset
-        self.csv = csv or preset.get("csv")
-        self.ref_dir = ref_dir if ref_dir is not None else preset.get("ref_dir", "")
-        self.dist_dir = dist_dir if dist_dir is not None else preset.get("dist_dir", "")
+        self.csv = csv or (preset.meta_info_file if preset else None)
+        self.ref_dir = ref_dir if ref_dir is not None else (preset.ref_dir if preset else "")
+        self.dist_dir = dist_dir if dist_dir is not None else (preset.dist_dir if preset else "")
         self.score_column = score_column  # None with a preset: pyiqa's positions
-        self.higher_better = higher_better if higher_better is not None else preset.get("higher_better")
+        self.higher_better = higher_better if higher_better is not None else (preset.higher_better if preset else None)
         missing = [k for k, v in (("csv", self.csv), ("score_column", score_column if not preset else "by position"),
                                   ("higher_better", self.higher_better)) if v is None]
         if missing:
             raise ValueError(
-                f"FullReferenceIQAProbe(dataset={dataset!r}) has no preset (known: {', '.join(FR_PRESETS)}); "
+                f"FullReferenceIQAProbe(dataset={dataset!r}) has no pyiqa preset (e.g. tid2013, kadid10k); "
                 f"set {', '.join(missing)}"
             )
         if distance not in scores.DISTANCES:

@@ -24,16 +24,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from callbacks import scores
-from callbacks.probes.base import Probe, ProbeContext, decode_images, require_columns, select_items
-from datamodules.perceptual_tasks import pyiqa_column
-
-NR_PRESETS: dict[str, dict] = {
-    "koniq": {"csv": "meta_info_KonIQ10kDataset.csv", "image_dir": "images", "higher_better": True},
-    "livec": {"csv": "meta_info_LIVEChallengeDataset.csv", "image_dir": "images", "higher_better": True,
-              "drop_first": 7},
-    "spaq": {"csv": "meta_info_SPAQDataset.csv", "image_dir": "images", "higher_better": True},
-}
+from perceptlab.core import scores
+from perceptlab.callbacks.probes.base import Probe, ProbeContext, decode_images, require_columns, select_items
+from perceptlab.datamodules.iqa import iqa_preset, is_preset, pyiqa_column
 
 DEFAULT_PROMPT_PAIRS = (("Good photo.", "Bad photo."),)
 
@@ -80,22 +73,25 @@ class CLIPIQAProbe(Probe):
         name: str | None = None,
     ) -> None:
         super().__init__(root, name=name, max_items=max_items, layer=layer, batch_size=batch_size, seed=seed)
-        preset = NR_PRESETS.get(dataset, {})
+        preset = iqa_preset(dataset) if is_preset(dataset) else None
+        if preset is not None and preset.full_reference:
+            raise ValueError(f"CLIPIQAProbe(dataset={dataset!r}): {preset.name} is a full-reference set; "
+                             "use FullReferenceIQAProbe")
         self._dataset = dataset
-        self.csv = csv or preset.get("csv")
-        self.image_dir = image_dir if image_dir is not None else preset.get("image_dir", "")
+        self.csv = csv or (preset.meta_info_file if preset else None)
+        self.image_dir = image_dir if image_dir is not None else (preset.image_dir if preset else "")
         self.score_column = score_column  # None with a preset: pyiqa's position
-        self.higher_better = higher_better if higher_better is not None else preset.get("higher_better")
+        self.higher_better = higher_better if higher_better is not None else (preset.higher_better if preset else None)
         missing = [k for k, v in (("csv", self.csv), ("score_column", score_column if not preset else "by position"),
                                   ("higher_better", self.higher_better)) if v is None]
         if missing:
             raise ValueError(
-                f"CLIPIQAProbe(dataset={dataset!r}) has no preset (known: {', '.join(NR_PRESETS)}); "
+                f"CLIPIQAProbe(dataset={dataset!r}) has no pyiqa preset (e.g. koniq, livec, spaq); "
                 f"set {', '.join(missing)}"
             )
         self.name_column = name_column
         self.split = split
-        self.drop_first = int(drop_first if drop_first is not None else preset.get("drop_first", 0))
+        self.drop_first = int(drop_first if drop_first is not None else (preset.drop_first if preset else 0))
         self.prompt_pairs = [tuple(p) for p in prompt_pairs]
         bad = [p for p in self.prompt_pairs if len(p) != 2]
         if not self.prompt_pairs or bad:
