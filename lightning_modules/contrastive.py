@@ -4,8 +4,8 @@ The hand-off from stage 1 is a file: ``init_visual_from`` names a ``visual.pt`` 
 ``CLIPBackbone.save_visual``) or any Lightning/open_clip checkpoint; only its ``visual.*`` tensors
 are copied (``CLIPBackbone.load_visual``), the text tower and the logit scale keep their fresh
 initialisation. ``init_visual_from: null`` is the random-init baseline. The copy happens in
-``setup("fit")``, before any distributed wrapping, and is skipped when the weights come from a
-checkpoint (a resumed run, ``load_from_checkpoint``): it already holds every weight.
+``setup``, before any distributed wrapping, and is skipped when the weights come from a
+checkpoint (a resumed run, ``load_from_checkpoint``), as in every stage (``lightning_modules.base``).
 
 Loss
 ----
@@ -62,7 +62,6 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from open_clip import ClipLoss, build_zero_shot_classifier
@@ -70,12 +69,9 @@ from open_clip.loss import SigLipLoss
 from torch import nn
 from torchmetrics import CatMetric, MeanMetric
 
-from lightning_modules.backbone import CLIPBackbone, LoadReport
-from lightning_modules.optim import (
-    cosine_with_warmup,
-    no_weight_decay,
-    total_training_steps,
-)
+from perceptlab.core.backbone import CLIPBackbone
+from perceptlab.core.optim import no_weight_decay, param_groups
+from perceptlab.lightning_modules.base import StageModule
 
 LOSSES = ("clip", "siglip")
 # Wrapper segments distributed/compiled modules insert into parameter names.
@@ -112,7 +108,7 @@ def _canonical_name(name: str) -> str:
     return name
 
 
-class ContrastivePretrainModule(pl.LightningModule):
+class ContrastivePretrainModule(StageModule):
     """CLIP/SigLIP image-text pretraining of a ``CLIPBackbone`` (see the module docstring).
 
     Args:
@@ -203,8 +199,6 @@ class ContrastivePretrainModule(pl.LightningModule):
         # Decided here, on the unwrapped shapes: FSDP1 turns parameters into flat 1-D shards.
         self._no_decay = {n for n, p in self.named_parameters() if no_weight_decay(n, p)}
 
-        self.visual_load_report: LoadReport | None = None
-        self._weights_from_checkpoint = False
         self._configured = False
         self._loss_fn: nn.Module | None = None
         self._val_loss_fn = self._make_loss(rank=0, world_size=1)
@@ -245,16 +239,6 @@ class ContrastivePretrainModule(pl.LightningModule):
         return ClipLoss(local_loss=hp.local_loss, gather_with_grad=hp.gather_with_grad, cache_labels=True,
                         rank=rank, world_size=world_size)
 
-    def init_visual(self) -> LoadReport:
-        """Copy the ``visual.*`` tensors of ``init_visual_from`` into the image tower; returns the report."""
-        source = self.hparams.init_visual_from
-        if not source:
-            raise ValueError("init_visual_from is not set")
-        report = self.backbone.load_visual(source)
-        self.visual_load_report = report
-        rank_zero_info(f"init_visual_from: {report}; text tower and logit scale keep their fresh init")
-        return report
-
     def configure_callbacks(self):
         # The first hook Lightning calls with the trainer attached, before its own configuration
         # checks, so these errors say what to do instead of Lightning's generic ones.
@@ -278,12 +262,7 @@ class ContrastivePretrainModule(pl.LightningModule):
         trainer = self._trainer
         if trainer is not None:
             self._loss_fn = self._make_loss(int(trainer.global_rank), int(trainer.world_size))
-        from_checkpoint = self._weights_from_checkpoint or (trainer is not None and trainer.ckpt_path is not None)
-        if stage == "fit" and self.hparams.init_visual_from and self.visual_load_report is None:
-            if from_checkpoint:
-                rank_zero_info("weights come from a checkpoint: init_visual_from is not re-applied")
-            else:
-                self.init_visual()
+        super().setup(stage)  # init_visual_from: the tower only; text tower and logit scale keep their fresh init
 
     def configure_model(self) -> None:
         if self._configured:
@@ -328,33 +307,18 @@ class ContrastivePretrainModule(pl.LightningModule):
             register_fsdp_forward_method(model.visual, "forward_intermediates")
 
     def configure_optimizers(self):
-        hp = self.hparams
-        decay, no_decay = [], []
-        for name, param in self.named_parameters():
-            if param.requires_grad:
-                (no_decay if _canonical_name(name) in self._no_decay else decay).append(param)
-        groups = [g for g in ({"params": decay, "weight_decay": hp.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
-        scheduler = cosine_with_warmup(optimizer, hp.warmup_steps, total_training_steps(self.trainer))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        # decay decided on the unwrapped names (see __init__): FSDP1 flattens parameters to 1-D
+        no_decay = lambda name, param: _canonical_name(name) in self._no_decay  # noqa: E731
+        return self.adamw_cosine(param_groups(self.named_parameters(), self.hparams.weight_decay, exclude=no_decay))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["data_skipped"] = self._skipped_global
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Called by load_from_checkpoint and by a resumed fit: the checkpoint holds every weight,
-        # so a later fit must not overwrite the trained tower with init_visual_from's.
-        self._weights_from_checkpoint = True
+        super().on_load_checkpoint(checkpoint)  # init_visual_from is not re-applied
         # The count is a sum over ranks: rank 0 carries it on, the others start again from 0.
         self._skipped_total = int(checkpoint.get("data_skipped", 0)) if self.global_rank == 0 else 0
         self._skipped_global = self._skipped_reported = int(checkpoint.get("data_skipped", 0))
-
-    def on_fit_start(self) -> None:
-        if self.visual_load_report is not None and self.logger is not None:
-            experiment = getattr(self.logger, "experiment", None)
-            if hasattr(experiment, "add_text"):
-                experiment.add_text("init_visual_from", str(self.visual_load_report).replace("; ", "  \n"))
 
     # ---------------------------------------------------------------------------- forward
     def forward(self, images: torch.Tensor, tokens: torch.Tensor):

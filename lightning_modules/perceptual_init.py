@@ -11,7 +11,7 @@ Variants (``variant``):
     * ``full`` (default) -- every weight of the vision tower trains; with ``pretrained=None`` this
       is the paper's setting, a tower trained from random initialisation on human judgements.
     * ``lora`` -- peft LoRA adapters on the query, key and value projections of every attention
-      block (``lightning_modules.lora.apply_lora``); only adapter weights train.
+      block (``perceptlab.core.lora.apply_lora``); only adapter weights train.
     * ``head`` -- the backbone is frozen; a residual MLP on the embedding (DreamSim's) trains.
 
 Only the vision tower is ever in memory (``vision_only=True``): stage 1 has no text.
@@ -36,22 +36,21 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 
-from callbacks.scores import two_afc_per_item
-from lightning_modules.backbone import CLIPBackbone
-from lightning_modules.lora import apply_lora, lora_parameter_count, merge_lora
-from lightning_modules.optim import adamw_cosine, total_training_steps
+from perceptlab.core.scores import two_afc_per_item
+from perceptlab.core.backbone import CLIPBackbone
+from perceptlab.core.lora import apply_lora, lora_parameter_count
+from perceptlab.core.optim import param_groups
+from perceptlab.lightning_modules.base import VISUAL_FILENAME, StageModule
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("full", "lora", "head")
-VISUAL_FILENAME = "visual.pt"
 
 
 def hinge_loss(d0: torch.Tensor, d1: torch.Tensor, p: torch.Tensor, margin: float = 0.05) -> torch.Tensor:
@@ -84,18 +83,18 @@ class EmbeddingHead(nn.Module):
         return e + self.fc2(F.relu(self.fc1(e)))
 
 
-class PerceptualInitModule(pl.LightningModule):
+class PerceptualInitModule(StageModule):
     """Trains the shared backbone's vision tower on NIGHTS 2AFC triplets (stage 1).
 
     Batches are dicts ``{"ref", "left", "right"}`` of image tensors ``(n, 3, H, W)`` plus ``"p"``
     (``(n,)``, share of people who judged the right image closer), as
-    ``datamodules.nights.NightsDataModule`` yields them.
+    ``perceptlab.datamodules.nights.NightsDataModule`` yields them.
 
     Args:
         model_name: open_clip architecture or perceptlab config (``perceptlab-vit-tiny-64``).
         pretrained: ``None`` (random init: the paper's stage 1), an open_clip tag or a weights file.
         init_visual_from: a ``visual.pt``, Lightning or open_clip checkpoint whose vision tower is
-            loaded before training (applied after ``pretrained``).
+            loaded before training (applied after ``pretrained``; see ``lightning_modules.base``).
         variant: ``full`` (train every tower weight), ``lora`` (peft adapters on q/k/v only) or
             ``head`` (frozen backbone + residual MLP head).
         margin: hinge-loss margin, in cosine-distance units (DreamSim: 0.05).
@@ -107,8 +106,8 @@ class PerceptualInitModule(pl.LightningModule):
         lora_rank: LoRA rank r (``variant="lora"``; DreamSim: 16).
         lora_alpha: LoRA alpha; adapters are scaled by ``alpha / rank`` (DreamSim: 0.5).
         lora_dropout: dropout on each adapter's input (DreamSim: 0.3).
-        lora_target_modules: peft target names; default the q, k, v projections of every block.
-        head_hidden_dim: hidden width of the MLP head (``variant="head"``).
+        lora_targets: peft target names; default the q, k, v projections of every block.
+        head_hidden: hidden width of the MLP head (``variant="head"``).
         force_image_size: override the architecture's input resolution (pixels).
         patch_dropout: FLIP patch-dropout rate during training (ViTs), ``None`` = the config's.
         export_visual: write ``visual.pt`` into the run directory at the end of ``fit``.
@@ -129,8 +128,8 @@ class PerceptualInitModule(pl.LightningModule):
         lora_rank: int = 16,
         lora_alpha: float = 0.5,
         lora_dropout: float = 0.3,
-        lora_target_modules: list[str] | None = None,
-        head_hidden_dim: int = 512,
+        lora_targets: list[str] | None = None,
+        head_hidden: int = 512,
         force_image_size: int | None = None,
         patch_dropout: float | None = None,
         export_visual: bool = True,
@@ -145,8 +144,6 @@ class PerceptualInitModule(pl.LightningModule):
             model_name, pretrained=pretrained, vision_only=True,
             force_image_size=force_image_size, patch_dropout=patch_dropout,
         )
-        if init_visual_from:
-            rank_zero_info(str(self.backbone.load_visual(init_visual_from)))
         # Only the tower's weights are used: leave the logit scale (and anything else outside
         # the tower) frozen, or DDP would wait for gradients that never come.
         for name, param in self.backbone.model.named_parameters():
@@ -155,10 +152,10 @@ class PerceptualInitModule(pl.LightningModule):
         self.head: EmbeddingHead | None = None
         if variant == "lora":
             apply_lora(self.backbone.model.visual, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout,
-                       target_modules=lora_target_modules)
+                       target_modules=lora_targets)
         elif variant == "head":
             self.backbone.requires_grad_(False)
-            self.head = EmbeddingHead(self.backbone.embed_dim, head_hidden_dim)
+            self.head = EmbeddingHead(self.backbone.embed_dim, head_hidden)
 
         self.train_2afc = MeanMetric()
         self.val_2afc = MeanMetric()
@@ -235,7 +232,7 @@ class PerceptualInitModule(pl.LightningModule):
 
     # --------------------------------------------------------------------------------- test
     def _test_split_names(self) -> list[str]:
-        names = getattr(self.trainer.datamodule, "test_splits", None) if self.trainer.datamodule is not None else None
+        names = getattr(self.trainer.datamodule, "test_set_names", None) if self.trainer.datamodule is not None else None
         if names:
             return list(names)
         return [str(i) for i in range(len(self.trainer.num_test_batches))]
@@ -255,32 +252,12 @@ class PerceptualInitModule(pl.LightningModule):
 
     # -------------------------------------------------------------------------- optimisers
     def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        return adamw_cosine(self, hp.lr, hp.weight_decay, hp.betas, hp.eps, hp.warmup_steps,
-                            total_training_steps(self.trainer))
+        return self.adamw_cosine(param_groups(self.named_parameters(), self.hparams.weight_decay))
 
     # ------------------------------------------------------------------------------ export
-    def trainable_parameter_count(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
     def lora_parameter_count(self) -> int:
         """Scalar LoRA parameters in the vision tower (0 unless ``variant="lora"``)."""
         return lora_parameter_count(self.backbone.model.visual)
-
-    def export_visual(self, path: str | Path) -> Path:
-        """Write the vision tower alone to ``path`` (``CLIPBackbone.save_visual`` format).
-
-        LoRA adapters are merged into a copy of the tower first (the training tower keeps its
-        adapters); a ``head`` run exports the backbone tower without the head.
-        """
-        if self.hparams.variant != "lora":
-            return self.backbone.save_visual(path)
-        adapted = self.backbone.model.visual
-        self.backbone.model.visual = merge_lora(adapted)
-        try:
-            return self.backbone.save_visual(path)
-        finally:
-            self.backbone.model.visual = adapted
 
     def on_fit_end(self) -> None:
         if not self.hparams.export_visual:

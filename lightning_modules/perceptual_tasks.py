@@ -4,7 +4,7 @@ The image embedding of the shared backbone (``encode_image(normalize=False)``, a
 visual projection; ``embed_dim`` wide: 512 for ViT-B/32, 768 for ViT-L/14, 64 for the tiny toy
 config) feeds an MLP head ``embed_dim -> head_hidden -> ReLU -> Dropout(head_dropout) -> out``.
 The tower is adapted with LoRA on the query, key and value projections of every attention block
-(:mod:`lightning_modules.lora`: rank 16, alpha 8, dropout 0.1 by default); every other backbone
+(:mod:`perceptlab.core.lora`: rank 16, alpha 8, dropout 0.1 by default); every other backbone
 weight is frozen. Only the adapters and the head are trained.
 
 Tasks:
@@ -22,10 +22,11 @@ image: scores are averaged, class probabilities are averaged.
 
 Starting weights of the tower: ``pretrained`` (an open_clip tag or a local weights file) and/or
 ``init_visual_from`` (a stage-1/2 Lightning checkpoint, a ``visual.pt`` from
-``CLIPBackbone.save_visual``, or a full CLIP state dict), copied into the vision tower *before*
-LoRA is applied. A checkpoint of a LoRA-trained tower is merged on the way in
-(:func:`~lightning_modules.lora.merge_lora_state_dict`). The file is read when the module is
-built, so it must also exist when a run is resumed.
+``CLIPBackbone.save_visual``, or a full CLIP state dict), copied into the vision tower's base
+weights at set-up, as in every stage (:mod:`perceptlab.lightning_modules.base`); the LoRA adapters
+keep their fresh initialisation, so training starts from exactly the file's tower. A checkpoint
+of a LoRA-trained tower is merged on the way in (:func:`~perceptlab.core.lora.merge_lora_state_dict`).
+A resumed run takes its weights from its checkpoint and does not read the file again.
 
 The backbone stays ``self.backbone`` (a ``CLIPBackbone``), so the alignment callbacks can query
 the adapted tower with ``backbone.encode_image``. With ``vision_only=True`` (default) the text
@@ -35,12 +36,9 @@ tower for them at the cost of its memory.
 """
 from __future__ import annotations
 
-import logging
 import math
-from pathlib import Path
 from typing import Any, Literal
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,11 +46,10 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
-from lightning_modules.backbone import CLIPBackbone, extract_visual_state
-from lightning_modules.lora import apply_lora, merge_lora, merge_lora_state_dict
-from lightning_modules.optim import adamw_cosine, cosine_with_warmup, param_groups, total_training_steps
-
-log = logging.getLogger(__name__)
+from perceptlab.core.backbone import CLIPBackbone
+from perceptlab.core.lora import apply_lora
+from perceptlab.core.optim import param_groups
+from perceptlab.lightning_modules.base import StageModule
 
 LOSSES = ("mse", "plcc", "mse+plcc")
 
@@ -74,13 +71,14 @@ def plcc_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> to
     return (1 - r) / 2
 
 
-class PerceptualTaskModule(pl.LightningModule):
+class PerceptualTaskModule(StageModule):
     """LoRA-adapted CLIP vision tower + MLP head for a perceptual regression or classification task.
 
     Args:
         model_name: open_clip architecture or a ``model_configs/*.json`` name.
         pretrained: open_clip tag or local weights file for the whole model (``None``: random init).
-        init_visual_from: checkpoint / ``visual.pt`` whose vision tower is copied in before LoRA.
+        init_visual_from: checkpoint / ``visual.pt`` whose vision tower is copied into the tower's base
+            weights (LoRA adapters keep their fresh initialisation; see ``lightning_modules.base``).
         init_visual_strict: require ``init_visual_from`` to provide exactly the tower's tensors.
         cache_dir: where open_clip looks for tagged weights.
         vision_only: drop the text tower (see module docstring for what the alignment suite loses).
@@ -136,8 +134,6 @@ class PerceptualTaskModule(pl.LightningModule):
         if task == "classification" and num_classes < 2:
             raise ValueError(f"a classification task needs num_classes >= 2, got {num_classes}")
         self.backbone = CLIPBackbone(model_name, pretrained=pretrained, vision_only=vision_only, cache_dir=cache_dir)
-        if init_visual_from:
-            self._init_visual(init_visual_from, init_visual_strict)
         # Frozen first: apply_lora then re-enables exactly the adapter weights; a kept text
         # tower and logit_scale stay frozen too (unused parameters would trip up DDP).
         self.backbone.requires_grad_(False)
@@ -155,18 +151,6 @@ class PerceptualTaskModule(pl.LightningModule):
         self.test_metrics = nn.ModuleDict()
 
     # ------------------------------------------------------------------------ construction
-    def _init_visual(self, source: str, strict: bool) -> None:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"init_visual_from: file not found: {path}")
-        visual = extract_visual_state(torch.load(path, map_location="cpu", weights_only=False))
-        if not visual:
-            raise ValueError(f"init_visual_from: {path} holds no 'visual.*' tensors")
-        if any(".lora_A." in k for k in visual):
-            visual = merge_lora_state_dict(visual, like=self.backbone.visual)
-        report = self.backbone.load_visual({f"visual.{k}": v for k, v in visual.items()}, strict=strict)
-        log.info("init_visual_from %s: %s", path, report)
-
     def _make_metrics(self) -> MetricCollection:
         if self.hparams.task == "regression":
             return MetricCollection({"srcc": SpearmanCorrCoef(), "plcc": PearsonCorrCoef()})
@@ -258,6 +242,7 @@ class PerceptualTaskModule(pl.LightningModule):
 
     # --------------------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
+        super().setup(stage)  # init_visual_from
         dm = self.trainer.datamodule if self._trainer is not None else None
         data_task = getattr(dm, "task", None)
         if data_task is not None and data_task != self.hparams.task:
@@ -273,24 +258,7 @@ class PerceptualTaskModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
-        total = total_training_steps(self.trainer)
         if hp.head_lr is None:
-            return adamw_cosine(self, hp.lr, hp.weight_decay, hp.betas, hp.eps, hp.warmup_steps, total)
-        groups = [
-            *({**g, "lr": hp.lr} for g in param_groups(self.backbone.named_parameters(), hp.weight_decay)),
-            *({**g, "lr": hp.head_lr} for g in param_groups(self.head.named_parameters(), hp.weight_decay)),
-        ]
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
-        scheduler = cosine_with_warmup(optimizer, hp.warmup_steps, total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
-
-    # --------------------------------------------------------------------------- export
-    def save_merged_visual(self, path: str | Path) -> Path:
-        """Write the adapted tower with LoRA merged into plain weights (``CLIPBackbone.save_visual``
-        format), e.g. to start another task or stage from it with ``init_visual_from``."""
-        adapted = self.backbone.model.visual
-        self.backbone.model.visual = merge_lora(adapted, inplace=False)
-        try:
-            return self.backbone.save_visual(path)
-        finally:
-            self.backbone.model.visual = adapted
+            return self.adamw_cosine(param_groups(self.named_parameters(), hp.weight_decay))
+        return self.adamw_cosine([*param_groups(self.backbone.named_parameters(), hp.weight_decay, lr=hp.lr),
+                                  *param_groups(self.head.named_parameters(), hp.weight_decay, lr=hp.head_lr)])

@@ -17,8 +17,8 @@ from open_clip.loss import SigLipLoss
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from lightning_modules.backbone import CLIPBackbone
-from lightning_modules.contrastive import ContrastivePretrainModule, retrieval_recall
+from perceptlab.core.backbone import CLIPBackbone
+from perceptlab.lightning_modules.contrastive import ContrastivePretrainModule, retrieval_recall
 
 MODEL = "perceptlab-vit-tiny-64"
 
@@ -187,7 +187,7 @@ def _shard(path, n, corrupt):
 
 
 def test_training_goes_on_past_a_corrupt_jpeg_and_logs_the_skip(tmp_path):
-    from datamodules.image_text import ImageTextDataModule
+    from perceptlab.datamodules.image_text import ImageTextDataModule
 
     _shard(tmp_path / "00000.tar", 20, corrupt={5})
     _shard(tmp_path / "00001.tar", 20, corrupt={})
@@ -203,7 +203,7 @@ def test_training_goes_on_past_a_corrupt_jpeg_and_logs_the_skip(tmp_path):
 
 
 def test_training_stops_when_the_skipped_share_passes_the_threshold(tmp_path):
-    from datamodules.image_text import ImageTextDataModule
+    from perceptlab.datamodules.image_text import ImageTextDataModule
 
     _shard(tmp_path / "00000.tar", 16, corrupt={1, 3, 5, 7})  # 4 of 16 = 25% unreadable
     dm = ImageTextDataModule(train_data=str(tmp_path / "00000.tar"), batch_size=4, num_workers=0, shuffle=False,
@@ -219,7 +219,7 @@ def test_training_stops_when_the_skipped_share_passes_the_threshold(tmp_path):
 @pytest.mark.slow
 def test_toy_pretraining_lifts_zero_shot_accuracy_above_chance(tiny_world):
     """80 steps of 64 pairs (20 epochs of the tiny world's 256 captioned images), FLIP patch dropout."""
-    from datamodules.image_text import ImageTextDataModule
+    from perceptlab.datamodules.image_text import ImageTextDataModule
 
     pl.seed_everything(0)
     module = ContrastivePretrainModule(MODEL, lr=1e-3, weight_decay=0.0, warmup_steps=10, logit_scale_init=1 / 0.07,

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_modules.backbone import MODEL_CONFIG_DIR, CLIPBackbone
-from lightning_modules.lora import (
+from perceptlab.core.backbone import MODEL_CONFIG_DIR, CLIPBackbone
+from perceptlab.core.lora import (
     QKVSplitAttention,
     apply_lora,
     has_lora,
@@ -179,3 +179,21 @@ def test_errors_name_the_problem():
     apply_lora(b.model.visual)
     with pytest.raises(ValueError, match="already carries LoRA"):
         apply_lora(b.model.visual)
+
+
+def test_a_plain_tower_loads_exactly_into_an_adapted_one():
+    """``CLIPBackbone.load_visual`` into a tower that already carries (fresh) adapters: the base
+    weights become the file's, bit for bit, and the adapters keep their initialisation."""
+    torch.manual_seed(0)
+    source = CLIPBackbone("perceptlab-vit-tiny-64", vision_only=True)
+    torch.manual_seed(1)
+    target = CLIPBackbone("perceptlab-vit-tiny-64", vision_only=True)
+    apply_lora(target.model.visual, rank=4, alpha=8)
+    adapters = {n: p.detach().clone() for n, p in lora_parameters(target.model.visual)}
+    report = target.load_visual({f"visual.{k}": v for k, v in source.model.visual.state_dict().items()}, strict=True)
+    assert not report.missing and not report.unexpected
+    merged = merge_lora(target.model.visual).state_dict()  # B = 0: merging adds nothing
+    for k, v in source.model.visual.state_dict().items():
+        assert torch.equal(merged[k], v), k
+    for n, p in lora_parameters(target.model.visual):
+        assert torch.equal(p, adapters[n]), n

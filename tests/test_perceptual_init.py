@@ -12,9 +12,9 @@ import torch
 import yaml
 from test_nights import EXPECTED_2AFC, ROWS, write_nights
 
-from datamodules.nights import NightsDataModule
-from lightning_modules.backbone import CLIPBackbone
-from lightning_modules.perceptual_init import PerceptualInitModule, hinge_loss
+from perceptlab.datamodules.nights import NightsDataModule
+from perceptlab.core.backbone import CLIPBackbone
+from perceptlab.lightning_modules.perceptual_init import PerceptualInitModule, hinge_loss
 
 TINY = "perceptlab-vit-tiny-64"
 REPO = Path(__file__).resolve().parents[1]
@@ -131,6 +131,25 @@ def test_lora_export_merges_into_a_plain_tower(tmp_path, images):
     assert model.lora_parameter_count() > 0  # the training tower keeps its adapters
 
 
+@pytest.mark.parametrize("variant", ["full", "lora", "head"])
+def test_init_visual_from_is_applied_at_setup_in_every_variant(tmp_path, variant):
+    """The stage-1 tower starts from the file's exactly, after LoRA is in place, and a run whose
+    weights come from a checkpoint does not read the file again."""
+    torch.manual_seed(7)
+    source = CLIPBackbone(TINY, vision_only=True)
+    path = source.save_visual(tmp_path / "source.pt")
+    model = module(variant=variant, init_visual_from=str(path))
+    model.setup("fit")
+    assert not model.visual_load_report.missing
+    exported = torch.load(model.export_visual(tmp_path / "visual.pt"), weights_only=False)["state_dict"]
+    for k, v in source.model.visual.state_dict().items():
+        assert torch.equal(exported[f"visual.{k}"], v), k
+    resumed = module(variant=variant, init_visual_from=str(tmp_path / "gone.pt"))
+    resumed.on_load_checkpoint({})
+    resumed.setup("fit")
+    assert resumed.visual_load_report is None
+
+
 def test_full_export_round_trip_is_identical(tmp_path, images, nights_root):
     model = module(variant="full")
     trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, datamodule=NightsDataModule(str(nights_root), batch_size=2, num_workers=0))
@@ -142,7 +161,7 @@ def test_full_export_round_trip_is_identical(tmp_path, images, nights_root):
 
 
 def test_head_variant_freezes_the_backbone(tmp_path, images, nights_root):
-    model = module(variant="head", head_hidden_dim=32)
+    model = module(variant="head", head_hidden=32)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable == ["head.fc1.weight", "head.fc1.bias", "head.fc2.weight", "head.fc2.bias"]
     backbone_before = encode(model.backbone, images)
@@ -185,23 +204,26 @@ def test_training_raises_val_two_afc_on_the_tiny_world(tiny_world, tmp_path):
 # ------------------------------------------------------------------------------ the CLI run
 def perceptlab_command() -> list[str]:
     exe = Path(sys.executable).with_name("perceptlab")
-    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "lightning_modules.cli"]
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "perceptlab.commands.cli"]
 
 
 @pytest.mark.slow
 def test_cli_fast_dev_run_writes_the_run_layout(tiny_world, tmp_path):
     runs = tmp_path / "runs"
     proc = subprocess.run(
-        [*perceptlab_command(), "fit", "--config", str(REPO / "experiments/toy/pi_nights.yaml"),
+        # the strategy fragment first, as `make pi-nights` gives it: the run is still named pi_nights
+        [*perceptlab_command(), "fit", "--config", str(REPO / "experiments/strategies/ddp.yaml"),
+         "--config", str(REPO / "experiments/toy/pi_nights.yaml"), "--trainer.accelerator=cpu", "--trainer.devices=1",
          "--trainer.fast_dev_run=true", f"--data.init_args.root={tiny_world / 'nights'}", f"--runs_dir={runs}",
          "--trainer.enable_progress_bar=false"],
-        cwd=tmp_path, check=False, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=tmp_path, check=False, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert sorted(os.listdir(tmp_path)) == ["runs"]  # nothing written into the working directory
+    assert sorted(os.listdir(runs)) == ["pi_nights"]
     run = runs / "pi_nights" / "version_0"
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["model"]["class_path"] == "lightning_modules.perceptual_init.PerceptualInitModule"
+    assert config["model"]["class_path"] == "perceptlab.lightning_modules.perceptual_init.PerceptualInitModule"
     assert config["data"]["init_args"]["root"] == str(tiny_world / "nights")
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 1
@@ -219,7 +241,7 @@ def test_paper_config_resolves():
     proc = subprocess.run(
         [*perceptlab_command(), "fit", "--config", str(REPO / "experiments/paper/pi_nights_vitb32.yaml"),
          "--data.init_args.root=/data/nights", "--print_config"],
-        check=False, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = yaml.safe_load(proc.stdout)
@@ -228,3 +250,13 @@ def test_paper_config_resolves():
     assert (model["lr"], model["weight_decay"], model["betas"], model["warmup_steps"], model["margin"]) == (
         5e-4, 0.1, [0.9, 0.98], 150, 0.05)
     assert (data["batch_size"], config["trainer"]["max_epochs"], config["trainer"]["precision"]) == (128, 32, "bf16-mixed")
+
+
+@pytest.mark.parametrize("order", [("strategies/ddp.yaml", "toy/pi_nights.yaml", "toy/alignment_suite.yaml"),
+                                   ("toy/alignment_suite.yaml", "toy/pi_nights.yaml", "strategies/ddp.yaml"),
+                                   ("toy/pi_nights.yaml", "strategies/fsdp2.yaml")])
+def test_run_is_named_after_the_experiment_config_in_any_order(order):
+    from perceptlab.commands.cli import experiment_name
+
+    assert experiment_name([REPO / "experiments" / c for c in order]) == "pi_nights"
+    assert experiment_name([REPO / "experiments/strategies/ddp.yaml"]) == "ddp"  # no experiment config: the first

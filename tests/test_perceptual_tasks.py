@@ -14,7 +14,7 @@ import torch
 import yaml
 from scipy.stats import pearsonr
 
-from datamodules.perceptual_tasks import (
+from perceptlab.datamodules.perceptual_tasks import (
     EMOTIONS,
     EmoSetDataModule,
     IQADataModule,
@@ -24,9 +24,9 @@ from datamodules.perceptual_tasks import (
     read_iqa_set,
     read_lamem_split,
 )
-from lightning_modules.backbone import MODEL_CONFIG_DIR, CLIPBackbone
-from lightning_modules.lora import lora_parameters, merge_lora
-from lightning_modules.perceptual_tasks import PerceptualTaskModule, plcc_loss
+from perceptlab.core.backbone import MODEL_CONFIG_DIR, CLIPBackbone
+from perceptlab.core.lora import lora_parameters, merge_lora
+from perceptlab.lightning_modules.perceptual_tasks import PerceptualTaskModule, plcc_loss
 
 TINY = "perceptlab-vit-tiny-64"
 REPO = Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ def test_lamem_missing_split_file_is_named(tiny_world):
 
 
 def test_emoset_loader_maps_labels_exactly_as_the_json(tiny_world, tmp_path):
-    from datamodules.toyworld import EMOTIONS as TOY_EMOTIONS
+    from perceptlab.datamodules.toyworld import EMOTIONS as TOY_EMOTIONS
 
     assert list(EMOTIONS) == list(TOY_EMOTIONS)
     root = tiny_world / "emoset"
@@ -254,9 +254,13 @@ def test_init_visual_from_plain_and_lora_checkpoints(tmp_path):
     source = CLIPBackbone(TINY, vision_only=True)
     path = source.save_visual(tmp_path / "visual.pt")
     model = PerceptualTaskModule(TINY, init_visual_from=str(path))
-    plain = merge_lora(model.backbone.visual)  # LoRA B = 0: merging gives the loaded weights
+    adapters = {n: p.detach().clone() for n, p in lora_parameters(model.backbone.visual)}
+    model.setup("fit")  # where every stage applies init_visual_from, after LoRA is in place
+    plain = merge_lora(model.backbone.visual)  # LoRA B = 0: merging gives the loaded weights exactly
     for k, v in source.visual.state_dict().items():
-        torch.testing.assert_close(plain.state_dict()[k], v)
+        assert torch.equal(plain.state_dict()[k], v), k
+    for n, p in lora_parameters(model.backbone.visual):  # the adapters keep their initialisation
+        assert torch.equal(p, adapters[n]), n
 
     # a Lightning checkpoint of a LoRA-trained tower is merged on the way in
     with torch.no_grad():
@@ -264,12 +268,18 @@ def test_init_visual_from_plain_and_lora_checkpoints(tmp_path):
             p.normal_(0, 0.05)
     torch.save({"state_dict": model.state_dict()}, tmp_path / "lora.ckpt")
     again = PerceptualTaskModule(TINY, init_visual_from=str(tmp_path / "lora.ckpt"))
+    again.setup("fit")
     merged = merge_lora(model.backbone.visual)
     for k, v in merge_lora(again.backbone.visual).state_dict().items():
         torch.testing.assert_close(v, merged.state_dict()[k])
 
     with pytest.raises(FileNotFoundError, match="missing.pt"):
-        PerceptualTaskModule(TINY, init_visual_from=str(tmp_path / "missing.pt"))
+        PerceptualTaskModule(TINY, init_visual_from=str(tmp_path / "missing.pt")).setup("fit")
+    # weights from a checkpoint (a resumed run): the file is not read again, so it may be gone
+    resumed = PerceptualTaskModule(TINY, init_visual_from=str(tmp_path / "missing.pt"))
+    resumed.on_load_checkpoint({})
+    resumed.setup("fit")
+    assert resumed.visual_load_report is None
 
 
 # ----------------------------------------------------------------------------- learning
@@ -364,7 +374,7 @@ def scalars(run: Path) -> set[str]:
 def test_toy_configs_fit_and_test_through_the_cli(tiny_world, tmp_path, monkeypatch, one_thread, name, expected):
     import sys
 
-    from lightning_modules.cli import main
+    from perceptlab.commands.cli import main
 
     config = toy_config(name, tiny_world, tmp_path)
     runs = tmp_path / "runs"
