@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms as T
 
+from perceptlab.core.hf_clip import is_hf_clip_source, open_clip_config_from_hf, open_clip_state_from_hf, read_hf_clip
 from perceptlab.core.lora import copy_into_adapted, has_lora, merge_lora, merge_lora_state_dict
-from perceptlab.core.transforms import MODEL_CONFIG_DIR, uint8_transform
+from perceptlab.core.transforms import MODEL_CONFIG_DIR, register_model_config, uint8_transform
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class CLIPBackbone(nn.Module):
 
     def __init__(
         self,
-        model_name: str = "perceptlab-vit-tiny-64",
+        model_name: str | None = "perceptlab-vit-tiny-64",
         pretrained: str | None = None,
         vision_only: bool = False,
         cache_dir: str | None = None,
@@ -112,12 +113,24 @@ class CLIPBackbone(nn.Module):
         patch_dropout: float | None = None,
     ) -> None:
         super().__init__()
+        hf_state = None
+        if pretrained and is_hf_clip_source(pretrained):
+            # transformers CLIP weights: build the open_clip architecture they describe, then load them
+            hf_config, hf_state = read_hf_clip(pretrained)
+            derived = open_clip_config_from_hf(hf_config, hf_state)
+            if model_name is None:
+                model_name = register_model_config(f"hf-{Path(str(pretrained)).name}", derived)
+            else:
+                _check_same_architecture(model_name, derived, pretrained)
+        elif model_name is None:
+            raise ValueError("model_name is required unless pretrained is a transformers CLIP folder or file "
+                             "(then the architecture is read from it)")
         if model_name not in open_clip.list_models() and not model_name.startswith(("hf-hub:", "local-dir:")):
             raise ValueError(
                 f"unknown model_name {model_name!r}: not an open_clip architecture nor a config in "
                 f"{MODEL_CONFIG_DIR} (see perceptlab.core.backbone.list_models())"
             )
-        if pretrained and _looks_like_path(pretrained) and not Path(pretrained).expanduser().is_file():
+        if hf_state is None and pretrained and _looks_like_path(pretrained) and not Path(pretrained).expanduser().is_file():
             raise FileNotFoundError(f"pretrained weights file not found: {pretrained}")
         self.model_name = model_name
         self.pretrained = pretrained
@@ -127,12 +140,14 @@ class CLIPBackbone(nn.Module):
         if patch_dropout is not None:
             kwargs["force_patch_dropout"] = patch_dropout
         # open_clip logs a warning when no weights are loaded (pretrained=None): true, and left visible.
+        if hf_state is not None:
+            tag = None
+        else:
+            tag = str(Path(pretrained).expanduser()) if pretrained and _looks_like_path(pretrained) else pretrained
         model, self._train_tf, self._eval_tf = open_clip.create_model_and_transforms(
-            model_name,
-            pretrained=str(Path(pretrained).expanduser()) if pretrained and _looks_like_path(pretrained) else pretrained,
-            cache_dir=cache_dir,
-            **kwargs,
-        )
+            model_name, pretrained=tag, cache_dir=cache_dir, **kwargs)
+        if hf_state is not None:
+            _load_hf_weights(model, hf_state, str(pretrained))
         self.model = model
         pp = open_clip.get_model_preprocess_cfg(model)
         self.image_mean: tuple[float, ...] = tuple(pp["mean"])
@@ -290,9 +305,16 @@ class CLIPBackbone(nn.Module):
         name = str(source) if not isinstance(source, Mapping) else "<state dict>"
         if not isinstance(source, Mapping):
             path = Path(source).expanduser()
-            if not path.is_file():
+            if path.is_dir() and is_hf_clip_source(path):
+                source = read_hf_clip(path)[1]
+            elif not path.is_file():
                 raise FileNotFoundError(f"visual weights not found: {path}")
-            source = torch.load(path, map_location="cpu", weights_only=False)
+            else:
+                source = read_hf_clip(path)[1] if path.suffix == ".safetensors" else \
+                    torch.load(path, map_location="cpu", weights_only=False)
+        inner = source["state_dict"] if isinstance(source.get("state_dict"), Mapping) else source
+        if is_hf_clip_source(inner):  # transformers CLIP keys: open_clip's first
+            source = open_clip_state_from_hf(inner)
         incoming = extract_visual_state(source)
         if not incoming:
             raise ValueError(f"{name} holds no 'visual.*' tensors: is it a CLIP or perceptlab checkpoint?")
@@ -328,5 +350,79 @@ class CLIPBackbone(nn.Module):
         return report
 
 
+def _check_same_architecture(model_name: str, derived: Mapping[str, Any], source) -> None:
+    """A named architecture must be the one the transformers weights describe (open_clip's
+    ``ViT-B-32`` uses GELU; OpenAI's weights on the hub need ``ViT-B-32-quickgelu``)."""
+    cfg = open_clip.get_model_config(model_name)
+    if cfg is None:
+        return  # unknown names are refused below
+    mine = (bool(cfg.get("quick_gelu", False)), cfg["vision_cfg"].get("width"), cfg["vision_cfg"].get("layers"),
+            cfg["vision_cfg"].get("patch_size"))
+    theirs = (bool(derived.get("quick_gelu", False)), derived["vision_cfg"]["width"], derived["vision_cfg"]["layers"],
+              derived["vision_cfg"]["patch_size"])
+    if mine != theirs:
+        raise ValueError(f"{source} is a CLIP with (quick_gelu, width, layers, patch) = {theirs}, but model_name "
+                         f"{model_name!r} is {mine}: use the matching name or model_name: null (read from the weights)")
+
+
+def _load_hf_weights(model: nn.Module, hf_state: Mapping[str, torch.Tensor], source: str) -> None:
+    """transformers CLIP weights into an open_clip model: both towers strictly, or the vision tower
+    alone (a ``CLIPVisionModel[WithProjection]``; the text tower keeps its random initialisation)."""
+    state = open_clip_state_from_hf(hf_state)
+    if "logit_scale" in state:
+        state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
+    if any(not k.startswith("visual.") for k in state):
+        model.load_state_dict(state, strict=True)
+        return
+    target = model.visual.state_dict()
+    missing = sorted(k for k in target if f"visual.{k}" not in state)
+    if missing:
+        log.info("%s: vision tower without %s (kept at init); the text tower is not in the file", source,
+                 ", ".join(missing))
+    model.visual.load_state_dict({k[len("visual."):]: v for k, v in state.items()}, strict=False)
+
+
 def _looks_like_path(value: str) -> bool:
     return os.sep in value or value.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt")) or Path(value).expanduser().exists()
+
+
+def open_clip_model_from_checkpoint(source: str | os.PathLike, model_name: str | None = None) -> tuple[str, nn.Module]:
+    """The open_clip CLIP model held by any perceptlab file: ``(architecture name, model)``.
+
+    ``source`` is a Lightning checkpoint of any stage (keys ``backbone.model.*``; LoRA adapters
+    are merged), a ``visual.pt``, or an open_clip state dict. ``model_name`` defaults to the one
+    the file records (the checkpoint's hyper-parameters, ``visual.pt``'s header). A file without a
+    text tower (stage 1, the perceptual tasks) gives a model whose text tower is open_clip's
+    random initialisation under seed 0 (logged): a vision-only checkpoint has nothing better.
+    """
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    raw = torch.load(path, map_location="cpu", weights_only=False)
+    recorded = (raw.get("hyper_parameters") or {}).get("model_name") or raw.get("model_name")
+    model_name = model_name or recorded
+    if not model_name:
+        raise ValueError(f"{path} does not record its architecture: give --model_name (e.g. ViT-B-32)")
+    state = raw.get("state_dict", raw)
+    prefix = "backbone.model." if any(k.startswith("backbone.model.") for k in state) else ""
+    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and isinstance(v, torch.Tensor)}
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        backbone = CLIPBackbone(model_name)
+    report = backbone.load_visual({f"visual.{k[len('visual.'):]}": v for k, v in state.items() if k.startswith("visual.")},
+                                  strict=False)
+    if report.missing:
+        raise ValueError(f"{path}: the vision tower lacks {', '.join(report.missing[:5])}: not a {model_name} checkpoint?")
+    model = backbone.model
+    rest = {k: v for k, v in state.items() if not k.startswith("visual.")}
+    if "logit_scale" in rest:  # stage 2 keeps it as shape (1,); open_clip as a scalar
+        rest["logit_scale"] = rest["logit_scale"].reshape(model.logit_scale.shape)
+    text_keys = [k for k in model.state_dict() if not k.startswith("visual.")]
+    if any(k in rest for k in text_keys if k != "logit_scale"):
+        absent = [k for k in text_keys if k not in rest]
+        if absent:
+            raise ValueError(f"{path}: text tower incomplete, lacks {', '.join(absent[:5])}")
+        model.load_state_dict({k: v for k, v in rest.items() if k in text_keys}, strict=False)
+    else:
+        log.info("%s holds no text tower: the exported text tower is open_clip's random initialisation (seed 0)", path)
+    return model_name, model

@@ -18,6 +18,21 @@ MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
+def register_model_config(name: str, config: dict) -> str:
+    """Register an open_clip model config under ``name`` (for this process) and return the name.
+
+    open_clip's public way is a JSON file in a folder given to ``add_model_config``; the file goes
+    to a fresh temporary folder, so nothing is written into the project or the user's cache.
+    """
+    import json
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="perceptlab-model-config-"))
+    (folder / f"{name}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(folder)
+    return name
+
+
 def preprocess_cfg_for(model_name: str, pretrained: str | None = None, image_size: int | None = None):
     """open_clip's ``PreprocessCfg`` for a model, without building the model.
 

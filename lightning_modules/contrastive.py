@@ -60,6 +60,7 @@ batches of the same size (``ImageTextDataModule`` guarantees it).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -74,6 +75,7 @@ from perceptlab.core.optim import no_weight_decay, param_groups
 from perceptlab.lightning_modules.base import StageModule
 
 LOSSES = ("clip", "siglip")
+OPEN_CLIP_FILENAME = "open_clip_model.pt"
 # Wrapper segments distributed/compiled modules insert into parameter names.
 _WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
@@ -147,7 +149,7 @@ class ContrastivePretrainModule(StageModule):
 
     def __init__(
         self,
-        model_name: str = "perceptlab-vit-tiny-64",
+        model_name: str | None = "perceptlab-vit-tiny-64",
         pretrained: str | None = None,
         init_visual_from: str | None = None,
         loss: Literal["clip", "siglip"] = "clip",
@@ -310,6 +312,24 @@ class ContrastivePretrainModule(StageModule):
         # decay decided on the unwrapped names (see __init__): FSDP1 flattens parameters to 1-D
         no_decay = lambda name, param: _canonical_name(name) in self._no_decay  # noqa: E731
         return self.adamw_cosine(param_groups(self.named_parameters(), self.hparams.weight_decay, exclude=no_decay))
+
+    def on_fit_end(self) -> None:
+        """``checkpoints/open_clip_model.pt`` beside ``last.ckpt``: the model as an open_clip state dict,
+        ``open_clip.create_model_and_transforms(model_name, pretrained=<file>)`` loads it strictly."""
+        run_dir = self.trainer.log_dir  # a collective call: every rank asks, rank zero writes
+        state = {}
+        for key, value in self.backbone.model.state_dict().items():
+            if hasattr(value, "full_tensor"):  # FSDP2 shards: gathered on every rank (collective)
+                value = value.full_tensor()
+            state[key] = value.detach().cpu()
+        if not run_dir or not self.trainer.is_global_zero:
+            return
+        state.pop("logit_bias", None)  # SigLIP's; open_clip's CLIP has none
+        state["logit_scale"] = state["logit_scale"].reshape(())
+        path = Path(run_dir) / "checkpoints" / OPEN_CLIP_FILENAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path)
+        rank_zero_info(f"open_clip weights written to {path}")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["data_skipped"] = self._skipped_global

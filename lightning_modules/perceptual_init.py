@@ -115,7 +115,7 @@ class PerceptualInitModule(StageModule):
 
     def __init__(
         self,
-        model_name: str = "perceptlab-vit-tiny-64",
+        model_name: str | None = "perceptlab-vit-tiny-64",
         pretrained: str | None = None,
         init_visual_from: str | None = None,
         variant: Literal["full", "lora", "head"] = "full",
