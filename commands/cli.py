@@ -27,12 +27,16 @@ commands:
   report     plots + Markdown over run directories
                                      perceptlab report runs/a/version_0 runs/b/version_0 --out report/
   demo       the whole toy-world study: synth, stage 1, stage 2 x2, task transfer, report
+  export     a checkpoint as open_clip or Hugging Face weights
+                                     perceptlab export last.ckpt --to hf --out clip-hf/
+  predict    score images with a task model or a PerceptCLIP release
+                                     perceptlab predict last.ckpt --images photos/ --out predictions.csv
 
 `perceptlab <command> --help` documents every option of a command; `fit --print_config` prints
 the full resolved configuration. Overrides use dotted keys: --trainer.max_epochs=3
 """
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 
 def _make_cli_class():
@@ -208,6 +212,14 @@ def main(argv: list[str] | None = None) -> None:
         run_synth(rest)
     elif command == "report":
         run_report(rest)
+    elif command == "export":
+        from perceptlab.commands.export import main as export_main
+
+        export_main(rest)
+    elif command == "predict":
+        from perceptlab.commands.predict import main as predict_main
+
+        predict_main(rest)
     elif command == "demo":
         from perceptlab.commands.demo import main as demo_main
 

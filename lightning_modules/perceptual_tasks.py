@@ -37,6 +37,7 @@ tower for them at the cost of its memory.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -47,8 +48,10 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
 from perceptlab.core.backbone import CLIPBackbone
+from perceptlab.core.hf_clip import PerceptCLIPRelease, open_clip_config_from_hf, open_clip_state_from_hf
 from perceptlab.core.lora import apply_lora
 from perceptlab.core.optim import param_groups
+from perceptlab.core.transforms import register_model_config
 from perceptlab.lightning_modules.base import StageModule
 
 LOSSES = ("mse", "plcc", "mse+plcc")
@@ -89,8 +92,9 @@ class PerceptualTaskModule(StageModule):
         lora_alpha: LoRA alpha (update scaled by ``alpha / rank``).
         lora_dropout: dropout on the adapters' input.
         lora_targets: peft target module names (default: ``q_proj``, ``k_proj``, ``v_proj``).
-        head_hidden: hidden width of the MLP head.
-        head_dropout: dropout after the head's ReLU.
+        head_hidden: hidden width(s) of the MLP head: an int (one hidden layer) or a list
+            (PerceptCLIP's ``[512, 256]``); each hidden layer is Linear -> ReLU -> Dropout.
+        head_dropout: dropout after each of the head's ReLUs.
         normalize_embedding: L2-normalise the embedding before the head.
         lr: AdamW learning rate (LoRA, and the head unless ``head_lr``).
         head_lr: separate learning rate for the head (``None``: ``lr``).
@@ -98,11 +102,17 @@ class PerceptualTaskModule(StageModule):
         betas: AdamW betas.
         eps: AdamW epsilon.
         warmup_steps: linear warm-up, in optimiser steps, before the cosine decay.
+        release: a PerceptCLIP release file (see :class:`perceptlab.core.hf_clip.PerceptCLIPRelease`):
+            architecture, LoRA rank, head sizes and task come from it (``model_name``,
+            ``lora_rank``, ``head_hidden``, ``task`` and ``num_classes`` are then ignored) and so
+            do all weights; ``lora_alpha`` is its scale (PerceptCLIP: 8).
+        release_merge_lora: fold the release's adapters into the tower (a plain tower, head on
+            top) instead of keeping them as trainable LoRA layers.
     """
 
     def __init__(
         self,
-        model_name: str = "perceptlab-vit-tiny-64",
+        model_name: str | None = "perceptlab-vit-tiny-64",
         pretrained: str | None = None,
         init_visual_from: str | None = None,
         init_visual_strict: bool = True,
@@ -115,7 +125,7 @@ class PerceptualTaskModule(StageModule):
         lora_alpha: float = 8.0,
         lora_dropout: float = 0.1,
         lora_targets: list[str] | None = None,
-        head_hidden: int = 256,
+        head_hidden: int | list[int] = 256,
         head_dropout: float = 0.5,
         normalize_embedding: bool = False,
         lr: float = 5e-5,
@@ -124,9 +134,22 @@ class PerceptualTaskModule(StageModule):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         warmup_steps: int = 0,
+        release: str | None = None,
+        release_merge_lora: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        weights = None
+        if release:
+            weights = PerceptCLIPRelease.read(release)
+            model_name = register_model_config(f"perceptclip-{Path(release).stem}",
+                                               open_clip_config_from_hf(None, weights.vision))
+            lora_rank = 0 if release_merge_lora else weights.rank
+            head_hidden = weights.hidden
+            task = "regression" if weights.out == 1 else "classification"
+            num_classes = max(weights.out, 2)
+            self.hparams.update(model_name=model_name, lora_rank=lora_rank, head_hidden=head_hidden, task=task,
+                                num_classes=num_classes)  # what the module is, for checkpoints and logs
         if task not in ("regression", "classification"):
             raise ValueError(f"task must be 'regression' or 'classification', got {task!r}")
         if loss not in LOSSES:
@@ -134,6 +157,9 @@ class PerceptualTaskModule(StageModule):
         if task == "classification" and num_classes < 2:
             raise ValueError(f"a classification task needs num_classes >= 2, got {num_classes}")
         self.backbone = CLIPBackbone(model_name, pretrained=pretrained, vision_only=vision_only, cache_dir=cache_dir)
+        if weights is not None:
+            vision = weights.merged_vision(lora_alpha) if release_merge_lora else weights.vision
+            self.backbone.load_visual(open_clip_state_from_hf(vision), strict=True)
         # Frozen first: apply_lora then re-enables exactly the adapter weights; a kept text
         # tower and logit_scale stay frozen too (unused parameters would trip up DDP).
         self.backbone.requires_grad_(False)
@@ -141,16 +167,32 @@ class PerceptualTaskModule(StageModule):
             apply_lora(self.backbone.model.visual, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout,
                        target_modules=lora_targets)
         out_dim = 1 if task == "regression" else num_classes
-        self.head = nn.Sequential(
-            nn.Linear(self.backbone.embed_dim, head_hidden),
-            nn.ReLU(),
-            nn.Dropout(head_dropout),
-            nn.Linear(head_hidden, out_dim),
-        )
+        sizes = [self.backbone.embed_dim, *([head_hidden] if isinstance(head_hidden, int) else head_hidden)]
+        layers: list[nn.Module] = []
+        for d_in, d_out in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(d_in, d_out), nn.ReLU(), nn.Dropout(head_dropout)]
+        self.head = nn.Sequential(*layers, nn.Linear(sizes[-1], out_dim))
+        if weights is not None:
+            self._load_release(weights)
         self.val_metrics = self._make_metrics()
         self.test_metrics = nn.ModuleDict()
 
     # ------------------------------------------------------------------------ construction
+    def _load_release(self, weights: PerceptCLIPRelease) -> None:
+        """The release's head, and its adapters when they are kept (the tower is loaded already)."""
+        linears = [m for m in self.head if isinstance(m, nn.Linear)]
+        with torch.no_grad():
+            for layer, (w, b) in zip(linears, weights.head):
+                layer.weight.copy_(w)
+                layer.bias.copy_(b)
+            if self.hparams.release_merge_lora:
+                return
+            params = dict(self.backbone.model.visual.named_parameters())
+            for (i, letter), (a, b) in weights.lora.items():
+                stem = f"transformer.resblocks.{i}.attn.{letter}_proj"
+                params[f"{stem}.lora_A.default.weight"].copy_(a)
+                params[f"{stem}.lora_B.default.weight"].copy_(b)
+
     def _make_metrics(self) -> MetricCollection:
         if self.hparams.task == "regression":
             return MetricCollection({"srcc": SpearmanCorrCoef(), "plcc": PearsonCorrCoef()})
@@ -237,6 +279,8 @@ class PerceptualTaskModule(StageModule):
     def predict_step(self, batch: dict[str, Any] | torch.Tensor, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         """Scores ``(B,)`` or class probabilities ``(B, num_classes)``."""
         images = batch["image"] if isinstance(batch, dict) else batch
+        if images.shape[0] == 0:  # every image of the batch was unreadable (perceptlab predict)
+            return images.new_zeros((0,) if self.hparams.task == "regression" else (0, self.hparams.num_classes))
         out = self(images)
         return out if self.hparams.task == "regression" else out.softmax(-1)
 

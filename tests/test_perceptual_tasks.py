@@ -387,3 +387,21 @@ def test_toy_configs_fit_and_test_through_the_cli(tiny_world, tmp_path, monkeypa
     main(["test", *common, f"--ckpt_path={ckpt}", "--trainer.limit_test_batches=1"])
     tags = set().union(*(scalars(run) for run in (runs / name).iterdir()))
     assert expected <= tags, sorted(tags)
+
+
+def test_paper_config_has_perceptclips_head(tmp_path):
+    """The paper's KonIQ config resolves through the CLI and builds PerceptCLIP's two-hidden-layer head."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "perceptlab", "fit", "--config",
+                           str(repo / "experiments/paper/perceptclip_koniq_vitl14.yaml"),
+                           "--data.init_args.train_set.root=/data/pyiqa", "--print_config"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = yaml.safe_load(proc.stdout)["model"]["init_args"]
+    assert model["head_hidden"] == [512, 256] and model["head_dropout"] == 0.5
+    head = PerceptualTaskModule(TINY, lora_rank=0, head_hidden=model["head_hidden"]).head
+    assert [tuple(m.weight.shape) for m in head if isinstance(m, torch.nn.Linear)] == [(512, 64), (256, 512), (1, 256)]
+    assert [type(m).__name__ for m in head] == ["Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]

@@ -1,0 +1,142 @@
+"""``perceptlab predict``: score images with a perceptual-task model or a PerceptCLIP release.
+
+    perceptlab predict runs/iqa/version_0/checkpoints/last.ckpt --images photos/ --out predictions.csv
+    perceptlab predict perceptclip_koniq.pth --images list.txt --devices 2
+    perceptlab predict last.ckpt --images table.csv --column filepath --config experiments/toy/perceptual_emotion.yaml
+
+Writes ``predictions.csv``: ``path,score`` for a regression model (memorability, quality: higher
+is more), ``path,label,p_<class>...`` for a classification model (emotion). Images come from a
+folder, a list file or a CSV (:mod:`perceptlab.datamodules.image_list`); an unreadable one is
+skipped and listed in ``<out>.unreadable.csv`` (``path,error``), and the counts are printed. The
+images go through Lightning's predict loop (``--accelerator``, ``--devices``: several GPUs score
+disjoint shares, rank zero writes the file), in batches, with ``--crops`` 5 or 10 fixed crops per
+image averaged (default: the config's ``data.init_args.test_crops`` when ``--config`` is given).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def load_task_model(model: str, merge_lora: bool = False):
+    """A ``PerceptualTaskModule`` from a Lightning checkpoint of one, or from a PerceptCLIP release file."""
+    import torch
+
+    from perceptlab.lightning_modules.perceptual_tasks import PerceptualTaskModule
+
+    path = Path(model).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"model not found: {path} (a task checkpoint or a PerceptCLIP release file)")
+    raw = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(raw, dict) and "state_dict" in raw and "hyper_parameters" in raw:
+        return PerceptualTaskModule.load_from_checkpoint(path, map_location="cpu")
+    return PerceptualTaskModule(release=str(path), release_merge_lora=merge_lora)
+
+
+def class_names(module, config: dict | None, given: list[str] | None) -> list[str]:
+    from perceptlab.datamodules.perceptual_tasks import EMOTIONS
+
+    n = int(module.hparams.num_classes)
+    names = given or ((config or {}).get("data", {}).get("init_args", {}) or {}).get("emotions")
+    if not names and n == len(EMOTIONS):
+        names = list(EMOTIONS)
+    names = list(names or [f"class_{i}" for i in range(n)])
+    if len(names) != n:
+        raise ValueError(f"{len(names)} class names for a model with {n} classes: {names}")
+    return names
+
+
+def predict(model: str, images: str, out: str = "predictions.csv", column: str | None = None,
+            config: str | None = None, crops: int | None = None, batch_size: int = 32, num_workers: int = 4,
+            accelerator: str = "auto", devices: str | int = "auto", classes: list[str] | None = None,
+            merge_lora: bool = False) -> Path:
+    import lightning.pytorch as pl
+    import pandas as pd
+    import torch
+    import yaml
+    from lightning.pytorch.callbacks import Callback
+    from torch.utils.data import DataLoader
+
+    from perceptlab.datamodules.image_list import ImagePaths, collate_scored, read_image_list
+    from perceptlab.datamodules.perceptual_tasks import multicrop_transform
+
+    cfg = yaml.safe_load(Path(config).read_text()) if config else None
+    paths = read_image_list(images, column)  # a bad path or column is named before any model is loaded
+    module = load_task_model(model, merge_lora).eval()
+    data = ((cfg or {}).get("data", {}) or {}).get("init_args", {}) or {}
+    crops = int(crops if crops is not None else data.get("test_crops", 1))
+    backbone = module.backbone
+    transform = backbone.transform(train=False) if crops == 1 else multicrop_transform(
+        backbone.image_size, backbone.image_mean, backbone.image_std, crops,
+        float(data.get("test_resize_ratio", 1.15)), backbone.interpolation)
+    regression = module.hparams.task == "regression"
+    names = None if regression else class_names(module, cfg, classes)
+    out_path = Path(out).expanduser()
+
+    class Collect(Callback):
+        """Rows and failures of this rank; rank zero writes the files once every rank is done."""
+
+        def __init__(self) -> None:
+            self.rows: list[tuple[int, list[float]]] = []
+            self.failed: list[tuple[int, str]] = []
+
+        def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+            values = outputs.detach().float().cpu()
+            values = values.unsqueeze(-1) if values.ndim == 1 else values  # scores, or class probabilities
+            self.rows += list(zip(batch["index"].tolist(), values.tolist()))
+            self.failed += list(batch["failed"])
+
+        def on_predict_end(self, trainer, pl_module) -> None:
+            rows, failed = self.rows, self.failed
+            if trainer.world_size > 1:
+                gathered = [None] * trainer.world_size
+                torch.distributed.all_gather_object(gathered, (rows, failed))
+                rows = [r for part in gathered for r in part[0]]
+                failed = [f for part in gathered for f in part[1]]
+            if not trainer.is_global_zero:
+                return
+            # one row per image, in the input order (a distributed sampler repeats a few to even out ranks)
+            rows, failed = sorted(dict(rows).items()), sorted(set(failed))
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            if regression:
+                table = pd.DataFrame({"path": [paths[i] for i, _ in rows], "score": [v[0] for _, v in rows]})
+            else:
+                table = pd.DataFrame({"path": [paths[i] for i, _ in rows],
+                                      "label": [names[max(range(len(v)), key=v.__getitem__)] for _, v in rows]})
+                for k, name in enumerate(names):
+                    table[f"p_{name}"] = [v[k] for _, v in rows]
+            table.to_csv(out_path, index=False)
+            bad = out_path.with_name(out_path.stem + ".unreadable.csv")
+            if failed:
+                pd.DataFrame({"path": [paths[i] for i, _ in failed], "error": [e for _, e in failed]}).to_csv(bad, index=False)
+            elif bad.exists():
+                bad.unlink()
+            print(f"{len(rows)} of {len(paths)} images scored -> {out_path}"
+                  + (f"; {len(failed)} unreadable, listed in {bad}" if failed else ""))
+
+    loader = DataLoader(ImagePaths(paths, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_scored)
+    trainer = pl.Trainer(accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False,
+                         enable_model_summary=False, callbacks=[Collect()], use_distributed_sampler=True)
+    trainer.predict(module, loader, return_predictions=False)
+    return out_path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(prog="perceptlab predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="a PerceptualTaskModule checkpoint, or a PerceptCLIP release file")
+    parser.add_argument("--images", required=True, help="an image folder, a list file (one path a line) or a CSV")
+    parser.add_argument("--out", default="predictions.csv")
+    parser.add_argument("--column", default=None, help="the CSV's image-path column (default: the first)")
+    parser.add_argument("--config", default=None, help="the task's YAML: test_crops, test_resize_ratio, class names")
+    parser.add_argument("--crops", type=int, choices=(1, 5, 10), default=None, help="fixed crops per image, averaged")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--num_workers", type=int, default=4)
+    parser.add_argument("--accelerator", default="auto")
+    parser.add_argument("--devices", default="auto")
+    parser.add_argument("--classes", default=None, help="comma-separated class names (classification)")
+    parser.add_argument("--merge_lora", action="store_true", help="fold a release's LoRA adapters into the tower")
+    ns = parser.parse_args(argv)
+    devices = int(ns.devices) if str(ns.devices).isdigit() else ns.devices
+    return predict(ns.model, ns.images, ns.out, ns.column, ns.config, ns.crops, ns.batch_size, ns.num_workers,
+                   ns.accelerator, devices, ns.classes.split(",") if ns.classes else None, ns.merge_lora)
