@@ -57,7 +57,9 @@ def is_hf_clip_source(source: str | os.PathLike | Mapping | None) -> bool:
     if source is None:
         return False
     if isinstance(source, Mapping):
-        return any(".vision_model." in f".{k}" or ".text_model." in f".{k}" for k in source)
+        return any(isinstance(v, torch.Tensor) for v in source.values()) and (
+            _tower_prefix(source, "embeddings.class_embedding") is not None
+            or _tower_prefix(source, "embeddings.token_embedding.weight") is not None)
     path = Path(source).expanduser()
     if path.is_dir():
         return (path / "config.json").is_file() and any((path / f).is_file() for f in HF_WEIGHT_FILES)
@@ -158,17 +160,32 @@ def hf_config_from_open_clip(model_cfg: Mapping[str, Any]):
 
 
 # ------------------------------------------------------------------------------ state dicts
+def _tower_prefix(state: Mapping[str, Any], anchor: str) -> str | None:
+    """The key prefix of the tower whose embeddings sit at ``<prefix>anchor``, if there is one."""
+    key = next((k for k in state if k.endswith(anchor) and (k == anchor or k[-len(anchor) - 1] == ".")), None)
+    return None if key is None else key[: -len(anchor)]
+
+
 def _strip_outer_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Keys from ``vision_model.`` / ``text_model.`` / projections / ``logit_scale`` on (an outer
-    wrapper's prefix such as ``clip.`` or ``model.`` removed)."""
+    """Keys as ``CLIPModel`` writes them: ``vision_model.*``, ``text_model.*``, the projections,
+    ``logit_scale``. An outer wrapper's prefix (``clip.``, ``model.``) is removed, and so is the
+    difference between transformers releases: ``CLIPVisionModel`` keys are ``vision_model.*`` in
+    transformers 4 and ``embeddings.*``/``encoder.*`` (the tower's own) in transformers 5."""
+    vision = _tower_prefix(state, "embeddings.class_embedding")
+    text = _tower_prefix(state, "embeddings.token_embedding.weight")
     out = {}
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             continue
-        m = re.search(r"(?:^|\.)((?:vision_model|text_model)\..+|visual_projection\.weight|text_projection\.weight"
-                      r"|logit_scale)$", key)
-        if m:
-            out[m.group(1)] = value
+        if vision is not None and key.startswith(vision) and not (text is not None and key.startswith(text)
+                                                                   and len(text) > len(vision)):
+            out["vision_model." + key[len(vision):]] = value
+        elif text is not None and key.startswith(text):
+            out["text_model." + key[len(text):]] = value
+        else:
+            m = re.search(r"(?:^|\.)(visual_projection\.weight|text_projection\.weight|logit_scale)$", key)
+            if m:
+                out[m.group(1)] = value
     return out
 
 

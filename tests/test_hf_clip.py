@@ -69,6 +69,15 @@ def test_a_vision_model_file_initialises_the_tower_and_a_wrong_name_is_refused(t
     with torch.no_grad():
         torch.testing.assert_close(ours.encode_image(images, normalize=False), vision(pixel_values=images).image_embeds,
                                    atol=1e-5, rtol=0)
+    # a CLIPVisionModel folder (no projection; transformers 5 writes its keys without vision_model.)
+    from transformers import CLIPVisionModel
+
+    plain = CLIPVisionModel(hf_config().vision_config)
+    plain.save_pretrained(tmp_path / "vision-folder")
+    report = ours.load_visual(tmp_path / "vision-folder")
+    assert report.missing == ["proj"] and len(report.loaded) == len(ours.model.visual.state_dict()) - 1
+    assert torch.equal(ours.model.visual.conv1.weight, plain.state_dict()[
+        next(k for k in plain.state_dict() if k.endswith("patch_embedding.weight"))])
     # open_clip's ViT-B-32 is GELU with another shape: named, not loaded wrongly
     with pytest.raises(ValueError, match="quick_gelu, width, layers, patch"):
         CLIPBackbone("ViT-B-32", pretrained=str(tmp_path / "clip"))
