@@ -153,8 +153,12 @@ class AlignmentSuite(Callback):
         return backbone
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
+        # training, or a series of models to measure (perceptlab evaluate: the validation loop)
+        if stage == "fit" or (stage == "validate" and getattr(pl_module, "evaluates_checkpoints", False)):
+            self.prepare(trainer, pl_module)
+
+    def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Pick the probes the backbone can serve and load their data (errors name probe and path)."""
         backbone = self.backbone_of(pl_module)
         has_text = bool(getattr(backbone, "has_text", True))
         self.active = [p for p in self.probes if has_text or not p.needs_text]
@@ -202,6 +206,13 @@ class AlignmentSuite(Callback):
         if self._epoch_end_due(trainer) and batch_idx + 1 >= trainer.num_training_batches:
             return  # the epoch-end evaluation follows at this very step
         self.evaluate(trainer, pl_module, trigger="step", epoch=trainer.current_epoch)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """``perceptlab evaluate``: a model of the series has just been loaded; measure it at its own step."""
+        if not (isinstance(outputs, dict) and "evaluated_model" in outputs) or trainer.sanity_checking:
+            return
+        self.evaluate(trainer, pl_module, trigger="model", epoch=outputs["epoch"], step=outputs["step"],
+                      extra={"model": outputs["evaluated_model"]})
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._epoch_end_due(trainer):
@@ -260,21 +271,33 @@ class AlignmentSuite(Callback):
                 module.train(training)
         return metrics, seconds
 
-    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, trigger: str, epoch: int) -> dict | None:
-        """Run the probes now and record, log and write the result (once per training step)."""
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, trigger: str, epoch: int,
+                 step: int | None = None, extra: dict | None = None) -> dict | None:
+        """Run the probes now and record, log and write the result (once per training step).
+
+        ``perceptlab evaluate`` passes each checkpoint's own ``step`` and ``extra={"model": ...}``,
+        with trigger ``model``: one record per model, whatever their steps.
+        """
         if not self.active:
             return None
-        step = trainer.global_step
-        if self.history and self.history[-1]["step"] == step and trigger != "baseline":
+        step = trainer.global_step if step is None else int(step)
+        if self.history and self.history[-1]["step"] == step and trigger not in ("baseline", "model"):
             if trigger == "epoch":  # due on both schedules at this step: it is the epoch-end one
                 self.history[-1]["trigger"] = "epoch"
                 self._write_files(trainer)
             return None
         metrics, seconds = self.run_probes(trainer, pl_module)
         record = {"epoch": int(epoch), "step": int(step), "trigger": trigger,
-                  "metrics": {k: finite(v) for k, v in metrics.items()}, "seconds": seconds}
+                  "metrics": {k: finite(v) for k, v in metrics.items()}, "seconds": seconds, **(extra or {})}
         self.history.append(record)
-        improved = self.tracker.update(epoch, step, record["metrics"], self.directions(), baseline=trigger == "baseline")
+        if trigger == "model" and len(self.history) > 1 and self.history[-2]["step"] > step:
+            # a model older than those already measured (a rerun on a folder): keep the series in order
+            self.history.sort(key=lambda r: r["step"])
+            self.tracker = PeakTracker.from_history(self.history, self.directions())
+            improved: list[str] = []
+        else:
+            improved = self.tracker.update(epoch, step, record["metrics"], self.directions(),
+                                           baseline=trigger == "baseline")
         self._write_files(trainer)
         self._log(trainer, record)
         if self.verbose:
@@ -306,7 +329,8 @@ class AlignmentSuite(Callback):
         headline = self.headline_metrics(record["metrics"])
         parts = [f"{k} {'n/a' if v is None else f'{v:.4f}'}{'*' if k in improved else ''}" for k, v in headline.items()]
         legend = "   (* new peak)" if any(k in improved for k in headline) else ""
-        return (f"alignment at step {record['step']} (epoch {record['epoch']}, {record['trigger']}) in "
+        where = f"of {record['model']} " if "model" in record else ""
+        return (f"alignment {where}at step {record['step']} (epoch {record['epoch']}, {record['trigger']}) in "
                 f"{sum(record['seconds'].values()):.1f} s: " + ", ".join(parts) + legend)
 
     # ---------------------------------------------------------------------------- outputs
@@ -359,3 +383,7 @@ class AlignmentSuite(Callback):
         self.history = [dict(r) for r in state_dict.get("history", [])]
         self.tracker = PeakTracker.from_history(self.history, self.directions())
         self._restored = True
+
+    def set_run_dir(self, path: str | Path) -> None:
+        """Write into ``path`` instead of the trainer's log directory (``perceptlab evaluate --out``)."""
+        self._run_dir = Path(path)

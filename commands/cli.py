@@ -27,6 +27,8 @@ commands:
   report     plots + Markdown over run directories
                                      perceptlab report runs/a/version_0 runs/b/version_0 --out report/
   demo       the whole toy-world study: synth, stage 1, stage 2 x2, task transfer, report
+  evaluate   the alignment suite on any model or a series of checkpoints
+                                     perceptlab evaluate 'runs/x/version_0/checkpoints/*.ckpt' --config suite.yaml
   export     a checkpoint as open_clip or Hugging Face weights
                                      perceptlab export last.ckpt --to hf --out clip-hf/
   predict    score images with a task model or a PerceptCLIP release
@@ -39,7 +41,7 @@ the full resolved configuration. Overrides use dotted keys: --trainer.max_epochs
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 
-def _make_cli_class():
+def make_cli_class():
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.callbacks.progress import ProgressBar
     from lightning.pytorch.cli import LightningCLI
@@ -158,7 +160,7 @@ def _fast_dev_run_as_limits(config: dict) -> None:
 def run_lightning(args: list[str]) -> None:
     import lightning.pytorch as pl
 
-    cli_class = _make_cli_class()
+    cli_class = make_cli_class()
     # LightningCLI reads sys.argv itself; hand it exactly the command's arguments. argv[0] stays the
     # real script: Lightning's DDP launcher re-runs `python argv[0] argv[1:]` for the other ranks.
     sys.argv = [sys.argv[0] if sys.argv and sys.argv[0] else "perceptlab", *args]
@@ -212,6 +214,10 @@ def main(argv: list[str] | None = None) -> None:
         run_synth(rest)
     elif command == "report":
         run_report(rest)
+    elif command == "evaluate":
+        from perceptlab.commands.evaluate import main as evaluate_main
+
+        evaluate_main(rest)
     elif command == "export":
         from perceptlab.commands.export import main as export_main
 

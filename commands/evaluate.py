@@ -1,0 +1,102 @@
+"""``perceptlab evaluate``: the alignment suite on any model, or on a series of checkpoints.
+
+    perceptlab evaluate runs/pretrain_pi/version_0/checkpoints/last.ckpt --config experiments/toy/alignment_suite.yaml
+    perceptlab evaluate '/runs/openclip/checkpoints/epoch_*.pt' --model_name ViT-B-32 \\
+        --config my_suite.yaml --trainer.devices=8 --trainer.precision=bf16-mixed
+    perceptlab evaluate /models/clip-vit-base-patch32 --config my_suite.yaml   # a transformers folder
+
+``--config`` takes the AlignmentSuite block a training config uses (the toy fragment works as it
+is), with the same dotted overrides (``--trainer.callbacks.init_args.data_root=...``). A MODEL is
+a perceptlab Lightning checkpoint of any stage, a ``visual.pt``, an open_clip state dict or
+``open_clip_train`` checkpoint, a transformers CLIP folder, an open_clip pretrained tag (with
+``--model_name``) or a glob; several form a trajectory, ordered by the step or epoch stored in
+each file, else the number in its name (``core.checkpoints``).
+
+Writes, by default in ``runs/evaluate/<name>/version_<n>/`` (``--out DIR`` to choose):
+``alignment.jsonl`` (one record per model, the fields of training plus ``"model"``),
+``alignment_summary.json`` (peak, final, drop over the series) and TensorBoard scalars at each
+model's step, so ``perceptlab report`` and TensorBoard show it like a live run. Run again on a
+growing folder, it continues in the newest version and measures only the models not in its
+``alignment.jsonl`` yet (``--new_version`` starts afresh).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def default_name(model: str) -> str:
+    """``<run>`` for ``runs/<run>/version_0/checkpoints/*.ckpt``, else the model's folder or stem."""
+    path = Path(model)
+    parts = [p for p in path.parts if p not in ("checkpoints",) and not p.startswith("version_")]
+    if len(parts) >= 2 and any(ch in path.name for ch in "*?["):
+        return parts[-2]
+    return (Path(*parts).stem if parts else path.stem) or "model"
+
+
+def run_dir_for(out: str | None, runs_dir: str, name: str, new_version: bool) -> Path:
+    if out:
+        return Path(out)
+    root = Path(runs_dir) / "evaluate" / name
+    versions = sorted((int(p.name.split("_")[-1]) for p in root.glob("version_*") if p.name.split("_")[-1].isdigit()))
+    if versions and not new_version and (root / f"version_{versions[-1]}" / "alignment.jsonl").is_file():
+        return root / f"version_{versions[-1]}"
+    return root / f"version_{versions[-1] + 1 if versions else 0}"
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(prog="perceptlab evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="+", help="checkpoints, visual.pt files, folders, open_clip tags or globs")
+    parser.add_argument("--config", action="append", required=True,
+                        help="a config with the AlignmentSuite (trainer.callbacks); repeatable")
+    parser.add_argument("--out", default=None, help="the run directory (default runs/evaluate/<name>/version_<n>)")
+    parser.add_argument("--name", default=None, help="<name> of the default run directory (default: from MODEL)")
+    parser.add_argument("--runs_dir", default="runs")
+    parser.add_argument("--model_name", default=None, help="the architecture where a file does not record it")
+    parser.add_argument("--new_version", action="store_true", help="start a new version instead of continuing")
+    ns, overrides = parser.parse_known_args(argv)
+    bad = [o for o in overrides if not o.startswith("--trainer.")]
+    if bad:
+        parser.error(f"unknown arguments {bad} (Lightning options go as --trainer.<key>=<value>)")
+
+    from perceptlab.callbacks.alignment import JSONL_NAME, AlignmentSuite
+    from perceptlab.commands.cli import make_cli_class
+
+    run_dir = run_dir_for(ns.out, ns.runs_dir, ns.name or default_name(ns.models[0]), ns.new_version)
+    existing = []
+    if (run_dir / JSONL_NAME).is_file():
+        existing = [json.loads(line) for line in (run_dir / JSONL_NAME).read_text().splitlines() if line.strip()]
+    done = [r["model"] for r in existing if "model" in r]
+    logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+              "init_args": {"save_dir": str(run_dir.parent), "name": "", "version": run_dir.name,
+                            "default_hp_metric": False}}
+    args = [a for c in ns.config for a in ("--config", c)] + [
+        f"--model.models={json.dumps(list(ns.models))}", f"--model.skip={json.dumps(done)}",
+        f"--trainer.logger={json.dumps(logger)}", "--trainer.enable_checkpointing=false", *overrides]
+    if ns.model_name:
+        args.append(f"--model.model_name={ns.model_name}")
+    # Lightning's DDP launcher re-runs this very command for the other processes.
+    from perceptlab.lightning_modules.evaluation import CheckpointSeries
+
+    command = [sys.argv[0] if sys.argv and sys.argv[0] else "perceptlab", "evaluate",
+               *(sys.argv[2:] if argv is None else argv)]
+    sys.argv = command[:1]  # LightningCLI reads `args`, and warns when sys.argv holds arguments too
+    try:
+        cli = make_cli_class()(CheckpointSeries, None, run=False, args=args, seed_everything_default=0,
+                               save_config_kwargs={"overwrite": True}, parser_kwargs={"parser_mode": "omegaconf"})
+    finally:
+        sys.argv = command  # Lightning's DDP launcher re-runs this very command for the other processes
+    suites = [c for c in cli.trainer.callbacks if isinstance(c, AlignmentSuite)]
+    if not suites:
+        raise ValueError(f"{', '.join(ns.config)}: no AlignmentSuite in trainer.callbacks")
+    suite = suites[0]
+    if existing:
+        suite.load_state_dict({"history": existing})
+    if not cli.model.todo:
+        print(f"every model is measured already: {run_dir / JSONL_NAME}")
+        return run_dir
+    cli.trainer.validate(cli.model)
+    print(f"{len(cli.model.todo)} model(s) measured -> {run_dir / JSONL_NAME}")
+    return run_dir

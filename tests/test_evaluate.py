@@ -1,0 +1,115 @@
+"""``perceptlab evaluate``: any model or checkpoint series through the alignment suite; a post-hoc
+record of a checkpoint equals the live one training wrote for the same weights."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from perceptlab.commands.cli import main as perceptlab
+from perceptlab.commands.export import export
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def suite_config(tmp_path: Path, world: Path) -> Path:
+    """The toy suite reduced to two vision probes (fast), reading the tiny world."""
+    cfg = yaml.safe_load((REPO / "experiments/toy/alignment_suite.yaml").read_text())
+    suite = cfg["trainer"]["callbacks"][0]["init_args"]
+    suite.update(data_root=str(world), every_n_steps=None, tensorboard_figure=False, num_workers=0)
+    suite["probes"] = suite["probes"][:2]  # NIGHTS 2AFC, TID2013 full-reference IQA
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "alignment.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_world, tmp_path_factory):
+    """A toy stage-1 run with the suite: its last.ckpt, visual.pt and what the suite wrote live."""
+    tmp = tmp_path_factory.mktemp("evaluate")
+    suite = suite_config(tmp, tiny_world)
+    perceptlab(["fit", "--config", str(REPO / "experiments/toy/pi_nights.yaml"), "--config", str(suite),
+                f"--data.init_args.root={tiny_world / 'nights'}", f"--runs_dir={tmp / 'runs'}", "--experiment=live",
+                "--trainer.max_steps=3", "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
+                "--trainer.enable_progress_bar=false", "--data.init_args.num_workers=0"])
+    return tmp, suite, tmp / "runs" / "live" / "version_0"
+
+
+def test_a_checkpoint_measured_after_the_fact_equals_the_live_record(trained):
+    tmp, suite, live = trained
+    end = records(live)[-1]
+    assert end["step"] == 3  # the last evaluation, at the end of training
+    out = tmp / "posthoc"
+    perceptlab(["evaluate", str(live / "checkpoints" / "last.ckpt"), "--config", str(suite),
+                "--out", str(out), "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"])
+    (got,) = records(out)
+    assert got["model"] == str(live / "checkpoints" / "last.ckpt") and got["step"] == 3 and got["trigger"] == "model"
+    assert got["metrics"] == end["metrics"]  # the same weights, the same numbers as live
+    summary = json.loads((out / "alignment_summary.json").read_text())
+    assert summary["nights/2afc"]["peak_step"] == 3
+    assert list(out.glob("events.out.tfevents.*"))
+    # its visual.pt (no step recorded: a series of files without steps is taken as given, at 0, 1, ...)
+    perceptlab(["evaluate", str(live / "visual.pt"), "--config", str(suite), "--out", str(tmp / "visual"),
+                "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"])
+    (visual,) = records(tmp / "visual")
+    assert visual["step"] == 0 and visual["metrics"] == end["metrics"]
+
+
+def test_a_growing_series_is_ordered_by_step_and_only_new_models_are_measured(trained, tmp_path):
+    _, suite, live = trained
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    ckpt = torch.load(live / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    for step, name in ((30, "a"), (10, "b"), (20, "c")):  # file names in another order than the steps
+        torch.manual_seed(step)
+        ckpt["global_step"] = step
+        ckpt["state_dict"] = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
+                              for k, v in ckpt["state_dict"].items()}
+        torch.save(ckpt, folder / f"{name}.ckpt")
+    args = ["--config", str(suite), "--runs_dir", str(tmp_path / "runs"), "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false"]
+    (folder / "a.ckpt").rename(tmp_path / "a.ckpt")  # the newest checkpoint is not written yet
+    perceptlab(["evaluate", str(folder / "*.ckpt"), *args])
+    run = tmp_path / "runs" / "evaluate" / "ckpts" / "version_0"
+    first = records(run)
+    assert [r["step"] for r in first] == [10, 20]
+    (tmp_path / "a.ckpt").rename(folder / "a.ckpt")
+    perceptlab(["evaluate", str(folder / "*.ckpt"), *args])
+    again = records(run)
+    assert [r["step"] for r in again] == [10, 20, 30] and again[:2] == first  # kept, not measured again
+    assert [Path(r["model"]).name for r in again] == ["b.ckpt", "c.ckpt", "a.ckpt"]
+    assert not (run.parent / "version_1").exists()
+
+
+def test_open_clip_files_need_an_architecture_and_bad_models_are_named_before_any_work(trained, tmp_path):
+    _, suite, live = trained
+    exported = export(str(live / "checkpoints" / "last.ckpt"), "open_clip", str(tmp_path / "model.pt"))
+    state = torch.load(exported, weights_only=False)
+    # open_clip_train's layout: epoch_N.pt with DDP's module. prefixes
+    for epoch in (2, 1):
+        torch.save({"epoch": epoch, "name": "run", "state_dict": {f"module.{k}": v for k, v in state.items()}},
+                   tmp_path / f"epoch_{epoch}.pt")
+    args = ["--config", str(suite), "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"]
+    with pytest.raises(ValueError, match="does not record its architecture: give --model_name"):
+        perceptlab(["evaluate", str(tmp_path / "epoch_*.pt"), "--out", str(tmp_path / "x"), *args])
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        perceptlab(["evaluate", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x"), *args])
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        perceptlab(["evaluate", str(tmp_path / "nothing_*.pt"), "--out", str(tmp_path / "x"), *args])
+    out = tmp_path / "oc"
+    perceptlab(["evaluate", str(tmp_path / "epoch_*.pt"), "--model_name", "perceptlab-vit-tiny-64", "--out", str(out),
+                *args])
+    got = records(out)
+    assert [(r["epoch"], Path(r["model"]).name) for r in got] == [(1, "epoch_1.pt"), (2, "epoch_2.pt")]
+    end = records(live)[-1]["metrics"]
+    for record in got:
+        assert record["metrics"] == pytest.approx(end, abs=1e-6)
+    shutil.rmtree(out)
