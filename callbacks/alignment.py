@@ -207,6 +207,10 @@ class AlignmentSuite(Callback):
             return  # the epoch-end evaluation follows at this very step
         self.evaluate(trainer, pl_module, trigger="step", epoch=trainer.current_epoch)
 
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if getattr(pl_module, "evaluates_checkpoints", False):
+            self._run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: on every process
+
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         """``perceptlab evaluate``: a model of the series has just been loaded; measure it at its own step."""
         if not (isinstance(outputs, dict) and "evaluated_model" in outputs) or trainer.sanity_checking:
@@ -266,6 +270,8 @@ class AlignmentSuite(Callback):
                     start = time.perf_counter()
                     metrics.update(probe.evaluate(ctx))
                     seconds[probe.name] = round(time.perf_counter() - start, 4)
+                    if self.verbose and getattr(pl_module, "evaluates_checkpoints", False):
+                        rank_zero_info(f"  {probe.name}: {seconds[probe.name]:.1f} s")  # progress, probe by probe
         finally:
             for module, training in modes.items():
                 module.train(training)
