@@ -193,10 +193,8 @@ def run_synth(args: list[str]) -> None:
         print(f"  {name}: {n}")
 
 
-def run_report(args: list[str]) -> None:
-    from perceptlab.commands.report import main as report_main
-
-    report_main(args)
+#: The commands of their own module, each a ``main(argv)``; imported when called (imports cost seconds).
+MODULE_COMMANDS = {name: f"perceptlab.commands.{name}" for name in ("report", "evaluate", "export", "predict", "demo")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -212,24 +210,10 @@ def main(argv: list[str] | None = None) -> None:
         run_lightning([command, *rest])
     elif command == "synth":
         run_synth(rest)
-    elif command == "report":
-        run_report(rest)
-    elif command == "evaluate":
-        from perceptlab.commands.evaluate import main as evaluate_main
+    elif command in MODULE_COMMANDS:
+        import importlib
 
-        evaluate_main(rest)
-    elif command == "export":
-        from perceptlab.commands.export import main as export_main
-
-        export_main(rest)
-    elif command == "predict":
-        from perceptlab.commands.predict import main as predict_main
-
-        predict_main(rest)
-    elif command == "demo":
-        from perceptlab.commands.demo import main as demo_main
-
-        demo_main(rest)
+        importlib.import_module(MODULE_COMMANDS[command]).main(rest)
     else:
         print(f"perceptlab: unknown command {command!r}\n", file=sys.stderr)
         print(USAGE, file=sys.stderr)
