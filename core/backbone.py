@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -319,8 +320,16 @@ class CLIPBackbone(nn.Module):
         if not incoming:
             raise ValueError(f"{name} holds no 'visual.*' tensors: is it a CLIP or perceptlab checkpoint?")
         # This tower may carry LoRA adapters already (a module adapts before it loads): load into
-        # a plain copy, then copy that into the adapted tower's base weights.
+        # a plain copy, then copy that into the adapted tower's base weights. Re-expressing the
+        # attention builds layers, whose default initialisation would draw from the global random
+        # generator: loading a file must not change the random numbers a run draws afterwards.
         adapted = self.model.visual if has_lora(self.model.visual) else None
+        rng = torch.random.fork_rng(devices=[]) if adapted is not None or any(".lora_A." in k for k in incoming) else nullcontext()
+        with rng:
+            return self._load_incoming(incoming, name, strict, adapted)
+
+    def _load_incoming(self, incoming: dict[str, torch.Tensor], name: str, strict: bool,
+                       adapted: nn.Module | None) -> LoadReport:
         plain = merge_lora(adapted) if adapted is not None else self.model.visual
         if any(".lora_A." in k for k in incoming):
             # a LoRA-adapted tower (stage-1 LoRA variant, perceptual tasks): fold the adapters in
@@ -406,7 +415,7 @@ def open_clip_model_from_checkpoint(source: str | os.PathLike, model_name: str |
     state = raw.get("state_dict", raw)
     prefix = "backbone.model." if any(k.startswith("backbone.model.") for k in state) else ""
     state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and isinstance(v, torch.Tensor)}
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         backbone = CLIPBackbone(model_name)
     report = backbone.load_visual({f"visual.{k[len('visual.'):]}": v for k, v in state.items() if k.startswith("visual.")},

@@ -87,6 +87,11 @@ def test_a_growing_series_is_ordered_by_step_and_only_new_models_are_measured(tr
     assert [r["step"] for r in again] == [10, 20, 30] and again[:2] == first  # kept, not measured again
     assert [Path(r["model"]).name for r in again] == ["b.ckpt", "c.ckpt", "a.ckpt"]
     assert not (run.parent / "version_1").exists()
+    # perceptlab report reads the post-hoc series as it reads a training run
+    perceptlab(["report", f"series={run}", "--out", str(tmp_path / "report")])
+    rows = [r for r in (tmp_path / "report" / "report.md").read_text().splitlines() if r.startswith("| series | nights/2afc")]
+    summary = json.loads((run / "alignment_summary.json").read_text())["nights/2afc"]
+    assert len(rows) == 1 and f"| {summary['peak_step']} |" in rows[0]
 
 
 def test_open_clip_files_need_an_architecture_and_bad_models_are_named_before_any_work(trained, tmp_path):

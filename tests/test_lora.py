@@ -190,7 +190,10 @@ def test_a_plain_tower_loads_exactly_into_an_adapted_one():
     target = CLIPBackbone("perceptlab-vit-tiny-64", vision_only=True)
     apply_lora(target.model.visual, rank=4, alpha=8)
     adapters = {n: p.detach().clone() for n, p in lora_parameters(target.model.visual)}
+    rng = torch.get_rng_state()
     report = target.load_visual({f"visual.{k}": v for k, v in source.model.visual.state_dict().items()}, strict=True)
+    # loading draws no random numbers (re-expressing the attention builds layers, under a forked generator)
+    assert torch.equal(torch.get_rng_state(), rng)
     assert not report.missing and not report.unexpected
     merged = merge_lora(target.model.visual).state_dict()  # B = 0: merging adds nothing
     for k, v in source.model.visual.state_dict().items():
