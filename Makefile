@@ -40,11 +40,11 @@ $(STAMP): pyproject.toml
 # The layer contract first (seconds; names the importing and the imported module), then the suite.
 test: setup
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q
+	$(PY) -P -m pytest -q --durations=15
 
 test-fast: setup
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -P -m pytest -q -m "not slow"
 
 tensorboard: setup
 	$(VENV)/bin/tensorboard --logdir runs --port 6006

@@ -316,7 +316,9 @@ class ContrastivePretrainModule(StageModule):
     def on_fit_end(self) -> None:
         """``checkpoints/open_clip_model.pt`` beside ``last.ckpt``: the model as an open_clip state dict,
         ``open_clip.create_model_and_transforms(model_name, pretrained=<file>)`` loads it strictly."""
-        run_dir = self.trainer.log_dir  # a collective call: every rank asks, rank zero writes
+        # a collective call: every rank asks, rank zero writes; without a logger there is no run
+        # directory (log_dir would be the working directory), so nothing is written
+        run_dir = self.trainer.log_dir if self.trainer.logger is not None else None
         state = {}
         for key, value in self.backbone.model.state_dict().items():
             if hasattr(value, "full_tensor"):  # FSDP2 shards: gathered on every rank (collective)

@@ -23,8 +23,8 @@ Hand-off to stage 2: at the end of ``fit`` the vision tower is written to
 adapters are merged into the weights first, so the file is a plain open_clip tower. For ``head``
 the file holds the (unchanged) backbone tower: the head is NOT part of the hand-off, because
 stage 2 trains the tower itself. The Lightning checkpoint of a ``full`` run is an equally valid
-``init_visual_from`` source (for instance the best-validation checkpoint); that of a ``lora`` run
-holds unmerged adapters, so hand off its ``visual.pt``.
+``init_visual_from`` source (for instance the best-validation checkpoint), and so is that of a
+``lora`` run: ``CLIPBackbone.load_visual`` merges its adapters on the way in.
 
 Metrics (torchmetrics means of per-triplet scores, so they are exact under DDP; 2AFC is in
 [0, 1], higher = more human-like, 0.5 = chance): ``train/loss``, ``train/2afc``, ``val/2afc``,

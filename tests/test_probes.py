@@ -93,8 +93,8 @@ def test_fr_iqa_kadid_preset_and_subset(tiny_world):
 
 
 def test_fr_iqa_errors_name_the_problem(tiny_world, tmp_path):
-    with pytest.raises(ValueError, match="higher_better"):
-        FullReferenceIQAProbe("x", dataset="pipal", csv="meta.csv", score_column="mos")
+    with pytest.raises(ValueError, match="higher_better"):  # not a pyiqa preset: the direction must be given
+        FullReferenceIQAProbe("x", dataset="my_fr_set", csv="meta.csv", score_column="mos")
     probe = FullReferenceIQAProbe(str(tmp_path), dataset="tid2013", classical=[])
     with pytest.raises(FileNotFoundError, match="meta_info_TID2013Dataset.csv"):
         probe.prepare(PixelEmbedding())

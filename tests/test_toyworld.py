@@ -16,7 +16,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import itertools
 
-from datamodules import toyworld as tw
+from perceptlab.datamodules import toyworld as tw
+from perceptlab.datamodules.toyworld.cue_conflict import _cue_image
 
 NIGHTS_HEADER = ["id", "left_vote", "right_vote", "votes", "ref_path", "left_path", "right_path", "split",
                  "is_imagenet", "prompt"]
@@ -328,9 +329,9 @@ def test_cue_conflict(tiny_world):
 
 def test_cue_conflict_images_combine_cues():
     """The cue-conflict image keeps the silhouette of the shape class and the colour of the texture class."""
-    a = tw._cue_image("car", "bird", 1, 1, 64, seed=0)
-    b = tw._cue_image("car", "boat", 1, 1, 64, seed=0)
-    c = tw._cue_image("bear", "bird", 1, 1, 64, seed=0)
+    a = _cue_image("car", "bird", 1, 1, 64, seed=0)
+    b = _cue_image("car", "boat", 1, 1, 64, seed=0)
+    c = _cue_image("bear", "bird", 1, 1, 64, seed=0)
     def mask(img):
         bg = img[0, 0].astype(np.float32)  # the plain light background
         return np.abs(img.astype(np.float32) - bg).sum(-1) > 40
