@@ -320,10 +320,12 @@ class AlignmentSuite(Callback):
         return record
 
     def headline_metrics(self, metrics: dict[str, float | None]) -> dict[str, float | None]:
-        """Each active probe's main metric: ``<name>``, ``<name>/2afc``, ``/srcc`` or ``/drop``."""
+        """Each active probe's main metric: its ``headline`` if it names one, else ``<name>``,
+        ``<name>/2afc``, ``/srcc`` or ``/drop``."""
         out = {}
         for probe in self.active:
-            for key in (probe.name, f"{probe.name}/2afc", f"{probe.name}/srcc", f"{probe.name}/drop"):
+            own = getattr(probe, "headline", None)
+            for key in ((own,) if own else ()) + (probe.name, f"{probe.name}/2afc", f"{probe.name}/srcc", f"{probe.name}/drop"):
                 if key in metrics:
                     out[key] = metrics[key]
                     break

@@ -82,7 +82,9 @@ class Demo:
         if manifest.is_file():
             world = json.loads(manifest.read_text())
             same_scale = self.plan.any_scale or world.get("scale") == self.plan.scale
-            if same_scale and world.get("seed") == self.plan.seed:
+            complete = all((self.data / rel).exists() for rel in world.get("paths", {}).values()) and \
+                (self.data / "benchmark").is_dir()  # worlds written before the benchmark suite lack it
+            if same_scale and world.get("seed") == self.plan.seed and complete:
                 print(f"toy world already at {self.data} (scale {world.get('scale')}, seed {self.plan.seed})")
                 return
         self.perceptlab("synth", "--out", str(self.data), "--seed", str(self.plan.seed), "--scale", self.plan.scale)

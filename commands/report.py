@@ -6,7 +6,9 @@ Reads, per run directory (``runs/<experiment>/version_<n>/``):
     * TensorBoard scalars named ``test/...`` (perceptual-task results), when present.
 
 Writes into ``--out``: ``report.md`` and one PNG per probe family (``nights``, ``iqa_fr``,
-``iqa_nr``, ``shape_bias``, ``noise``, ...) with every run's trajectory and its peak marked.
+``iqa_nr``, ``shape_bias``, ``noise``, ``zeroshot``, ``retrieval``, ...) with every run's trajectory
+and its peak marked; runs with zero-shot benchmark metrics also get per-dataset tables (runs side by
+side, and each run minus the reference).
 
 Runs are named ``NAME=PATH`` on the command line, or by ``<experiment>/<version>`` of the path.
 Differences are each run minus the first one (``--reference NAME`` picks another).
@@ -74,6 +76,52 @@ def is_reference_line(metric: str) -> bool:
     return parts[0] == "iqa_fr" and len(parts) == 4
 
 
+BENCHMARK_FAMILIES = ("zeroshot", "retrieval")
+
+
+def plotted(metric: str) -> bool:
+    """Benchmark sets plot their headline numbers only (top-1, recall@1); other families all."""
+    if family(metric) not in BENCHMARK_FAMILIES:
+        return True
+    return metric.endswith(("/acc1", "/image_retrieval_recall@1", "/text_retrieval_recall@1"))
+
+
+def benchmark_tables(runs: list[Run], reference: str) -> list[str]:
+    """Markdown tables of the zero-shot and retrieval benchmark at each run's last evaluation: a row
+    per dataset, the runs side by side, and each run minus the reference (as the papers' tables)."""
+    finals = {r.name: r.evaluations[-1]["metrics"] for r in runs if r.evaluations}
+    finals = {n: m for n, m in finals.items() if any(family(k) in BENCHMARK_FAMILIES for k in m)}
+    if not finals:
+        return []
+    names = list(finals)
+    others = [n for n in names if n != reference] if reference in finals else []
+    lines = ["## Zero-shot benchmark (last evaluation)", "",
+             "CLIP_benchmark's metrics on its webdataset sets; averages as in `perceptlab.callbacks.probes.benchmark`.", ""]
+    for fam, columns in (("zeroshot", (("acc1", "top-1"), ("acc5", "top-5"))),
+                         ("retrieval", (("mean_recall@1", "mean R@1"), ("image_retrieval_recall@1", "image R@1"), ("image_retrieval_recall@5", "image R@5"),
+                                        ("text_retrieval_recall@1", "text R@1"), ("text_retrieval_recall@5", "text R@5")))):
+        datasets = sorted({"/".join(k.split("/")[1:-1]) for m in finals.values() for k in m if family(k) == fam},
+                          key=lambda d: (d == "average", d))
+        if not datasets:
+            continue
+        head = [f"{n} {label}" for n in names for _, label in columns]
+        head += [f"Δ {label} ({n} − {reference})" for n in others for _, label in columns[:1]]
+        lines += [f"### {'Zero-shot classification' if fam == 'zeroshot' else 'Image-text retrieval'}", "",
+                  "| dataset | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
+        for ds in datasets:
+            cells = [_fmt(finals[n].get(f"{fam}/{ds}/{key}")) for n in names for key, _ in columns]
+            key = columns[0][0]
+            cells += [_fmt(_diff(finals[n].get(f"{fam}/{ds}/{key}"), finals[reference].get(f"{fam}/{ds}/{key}")))
+                      for n in others]
+            lines.append(f"| {ds} | " + " | ".join(cells) + " |")
+        lines.append("")
+    overall = {n: m.get("benchmark/average") for n, m in finals.items() if m.get("benchmark/average") is not None}
+    if overall:
+        lines += ["Average of each task's main metric (DataComp's): "
+                  + ", ".join(f"{n} {_fmt(v)}" for n, v in overall.items()), ""]
+    return lines
+
+
 def family(metric: str) -> str:
     """Probe family of a metric name: ``iqa_fr/tid2013/srcc`` -> ``iqa_fr``."""
     return metric.split("/", 1)[0]
@@ -97,7 +145,7 @@ def plot_family(runs: list[Run], fam: str, out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     metrics = sorted({m for r in runs for e in r.evaluations for m in e["metrics"]
-                      if family(m) == fam and not is_reference_line(m)})
+                      if family(m) == fam and not is_reference_line(m) and plotted(m)})
     if not metrics:
         return None
     cols = min(3, len(metrics))
@@ -230,6 +278,7 @@ def write_report(runs: list[Run], out: str | Path, reference: str | None = None,
         lines += [f"| {d['metric']} | {d['run']} | {_fmt(d['peak_diff'])} | {_fmt(d['final_diff'])} | "
                   f"{_fmt(d['peak_step'])} | {_fmt(d['ref_peak_step'])} |" for d in diffs]
         lines.append("")
+    lines += benchmark_tables(runs, reference)
     task_runs = [r for r in runs if r.task_results]
     if task_runs:
         lines += ["## Perceptual-task results (test set)", "", "| run | metric | value |", "|---|---|---:|"]

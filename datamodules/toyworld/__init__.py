@@ -129,6 +129,14 @@ A few items have shape class == texture class (scoring drops them).
 ``classification/<class>/<class>_NNNN.png`` -- canonical objects of all 16 classes with random
 position, rotation, size and background.
 
+``benchmark/`` -- a two-task zero-shot suite in CLIP_benchmark's webdataset layout
+(``<task>/test/{0,1}.tar``, ``test/nshards.txt``): ``toy_objects`` is the classification folder as a
+classification task (``KEY.png`` + ``KEY.cls``, ``classnames.txt`` = the 16 classes,
+``zeroshot_classification_templates.txt`` = open_clip's seven simple ImageNet templates with
+``{c}``); ``toy_captions`` is the held-out caption set (``image_text/val_shards``) as a retrieval
+task (``dataset_type.txt`` = ``retrieval``; ``KEY.txt`` holds five captions, the pair's own first,
+then the same scene in the other caption templates).
+
 ``lamem/images/NNNNNNNN.jpg``, ``lamem/splits/{train,val,test}_{1..5}.txt`` (lines
 ``filename score``; five random 70/10/20 splits). A scene has one main object (random class and
 palette colour, radius 0.12-0.38), 0-4 small clutter objects and pixel noise of std 0-0.08 (half
@@ -161,6 +169,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from perceptlab.datamodules.toyworld.benchmark import _write_benchmark
 from perceptlab.datamodules.toyworld.classification import _write_classification
 from perceptlab.datamodules.toyworld.common import _Progress
 from perceptlab.datamodules.toyworld.cue_conflict import _write_cue_conflict
@@ -262,7 +271,7 @@ PATHS = {
     "koniq": "iqa/koniq", "livec": "iqa/livec", "spaq": "iqa/spaq",
     "tid2013": "iqa/tid2013", "kadid10k": "iqa/kadid10k",
     "cue_conflict": "cue_conflict", "classification": "classification",
-    "lamem": "lamem", "emoset": "emoset",
+    "lamem": "lamem", "emoset": "emoset", "benchmark": "benchmark",
 }
 
 
@@ -289,6 +298,7 @@ def synthesize(out: str | Path, seed: int = 0, scale: str = "tiny", image_size: 
         counts["classification"] = _write_classification(root, seed, cfg["classification"], image_size, prog)
         counts["lamem"] = _write_lamem(root, seed, cfg["lamem"], image_size, prog)
         counts["emoset"] = _write_emoset(root, seed, cfg["emoset"], image_size, prog)
+        counts["benchmark"] = _write_benchmark(root, prog)  # from the classification and held-out caption sets
     manifest = {
         "seed": int(seed),
         "scale": scale,

@@ -1,0 +1,165 @@
+"""Zero-shot classification and retrieval metrics, computed by CLIP_benchmark on features we encoded.
+
+CLIP_benchmark (``clip_benchmark.metrics``) is the field's definition of these numbers: class
+embeddings averaged over templates, ``100 * image @ classifier`` logits, top-k accuracy, sklearn's
+balanced accuracy as mean per-class recall, and retrieval recall@k where a query counts as found
+when any of its positives is in the top k. We call its own ``evaluate`` functions; what is ours is
+only the glue: :class:`EncodedModel` is a CLIP-like model whose encoders look up features the
+caller has already computed (sharded over processes, from cached images), and whose tokenizer maps
+each text to its row. CLIP_benchmark then normalises, builds the classifier, ranks and scores
+exactly as in its ``eval`` command.
+
+Two run-time adjustments, both inside :func:`clip_benchmark_engine` and undone on exit (the
+package itself is not modified):
+
+* clip_benchmark 1.6.2's ``accuracy`` calls ``float()`` on a one-element numpy array, which
+  numpy 2.4 refuses (``TypeError: only 0-dimensional arrays can be converted to Python
+  scalars``). Inside the context the module's global name ``float`` is shadowed by one that takes
+  ``.item()`` of a one-element array first; every other ``float`` call there behaves as before.
+  ``tests/test_benchmark_suite.py`` checks that the unpatched function still raises, and fails
+  (asking for this shim to go) once a release fixes it.
+* its progress bars (one ``tqdm`` per class and per batch) are silenced; the callers report progress.
+"""
+from __future__ import annotations
+
+import builtins
+import functools
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+
+def _float_of_one_element(value=0.0):
+    """``float`` as numpy < 2.4 did it: a one-element array is converted through its element."""
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.item()
+    return builtins.float(value)
+
+
+@contextmanager
+def clip_benchmark_engine(quiet: bool = True) -> Iterator[None]:
+    """CLIP_benchmark's metric modules with the adjustments of the module docstring
+    (``quiet=False``: the numpy fix alone, progress bars kept)."""
+    from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
+    from tqdm import tqdm
+
+    silent = functools.partial(tqdm, disable=True)
+    saved = []
+    patches = [(zeroshot_classification, "float", _float_of_one_element)]
+    if quiet:
+        patches += [(zeroshot_classification, "tqdm", silent), (zeroshot_retrieval, "tqdm", silent)]
+    for module, name, value in patches:
+        saved.append((module, name, module.__dict__.get(name, _MISSING)))
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for module, name, value in reversed(saved):
+            if value is _MISSING:
+                delattr(module, name)
+            else:
+                setattr(module, name, value)
+
+
+_MISSING = object()
+
+
+class EncodedModel:
+    """A CLIP-like model for CLIP_benchmark whose encoders return precomputed features.
+
+    ``image_features`` ``(n_images, d)``: row ``i`` is image ``i``; the "images" handed to
+    :meth:`encode_image` are row indices. ``texts`` and ``text_features`` ``(n_texts, d)``: the
+    tokenizer maps each text to its row, :meth:`encode_text` looks the rows up. Features may be
+    unnormalised (CLIP_benchmark normalises them, as it does a real model's output).
+    """
+
+    def __init__(self, image_features: torch.Tensor, texts: Sequence[str], text_features: torch.Tensor) -> None:
+        if len(texts) != text_features.shape[0]:
+            raise ValueError(f"{len(texts)} texts but {text_features.shape[0]} text feature rows")
+        self.image_features = image_features.float().cpu()
+        self.text_features = text_features.float().cpu()
+        self.row = {t: i for i, t in enumerate(texts)}
+
+    def tokenizer(self, texts: Sequence[str]) -> torch.Tensor:
+        try:
+            return torch.tensor([self.row[t] for t in texts], dtype=torch.long)
+        except KeyError as exc:
+            raise KeyError(f"text {exc.args[0]!r} was not encoded beforehand") from None
+
+    def encode_image(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.image_features[rows]
+
+    def encode_text(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.text_features[rows]
+
+
+class _Batches(list):
+    """A list of batches that CLIP_benchmark can iterate like its DataLoader (``.dataset.classes``)."""
+
+    def __init__(self, batches, classes=None) -> None:
+        super().__init__(batches)
+        self.dataset = SimpleNamespace(classes=classes)
+
+
+def prompts_for(classnames: Sequence[str], templates: Sequence[str] | Mapping[str, Sequence[str]]) -> list[str]:
+    """Every prompt CLIP_benchmark's classifier encodes, in its order: ``template.format(c=name)``
+    for each class and template, or the class's own list when ``templates`` is a dict (CuPL)."""
+    if isinstance(templates, Mapping):
+        return [t for name in classnames for t in templates[name]]
+    return [t.format(c=name) for name in classnames for t in templates]
+
+
+def zeroshot_classification_metrics(
+    image_features: torch.Tensor,
+    labels: torch.Tensor,
+    classnames: Sequence[str],
+    templates: Sequence[str] | Mapping[str, Sequence[str]],
+    texts: Sequence[str],
+    text_features: torch.Tensor,
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """``acc1``, ``acc5`` (NaN under 5 classes, as CLIP_benchmark) and ``mean_per_class_recall``.
+
+    ``texts``/``text_features``: at least the prompts of :func:`prompts_for`, encoded.
+    """
+    from clip_benchmark.metrics import zeroshot_classification
+
+    model = EncodedModel(image_features, texts, text_features)
+    rows = torch.arange(image_features.shape[0])
+    batches = _Batches([(rows[i:i + batch_size], labels[i:i + batch_size].cpu())
+                        for i in range(0, len(rows), batch_size)], classes=list(classnames))
+    with clip_benchmark_engine():
+        metrics = zeroshot_classification.evaluate(model, batches, model.tokenizer, list(classnames),
+                                                   templates if isinstance(templates, Mapping) else list(templates),
+                                                   device="cpu", amp=False, verbose=False)
+    return {k: builtins.float(v) for k, v in metrics.items()}
+
+
+def zeroshot_retrieval_metrics(
+    image_features: torch.Tensor,
+    captions: Sequence[Sequence[str]],
+    texts: Sequence[str],
+    text_features: torch.Tensor,
+    recall_k: Sequence[int] = (1, 5, 10),
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """``image_retrieval_recall@k`` and ``text_retrieval_recall@k`` for each k (CLIP_benchmark's),
+    plus DataComp's ``mean_recall@1`` when k = 1 is asked for. ``captions[i]``: image i's texts."""
+    from clip_benchmark.metrics import zeroshot_retrieval
+
+    if len(captions) != image_features.shape[0]:
+        raise ValueError(f"{image_features.shape[0]} images but {len(captions)} caption lists")
+    model = EncodedModel(image_features, texts, text_features)
+    rows = torch.arange(image_features.shape[0])
+    batches = _Batches([(rows[i:i + batch_size], [list(c) for c in captions[i:i + batch_size]])
+                        for i in range(0, len(rows), batch_size)])
+    with clip_benchmark_engine():
+        metrics = zeroshot_retrieval.evaluate(model, batches, model.tokenizer, device="cpu", amp=False,
+                                              recall_k_list=list(recall_k))
+    metrics = {k: builtins.float(v) for k, v in metrics.items()}
+    if 1 in recall_k:
+        metrics["mean_recall@1"] = (metrics["image_retrieval_recall@1"] + metrics["text_retrieval_recall@1"]) / 2
+    return metrics
