@@ -173,7 +173,10 @@ class AlignmentSuite(Callback):
             probe.data_root = self.data_root
             probe.num_workers = self.num_workers
             try:
-                probe.prepare(backbone, rank=trainer.global_rank, world_size=trainer.world_size)
+                # Reading data draws random numbers (a DataLoader seeds its workers from the global
+                # generator): under a forked generator, adding a probe leaves training's draws as they were.
+                with torch.random.fork_rng(devices=[]):
+                    probe.prepare(backbone, rank=trainer.global_rank, world_size=trainer.world_size)
             except (FileNotFoundError, KeyError, ValueError) as exc:
                 # Fail at start-up, naming the probe as well as the path, not after the first epoch.
                 message = f"alignment probe {probe.name!r} ({probe.path}): {exc}"

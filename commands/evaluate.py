@@ -4,6 +4,8 @@
     perceptlab evaluate '/runs/openclip/checkpoints/epoch_*.pt' --model_name ViT-B-32 \\
         --config my_suite.yaml --trainer.devices=8 --trainer.precision=bf16-mixed
     perceptlab evaluate /models/clip-vit-base-patch32 --config my_suite.yaml   # a transformers folder
+    perceptlab evaluate 'runs/pretrain_pi/version_0/checkpoints/epoch=*.ckpt' \
+        --config experiments/paper/benchmark_suite.yaml     # the 31 zero-shot / retrieval tasks
 
 ``--config`` takes the AlignmentSuite block a training config uses (the toy fragment works as it
 is), with the same dotted overrides (``--trainer.callbacks.init_args.data_root=...``). A MODEL is

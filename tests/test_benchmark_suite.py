@@ -193,3 +193,22 @@ def test_averages_skip_sets_without_a_top5():
     averages = CLIPBenchmarkProbe.averages(metrics)
     assert averages == pytest.approx({"zeroshot/average/acc1": 0.375, "zeroshot/average/acc5": 0.9,
                                       "retrieval/average/mean_recall@1": 0.3})
+
+
+def test_preparing_the_suite_leaves_trainings_random_numbers_alone(tiny_world):
+    """Reading a set through a DataLoader draws from the global generator; the suite forks it, so
+    adding the benchmark probe to a training config changes none of the training's random draws."""
+    from types import SimpleNamespace
+
+    from perceptlab.callbacks.alignment import AlignmentSuite
+
+    backbone = CLIPBackbone(MODEL)
+    state = torch.get_rng_state()
+    CLIPBenchmarkProbe(root=str(tiny_world / "benchmark"), tasks="toy").prepare(backbone)
+    assert not torch.equal(state, torch.get_rng_state())  # what the suite guards against
+
+    suite = AlignmentSuite([CLIPBenchmarkProbe(root="benchmark", tasks="toy")], data_root=str(tiny_world), num_workers=0)
+    state = torch.get_rng_state()
+    suite.prepare(SimpleNamespace(global_rank=0, world_size=1), SimpleNamespace(backbone=backbone))
+    assert torch.equal(state, torch.get_rng_state())
+    assert suite.active[0].n_items == 128 + 64

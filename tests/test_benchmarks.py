@@ -57,3 +57,22 @@ def test_2afc_benchmark_sides_score_the_known_2afc_with_the_same_distances(night
     for _, d0, d1, _ in results[:-1]:
         torch.testing.assert_close(d0, ref_d0, rtol=0, atol=1e-6)
         torch.testing.assert_close(d1, ref_d1, rtol=0, atol=1e-6)
+
+
+def test_zeroshot_benchmark_sides_classify_the_same_set_identically(tmp_path):
+    """Both timed passes of bench_zeroshot.py (CLIP_benchmark's loop, our probe) give the same top-1."""
+    import open_clip
+
+    from perceptlab.core.backbone import CLIPBackbone
+
+    bench = load_benchmark("bench_zeroshot")
+    root = bench.write_set(tmp_path, per_class=3)
+    torch.manual_seed(0)
+    backbone = CLIPBackbone(TINY).eval()
+    model, _, preprocess = open_clip.create_model_and_transforms(TINY)
+    model.load_state_dict(backbone.model.state_dict())
+    model.eval()
+    _, reference = bench.clip_benchmark_pass(model, preprocess, open_clip.get_tokenizer(TINY), root, batch=16, workers=0)
+    _, _, ours = bench.perceptlab_pass(backbone, root, batch=16, workers=0)
+    assert ours == pytest.approx(reference, abs=1e-9)
+    assert 0 < reference < 1  # 48 images, 16 classes: a random tower is right on some, wrong on others
