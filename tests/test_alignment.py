@@ -311,7 +311,7 @@ def test_yaml_fragment_combines_with_a_stage_config_through_the_cli(tiny_world, 
     assert config["trainer"]["max_steps"] == 1
     kinds = [p["class_path"].rsplit(".", 1)[-1] for p in callback["init_args"]["probes"]]
     assert kinds == ["NightsProbe", "FullReferenceIQAProbe", "FullReferenceIQAProbe", "CLIPIQAProbe",
-                     "CLIPIQAProbe", "CLIPIQAProbe", "ShapeBiasProbe", "NoiseRobustnessProbe"]
+                     "CLIPIQAProbe", "CLIPIQAProbe", "ShapeBiasProbe", "NoiseRobustnessProbe", "CLIPBenchmarkProbe"]
 
 
 def test_the_suite_does_not_change_the_training_it_observes(tmp_path, tiny_world):
