@@ -54,16 +54,23 @@ def ours(world: Path, model_file: Path, **probe_args) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def reference(tiny_world, model_file, tmp_path_factory):
-    """CLIP_benchmark's `eval` command on both toy tasks, full precision (one process, two commands)."""
+    """CLIP_benchmark's `eval` command (its `clip_benchmark.cli.main`, in this process) on both toy
+    tasks, full precision."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("clip_benchmark_eval", REPO / "benchmarks" / "clip_benchmark_eval.py")
+    command = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(command)
     out = tmp_path_factory.mktemp("clip_benchmark")
-    commands = [["eval", "--model", MODEL, "--pretrained", str(model_file), "--dataset", f"wds/{dataset}",
-                 "--dataset_root", str(tiny_world / "benchmark" / dataset), "--task", task, "--no_amp",
-                 "--num_workers", "0", "--batch_size", "64", "--recall_k", "1", "5", "10",
-                 "--output", str(out / f"{dataset}.json"), "--quiet"] for dataset, task in TASKS.items()]
-    code = (f"import sys; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); from clip_benchmark_eval import main; "
-            f"[main(argv) for argv in {commands!r}]")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    argv = sys.argv
+    try:
+        for dataset, task in TASKS.items():
+            assert command.main(["eval", "--model", MODEL, "--pretrained", str(model_file), "--dataset", f"wds/{dataset}",
+                                 "--dataset_root", str(tiny_world / "benchmark" / dataset), "--task", task, "--no_amp",
+                                 "--num_workers", "0", "--batch_size", "64", "--recall_k", "1", "5", "10",
+                                 "--output", str(out / f"{dataset}.json"), "--quiet"]) == 0
+    finally:
+        sys.argv = argv
     return {dataset: json.loads((out / f"{dataset}.json").read_text())["metrics"] for dataset in TASKS}
 
 

@@ -18,10 +18,15 @@ def _rows(markdown: str, section: str) -> list[list[str]]:
 
 
 @pytest.mark.slow
-def test_quick_demo_runs_every_stage_and_reports_what_the_runs_wrote(tmp_path):
+def test_quick_demo_runs_every_stage_and_reports_what_the_runs_wrote(tmp_path, tiny_world):
+    # The session's tiny world stands in for `perceptlab synth` (tested on its own): the demo finds
+    # it complete at data/toyworld and reuses it, as on a second run.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "toyworld").symlink_to(tiny_world, target_is_directory=True)
     proc = subprocess.run([sys.executable, "-m", "perceptlab.commands.cli", "demo", "--quick", "--out", "runs/demo"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "toy world already at data/toyworld" in proc.stdout
     out = tmp_path / "runs" / "demo"
     world = json.loads((tmp_path / "data" / "toyworld" / "world.json").read_text())
     assert world["scale"] == "tiny"

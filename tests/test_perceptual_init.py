@@ -236,20 +236,42 @@ def test_cli_fast_dev_run_writes_the_run_layout(tiny_world, tmp_path):
     assert torch.equal(encode(from_visual, images), encode(from_ckpt, images))
 
 
-def test_paper_config_resolves():
+def print_config(capsys, *args: str) -> dict:
+    """``perceptlab fit ... --print_config`` in this process (imports paid once): the resolved config."""
+    from perceptlab.commands.cli import main
+
+    argv = sys.argv
+    try:
+        with pytest.raises(SystemExit) as info:
+            main(["fit", *args, "--print_config"])
+    finally:
+        sys.argv = argv
+    captured = capsys.readouterr()
+    assert info.value.code in (0, None), captured.err[-3000:]
+    return yaml.safe_load(captured.out)
+
+
+def test_paper_config_resolves(capsys):
     """The paper YAML matches the module and data module signatures, given the one required key."""
-    proc = subprocess.run(
-        [*perceptlab_command(), "fit", "--config", str(REPO / "experiments/paper/pi_nights_vitb32.yaml"),
-         "--data.init_args.root=/data/nights", "--print_config"],
-        check=False, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    config = yaml.safe_load(proc.stdout)
+    config = print_config(capsys, "--config", str(REPO / "experiments/paper/pi_nights_vitb32.yaml"),
+                          "--data.init_args.root=/data/nights")
     model, data = config["model"]["init_args"], config["data"]["init_args"]
     assert (model["model_name"], model["pretrained"], model["variant"]) == ("ViT-B-32", None, "full")
     assert (model["lr"], model["weight_decay"], model["betas"], model["warmup_steps"], model["margin"]) == (
         5e-4, 0.1, [0.9, 0.98], 150, 0.05)
     assert (data["batch_size"], config["trainer"]["max_epochs"], config["trainer"]["precision"]) == (128, 32, "bf16-mixed")
+
+
+@pytest.mark.parametrize("arm", ["pi", "random"])
+def test_paper_stage2_configs_validate_imagenet_zero_shot_through_the_benchmark_probe(capsys, arm):
+    config = print_config(capsys, "--config", str(REPO / f"experiments/paper/pretrain_yfcc15m_vitb32_{arm}.yaml"))
+    (suite,) = config["trainer"]["callbacks"]
+    assert suite["class_path"] == "perceptlab.callbacks.alignment.AlignmentSuite"
+    assert suite["init_args"]["every_n_epochs"] == 1
+    (probe,) = suite["init_args"]["probes"]
+    assert probe["class_path"] == "perceptlab.callbacks.probes.benchmark.CLIPBenchmarkProbe"
+    assert probe["init_args"]["tasks"] == ["wds/imagenet1k"]
+    assert config["data"]["init_args"]["zeroshot_data"] is None  # one zero-shot path, not two
 
 
 @pytest.mark.parametrize("order", [("strategies/ddp.yaml", "toy/pi_nights.yaml", "toy/alignment_suite.yaml"),

@@ -111,9 +111,12 @@ while True:
 
 
 def test_a_kill_during_checkpoint_writes_never_leaves_a_corrupt_last_ckpt(tmp_path):
-    path = tmp_path / "last.ckpt"
-    for attempt in range(3):
-        proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(path)], stdout=subprocess.PIPE, text=True)
+    paths = [tmp_path / f"{attempt}" / "last.ckpt" for attempt in range(3)]
+    procs = []
+    for path in paths:  # started together: their imports overlap
+        path.parent.mkdir()
+        procs.append(subprocess.Popen([sys.executable, "-c", _SAVER, str(path)], stdout=subprocess.PIPE, text=True))
+    for attempt, (path, proc) in enumerate(zip(paths, procs)):
         # wait for a few completed saves, then kill at an arbitrary point of a later one
         for _ in range(2 + 2 * attempt):
             assert proc.stdout.readline(), "saver died"
@@ -125,20 +128,34 @@ def test_a_kill_during_checkpoint_writes_never_leaves_a_corrupt_last_ckpt(tmp_pa
         assert w.numel() == 2_000_000 and torch.all(w == w[0])
 
 
-def test_unknown_key_and_wrong_type_are_named_by_the_cli(tmp_path):
-    bad_key = perceptlab("fit", "--config", PI_CONFIG, "--model.init_args.marginn=0.1", "--runs_dir", str(tmp_path))
-    assert bad_key.returncode != 0 and "marginn" in bad_key.stderr
-    bad_type = perceptlab("fit", "--config", PI_CONFIG, "--trainer.max_epochs=many", "--runs_dir", str(tmp_path))
-    assert bad_type.returncode != 0 and "max_epochs" in bad_type.stderr and "many" in bad_type.stderr
-    missing = perceptlab("fit", "--config", str(tmp_path / "nope.yaml"))
-    assert missing.returncode != 0 and "nope.yaml" in missing.stderr
+def cli_error(capsys, *args: str) -> str:
+    """Run the `perceptlab` command in this process (the imports are paid once); it must fail.
+    Returns what it printed: LightningCLI's usage errors and our own messages."""
+    from perceptlab.commands.cli import main
+
+    argv = sys.argv
+    try:
+        with pytest.raises((SystemExit, Exception)) as info:
+            main(list(args))
+    finally:
+        sys.argv = argv
+    assert not (isinstance(info.value, SystemExit) and info.value.code in (0, None)), "the command succeeded"
+    captured = capsys.readouterr()
+    return captured.out + captured.err + ("" if isinstance(info.value, SystemExit) else str(info.value))
 
 
-def test_missing_dataset_root_is_named_before_training(tmp_path):
-    res = perceptlab("fit", "--config", PI_CONFIG, f"--data.init_args.root={tmp_path / 'no_nights'}",
-                     "--runs_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar=false")
-    assert res.returncode != 0
-    assert "no_nights" in res.stderr
+def test_unknown_key_and_wrong_type_are_named_by_the_cli(tmp_path, capsys):
+    assert "marginn" in cli_error(capsys, "fit", "--config", PI_CONFIG, "--model.init_args.marginn=0.1",
+                                  "--runs_dir", str(tmp_path))
+    bad_type = cli_error(capsys, "fit", "--config", PI_CONFIG, "--trainer.max_epochs=many", "--runs_dir", str(tmp_path))
+    assert "max_epochs" in bad_type and "many" in bad_type
+    assert "nope.yaml" in cli_error(capsys, "fit", "--config", str(tmp_path / "nope.yaml"))
+
+
+def test_missing_dataset_root_is_named_before_training(tmp_path, capsys):
+    message = cli_error(capsys, "fit", "--config", PI_CONFIG, f"--data.init_args.root={tmp_path / 'no_nights'}",
+                        "--runs_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar=false")
+    assert "no_nights" in message
     assert not list((tmp_path / "runs").rglob("*.ckpt"))
 
 
