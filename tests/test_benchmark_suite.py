@@ -219,3 +219,19 @@ def test_preparing_the_suite_leaves_trainings_random_numbers_alone(tiny_world):
     suite.prepare(SimpleNamespace(global_rank=0, world_size=1), SimpleNamespace(backbone=backbone))
     assert torch.equal(state, torch.get_rng_state())
     assert suite.active[0].n_items == 128 + 64
+
+
+def test_the_shipped_paper_suite_names_valid_arguments_and_the_31_tasks():
+    import inspect
+
+    from perceptlab.callbacks.alignment import AlignmentSuite
+
+    cfg = yaml.safe_load((REPO / "experiments/paper/benchmark_suite.yaml").read_text())
+    (suite,) = cfg["trainer"]["callbacks"]
+    args = dict(suite["init_args"])
+    (probe,) = args.pop("probes")
+    inspect.signature(AlignmentSuite).bind(probes=[], **args)  # raises on an unknown key
+    built = CLIPBenchmarkProbe(**probe["init_args"])
+    tasks = resolve_tasks(built.tasks, Path(args["data_root"]) / built.root)
+    assert [t.name for t in tasks] == list(PAPER_TASKS)
+    assert tasks[0].location == Path("/data/clip_benchmark/imagenet1k")
