@@ -1,6 +1,6 @@
 """What every alignment probe shares: item selection, decoded-image cache, sharded encoding.
 
-A probe owns one data set. :meth:`Probe.prepare` reads its table, picks at most ``max_items``
+A probe owns one data set. :meth:`TableProbe.prepare` reads its table, picks at most ``max_items``
 items (a fixed, seeded subset, the same at every evaluation and on every process), and decodes
 this process's share of the images once, through the backbone's eval transform (resize, centre
 crop), into a ``uint8`` cache. :meth:`Probe.evaluate` encodes the cached images with the model as
@@ -176,26 +176,10 @@ class Probe(ABC):
         return resolve(self.root, self.data_root)
 
     # -- lifecycle --------------------------------------------------------------------------
+    @abstractmethod
     def prepare(self, backbone, rank: int = 0, world_size: int = 1) -> None:
-        """Read the table, pick the items and decode this process's images (once per setting)."""
-        key = (str(self.path), backbone.image_size, rank, world_size)
-        if self._prepared_for == key:
-            return
-        transform = backbone.transform(train=False, normalize=False)
-        n = self.load_table()
-        self.n_items = n
-        self.rank, self.world_size = rank, world_size
-        self.local_items = shard_indices(n, rank, world_size)
-        self.load_images(self.local_items, transform)
-        self._prepared_for = key
-
-    @abstractmethod
-    def load_table(self) -> int:
-        """Read the probe's table, apply ``max_items``; return the number of items kept."""
-
-    @abstractmethod
-    def load_images(self, items: list[int], transform: Callable) -> None:
-        """Decode the images of ``items`` (positions in the kept table) into the cache."""
+        """Read the data, pick the items and cache this process's share (once per setting);
+        sets ``n_items``. Errors name the missing path or key."""
 
     @abstractmethod
     def evaluate(self, ctx: ProbeContext) -> dict[str, float]:
@@ -252,6 +236,32 @@ class Probe(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, root={str(self.path)!r}, max_items={self.max_items})"
+
+
+class TableProbe(Probe):
+    """A probe over one table of items (NIGHTS triplets, IQA images, cue-conflict or labelled
+    images): :meth:`prepare` reads the table (:meth:`load_table`), shards its items over processes
+    and decodes this process's images (:meth:`load_images`)."""
+
+    def prepare(self, backbone, rank: int = 0, world_size: int = 1) -> None:
+        key = (str(self.path), backbone.image_size, rank, world_size)
+        if self._prepared_for == key:
+            return
+        transform = backbone.transform(train=False, normalize=False)
+        n = self.load_table()
+        self.n_items = n
+        self.rank, self.world_size = rank, world_size
+        self.local_items = shard_indices(n, rank, world_size)
+        self.load_images(self.local_items, transform)
+        self._prepared_for = key
+
+    @abstractmethod
+    def load_table(self) -> int:
+        """Read the probe's table, apply ``max_items``; return the number of items kept."""
+
+    @abstractmethod
+    def load_images(self, items: list[int], transform: Callable) -> None:
+        """Decode the images of ``items`` (positions in the kept table) into the cache."""
 
 
 class ZeroShotMixin:

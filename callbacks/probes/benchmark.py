@@ -118,7 +118,7 @@ class CLIPBenchmarkProbe(Probe):
     @property
     def headline(self) -> str:
         """The metric the console line shows for this probe."""
-        if any(t.kind == "zeroshot" for t in (lt.task for lt in self.loaded.values())):
+        if any(lt.labels is not None for lt in self.loaded.values()):  # a classification set was read
             return "zeroshot/average/acc1"
         return f"{self.name}/average"
 
@@ -151,12 +151,6 @@ class CLIPBenchmarkProbe(Probe):
                                f"{time.perf_counter() - start:.1f} s")
         self.n_items = sum(lt.n_items for lt in self.loaded.values())
         self._prepared_for = key
-
-    def load_table(self) -> int:  # prepare() reads the sets task by task
-        raise NotImplementedError
-
-    def load_images(self, items: list[int], transform) -> None:
-        raise NotImplementedError
 
     # -- scoring ----------------------------------------------------------------------------
     def encode_texts(self, ctx: ProbeContext, tokens: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from perceptlab.core import scores
-from perceptlab.callbacks.probes.base import Probe, ProbeContext, decode_images, require_columns, select_items, shard_indices
+from perceptlab.callbacks.probes.base import ProbeContext, TableProbe, decode_images, require_columns, select_items, shard_indices
 from perceptlab.datamodules.iqa import iqa_preset, is_preset, pyiqa_column
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CLASSICAL = ("psnr", "ssim", "fsim", "vif", "gmsd")
 
 
-class FullReferenceIQAProbe(Probe):
+class FullReferenceIQAProbe(TableProbe):
     """Correlation of embedding distances with full-reference MOS.
 
     Args:

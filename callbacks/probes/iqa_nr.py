@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from perceptlab.core import scores
-from perceptlab.callbacks.probes.base import Probe, ProbeContext, decode_images, require_columns, select_items
+from perceptlab.callbacks.probes.base import ProbeContext, TableProbe, decode_images, require_columns, select_items
 from perceptlab.datamodules.iqa import iqa_preset, is_preset, pyiqa_column
 
 DEFAULT_PROMPT_PAIRS = (("Good photo.", "Bad photo."),)
 
 
-class CLIPIQAProbe(Probe):
+class CLIPIQAProbe(TableProbe):
     """CLIP-IQA quality predictions vs. no-reference MOS.
 
     Args:

@@ -14,11 +14,11 @@ from typing import Callable
 import torch
 
 from perceptlab.core import scores
-from perceptlab.callbacks.probes.base import Probe, ProbeContext, select_items, to_uint8
+from perceptlab.callbacks.probes.base import ProbeContext, TableProbe, select_items, to_uint8
 from perceptlab.datamodules.nights import NightsTriplets
 
 
-class NightsProbe(Probe):
+class NightsProbe(TableProbe):
     """DreamSim 2AFC on one NIGHTS split with the model's current embedding.
 
     Args:

@@ -22,12 +22,12 @@ from typing import Callable, Sequence
 import torch
 
 from perceptlab.core import scores
-from perceptlab.callbacks.probes.base import Probe, ProbeContext, ZeroShotMixin, decode_images, select_items, to_uint8
+from perceptlab.callbacks.probes.base import ProbeContext, TableProbe, ZeroShotMixin, decode_images, select_items, to_uint8
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-class NoiseRobustnessProbe(ZeroShotMixin, Probe):
+class NoiseRobustnessProbe(ZeroShotMixin, TableProbe):
     """Zero-shot accuracy clean and under pixel-space Gaussian noise.
 
     Args:

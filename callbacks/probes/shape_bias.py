@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from perceptlab.core import scores
-from perceptlab.callbacks.probes.base import Probe, ProbeContext, ZeroShotMixin, decode_images, select_items
+from perceptlab.callbacks.probes.base import ProbeContext, TableProbe, ZeroShotMixin, decode_images, select_items
 
 CUE_CONFLICT_CLASSES = (
     "airplane", "bear", "bicycle", "bird", "boat", "bottle", "car", "cat",
@@ -26,7 +26,7 @@ CUE_CONFLICT_CLASSES = (
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-class ShapeBiasProbe(ZeroShotMixin, Probe):
+class ShapeBiasProbe(ZeroShotMixin, TableProbe):
     """Shape bias, shape accuracy and texture accuracy on a cue-conflict set.
 
     Args:
