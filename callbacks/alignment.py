@@ -25,9 +25,20 @@ When it evaluates
 
 What it writes (rank 0), in ``trainer.log_dir`` (``runs/<experiment>/version_<n>/``)
     * ``alignment.jsonl``: one line per evaluation
-      ``{"epoch", "step", "trigger", "metrics": {name: value}, "seconds": {probe: s}}``;
-      ``trigger`` is ``baseline``, ``epoch``, ``step`` or ``end``; undefined values are ``null``.
-    * ``alignment_summary.json``: per metric peak / final / drop (see ``perceptlab.callbacks.peaks``).
+      ``{"epoch", "step", "trigger", "metrics": {name: value}, "ci": {name: [low, high]},
+      "seconds": {probe: s}, "items": "alignment_items/step=0000125.npz"}``; ``trigger`` is
+      ``baseline``, ``epoch``, ``step`` or ``end``; undefined values are ``null``. ``ci`` is the
+      95 % bootstrap interval of each metric over the probe's items (``bootstrap_resamples``
+      resamples; ``seconds["bootstrap"]`` is its cost).
+    * ``alignment_items/step=<step>.npz``: the per-item outputs of that evaluation (numpy arrays
+      named ``<group>/<field>``, e.g. ``nights/d0``, ``nights/p``; see each probe's ``measure``),
+      so any analysis can be redone later: ``np.load(path)``.
+    * ``alignment_summary.json``: per metric peak / final / drop with their intervals, and the paired
+      bootstrap of the drop, ``drop_ci`` / ``drop_significant`` (see ``perceptlab.callbacks.peaks``).
+    * ``alignment_bootstrap.npz``: the bootstrap replicates of every metric at its peak and final
+      evaluation (``<metric>@peak``, ``<metric>@final``). Runs measured with the same probes and
+      ``bootstrap_seed`` share their resampled items, so ``perceptlab report`` pairs two runs'
+      replicates into an interval of their difference.
     * logger scalars ``alignment/<metric>`` at the training step; for TensorBoard also a
       custom-scalars layout grouping the probes and the figure ``alignment/trajectories``.
     * ``checkpoints/alignment-peak.ckpt`` when ``checkpoint_peak_of`` names a metric, rewritten
@@ -52,6 +63,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,15 +73,35 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-from perceptlab.callbacks.peaks import PeakTracker, custom_scalars_layout, finite, trajectory_figure, write_json_atomic
+from perceptlab.callbacks.peaks import (
+    PeakTracker,
+    custom_scalars_layout,
+    finite,
+    trajectory_figure,
+    write_json_atomic,
+    write_npz_atomic,
+)
 from perceptlab.callbacks.probes.base import Probe, ProbeContext
+from perceptlab.core import uncertainty
 
 log = logging.getLogger(__name__)
 
 JSONL_NAME = "alignment.jsonl"
 SUMMARY_NAME = "alignment_summary.json"
 PEAK_CHECKPOINT_NAME = "alignment-peak.ckpt"
+ITEMS_DIR = "alignment_items"
+BOOTSTRAP_NAME = "alignment_bootstrap.npz"
 STATE_VERSION = 1
+
+
+@dataclass
+class Measurement:
+    """One evaluation of the active probes."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    items: dict[str, torch.Tensor] = field(default_factory=dict)  # "<group>/<field>" -> per-item values
+    replicates: dict[str, torch.Tensor] = field(default_factory=dict)  # metric -> (B,) bootstrap values
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 class AlignmentSuite(Callback):
@@ -91,7 +123,14 @@ class AlignmentSuite(Callback):
         tensorboard_figure: draw the trajectory figure into TensorBoard at each evaluation.
         prefix: logger namespace of the metrics.
         verbose: print one line per evaluation (rank 0): when, how long, and each probe's headline
-            metric (``*``: a new peak), so a run's console shows alignment as it happens.
+            metric with its interval (``*``: a new peak beyond noise, i.e. the paired interval of its
+            gain over the previous peak lies above zero; ``~``: a new best value within noise), so a
+            run's console shows alignment as it happens.
+        bootstrap_resamples: resamples of the items behind each interval (0: no intervals).
+        bootstrap_seed: seed of the resampled items (the same items at every evaluation, so that
+            differences between evaluations are paired).
+        confidence: level of the intervals.
+        save_items: write every evaluation's per-item outputs under ``alignment_items/``.
     """
 
     def __init__(
@@ -109,12 +148,20 @@ class AlignmentSuite(Callback):
         tensorboard_figure: bool = True,
         prefix: str = "alignment",
         verbose: bool = True,
+        bootstrap_resamples: int = uncertainty.DEFAULT_RESAMPLES,
+        bootstrap_seed: int = 0,
+        confidence: float = 0.95,
+        save_items: bool = True,
     ) -> None:
         super().__init__()
         for key, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps),
                            ("every_n_steps_until", every_n_steps_until)):
             if value is not None and value < 1:
                 raise ValueError(f"AlignmentSuite.{key} must be a positive integer or null, got {value}")
+        if bootstrap_resamples < 0:
+            raise ValueError(f"AlignmentSuite.bootstrap_resamples must be >= 0 (0: no intervals), got {bootstrap_resamples}")
+        if not 0 < confidence < 1:
+            raise ValueError(f"AlignmentSuite.confidence must be in (0, 1), got {confidence}")
         names = [p.name for p in probes]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -132,9 +179,13 @@ class AlignmentSuite(Callback):
         self.tensorboard_figure = tensorboard_figure
         self.prefix = prefix
         self.verbose = verbose
+        self.bootstrap_resamples = bootstrap_resamples
+        self.bootstrap_seed = bootstrap_seed
+        self.confidence = confidence
+        self.save_items = save_items
 
         self.history: list[dict[str, Any]] = []
-        self.tracker = PeakTracker()
+        self.tracker = PeakTracker(confidence)
         self.active: list[Probe] = []
         self._restored = False
         self._layout_written = False
@@ -260,25 +311,34 @@ class AlignmentSuite(Callback):
             batch_size=self.batch_size,
         )
 
-    def run_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[dict[str, float], dict[str, float]]:
-        """Evaluate every active probe on the model as it is; returns (metrics, seconds per probe)."""
+    def run_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Measurement:
+        """Evaluate every active probe on the model as it is: metrics, per-item outputs, bootstrap
+        replicates and seconds per probe."""
         ctx = self._context(trainer, pl_module)
         modes = {m: m.training for m in pl_module.modules()}
         pl_module.eval()
-        metrics: dict[str, float] = {}
-        seconds: dict[str, float] = {}
+        out = Measurement()
         try:
             with torch.inference_mode():
                 for probe in self.active:
                     start = time.perf_counter()
-                    metrics.update(probe.evaluate(ctx))
-                    seconds[probe.name] = round(time.perf_counter() - start, 4)
+                    items = probe.measure(ctx)
+                    out.metrics.update(probe.score(items))
+                    out.items.update({f"{group}/{k}": v for group, fields in items.items() for k, v in fields.items()})
+                    out.seconds[probe.name] = round(time.perf_counter() - start, 4)
+                    if self.bootstrap_resamples:
+                        start = time.perf_counter()
+                        idx = {group: uncertainty.resample_indices(len(next(iter(fields.values()))),
+                                                                   self.bootstrap_resamples, self.bootstrap_seed, group)
+                               for group, fields in items.items()}
+                        out.replicates.update({k: v.float() for k, v in probe.resampled(items, idx).items()})
+                        out.seconds["bootstrap"] = round(out.seconds.get("bootstrap", 0) + time.perf_counter() - start, 4)
                     if self.verbose and getattr(pl_module, "evaluates_checkpoints", False):
-                        rank_zero_info(f"  {probe.name}: {seconds[probe.name]:.1f} s")  # progress, probe by probe
+                        rank_zero_info(f"  {probe.name}: {out.seconds[probe.name]:.1f} s")  # progress, probe by probe
         finally:
             for module, training in modes.items():
                 module.train(training)
-        return metrics, seconds
+        return out
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, trigger: str, epoch: int,
                  step: int | None = None, extra: dict | None = None) -> dict | None:
@@ -295,22 +355,30 @@ class AlignmentSuite(Callback):
                 self.history[-1]["trigger"] = "epoch"
                 self._write_files(trainer)
             return None
-        metrics, seconds = self.run_probes(trainer, pl_module)
+        measured = self.run_probes(trainer, pl_module)
         record = {"epoch": int(epoch), "step": int(step), "trigger": trigger,
-                  "metrics": {k: finite(v) for k, v in metrics.items()}, "seconds": seconds, **(extra or {})}
+                  "metrics": {k: finite(v) for k, v in measured.metrics.items()}}
+        if measured.replicates:
+            record["ci"] = uncertainty.intervals(measured.replicates, self.confidence)
+        record["seconds"] = measured.seconds
+        if self.save_items:
+            record["items"] = f"{ITEMS_DIR}/step={int(step):07d}.npz"
+            self._write_items(trainer, record["items"], measured.items)
+        record.update(extra or {})
         self.history.append(record)
         if trigger == "model" and len(self.history) > 1 and self.history[-2]["step"] > step:
-            # a model older than those already measured (a rerun on a folder): keep the series in order
+            # a model older than those already measured (a rerun on a folder): keep the series in
+            # order; the replicates of evaluations before this one are not kept, so no drop intervals
             self.history.sort(key=lambda r: r["step"])
-            self.tracker = PeakTracker.from_history(self.history, self.directions())
+            self.tracker = PeakTracker.from_history(self.history, self.directions(), level=self.confidence)
             improved: list[str] = []
         else:
             improved = self.tracker.update(epoch, step, record["metrics"], self.directions(),
-                                           baseline=trigger == "baseline")
+                                           baseline=trigger == "baseline", replicates=measured.replicates or None)
         self._write_files(trainer)
         self._log(trainer, record)
         if self.verbose:
-            rank_zero_info(self.describe(record, improved))
+            rank_zero_info(self.describe(record, self.tracker.surpassed, self.tracker.beyond_noise))
         if self.checkpoint_peak_of:
             if self.checkpoint_peak_of not in record["metrics"]:
                 raise KeyError(
@@ -334,12 +402,26 @@ class AlignmentSuite(Callback):
                     break
         return out
 
-    def describe(self, record: dict, improved: set[str] | list[str] = ()) -> str:
-        """One console line for an evaluation, e.g.
-        ``alignment at step 25 (epoch 0, step) in 12.3 s: nights/2afc 0.6823*, ...``."""
+    def describe(self, record: dict, surpassed: set[str] | list[str] = (), beyond_noise: set[str] | list[str] = ()) -> str:
+        """One console line for an evaluation, e.g. ``alignment at step 25 (epoch 0, step) in
+        12.3 s: nights/2afc 0.6823 [0.651, 0.712]*, ...``: of the metrics that beat their previous
+        peak (``surpassed``), ``*`` marks those ``beyond_noise``, ``~`` the others; without
+        intervals ``*`` marks every one."""
         headline = self.headline_metrics(record["metrics"])
-        parts = [f"{k} {'n/a' if v is None else f'{v:.4f}'}{'*' if k in improved else ''}" for k, v in headline.items()]
-        legend = "   (* new peak)" if any(k in improved for k in headline) else ""
+        ci = record.get("ci") or {}
+
+        def mark(k: str) -> str:
+            if k not in surpassed:
+                return ""
+            return "*" if k in beyond_noise or not ci else "~"
+
+        def interval(k: str) -> str:
+            return "" if ci.get(k) is None else f" [{ci[k][0]:.3f}, {ci[k][1]:.3f}]"
+
+        parts = [f"{k} {'n/a' if v is None else f'{v:.4f}'}{interval(k)}{mark(k)}" for k, v in headline.items()]
+        legend = ""
+        if any(mark(k) for k in headline):
+            legend = "   (* new peak beyond noise, ~ new best within noise)" if ci else "   (* new peak)"
         where = f"of {record['model']} " if "model" in record else ""
         return (f"alignment {where}at step {record['step']} (epoch {record['epoch']}, {record['trigger']}) in "
                 f"{sum(record['seconds'].values()):.1f} s: " + ", ".join(parts) + legend)
@@ -365,8 +447,17 @@ class AlignmentSuite(Callback):
             return
         # The whole file each time (it is small): a resumed run's file then equals the restored
         # history, and a crash never leaves half a line.
-        write_json_atomic(self.run_dir(trainer) / JSONL_NAME, self.history, lines=True)
-        write_json_atomic(self.run_dir(trainer) / SUMMARY_NAME, self.summary())
+        run_dir = self.run_dir(trainer)
+        write_json_atomic(run_dir / JSONL_NAME, self.history, lines=True)
+        write_json_atomic(run_dir / SUMMARY_NAME, self.summary())
+        replicates = self.tracker.replicates_state()
+        if replicates:
+            write_npz_atomic(run_dir / BOOTSTRAP_NAME, {f"{name}@{which}": rep.numpy()
+                                                        for name, reps in replicates.items() for which, rep in reps.items()})
+
+    def _write_items(self, trainer: pl.Trainer, relative: str, items: dict[str, torch.Tensor]) -> None:
+        if trainer.is_global_zero:
+            write_npz_atomic(self.run_dir(trainer) / relative, {k: v.cpu().numpy() for k, v in items.items()})
 
     def _log(self, trainer: pl.Trainer, record: dict) -> None:
         if not trainer.is_global_zero:
@@ -388,11 +479,14 @@ class AlignmentSuite(Callback):
 
     # ------------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "history": [dict(r) for r in self.history]}
+        # the peak and final replicates too: the drop intervals survive a resume (B floats per metric)
+        return {"version": STATE_VERSION, "history": [dict(r) for r in self.history],
+                "replicates": self.tracker.replicates_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [dict(r) for r in state_dict.get("history", [])]
-        self.tracker = PeakTracker.from_history(self.history, self.directions())
+        self.tracker = PeakTracker.from_history(self.history, self.directions(), state_dict.get("replicates"),
+                                                level=self.confidence)
         self._restored = True
 
     def set_run_dir(self, path: str | Path) -> None:

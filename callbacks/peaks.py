@@ -14,6 +14,14 @@ best value in that direction (the first one on ties). ``drop`` = how far the fin
 behind the peak in that direction (peak - final for ``max``, final - peak for ``min``), >= 0.
 Epochs and steps are those of ``alignment.jsonl`` (the baseline before training has epoch -1 and
 step 0). Non-finite values (an undefined correlation) are left out of peak and final.
+
+Is the peak real? With bootstrap replicates of each evaluation (``perceptlab.core.uncertainty``;
+the same resampled items at every evaluation), the summary also holds ``peak_ci`` and
+``final_ci`` (95 % intervals over items) and a paired bootstrap of the drop: ``drop_ci``, the
+interval of peak minus final over the same resamples, and ``drop_significant``, true when that
+interval lies wholly above zero. The peak is picked after looking at all evaluations, so with many
+evaluations a drop that only just clears zero is weaker evidence than its interval says; a new
+peak is also tested against the previous best when it happens (``beyond_noise``).
 """
 from __future__ import annotations
 
@@ -24,8 +32,12 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import torch
+
+from perceptlab.core import uncertainty
+
 SUMMARY_KEYS = ("direction", "peak", "peak_epoch", "peak_step", "final", "final_epoch", "final_step",
-                "drop", "baseline", "evaluations")
+                "drop", "baseline", "evaluations", "peak_ci", "final_ci", "drop_ci", "drop_significant")
 
 
 def finite(value: Any) -> float | None:
@@ -52,16 +64,36 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, lines: bool = False) ->
     os.replace(tmp, path)
 
 
-class PeakTracker:
-    """Per-metric peak, final value and drop over a sequence of evaluations."""
+def write_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
+    """Write numpy arrays to a compressed ``.npz`` at ``path`` via a temporary file and a rename."""
+    import numpy as np
 
-    def __init__(self) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    os.replace(tmp, path)
+
+
+class PeakTracker:
+    """Per-metric peak, final value and drop over a sequence of evaluations, with their bootstrap
+    intervals when the evaluations come with replicates."""
+
+    def __init__(self, level: float = 0.95) -> None:
         self.entries: dict[str, dict[str, Any]] = {}
+        self.level = level
+        self.surpassed: list[str] = []  # metrics whose previous peak the last evaluation beat
+        self.beyond_noise: list[str] = []  # ... by more than noise (paired gain interval above zero)
 
     def update(self, epoch: int, step: int, metrics: Mapping[str, float | None],
-               directions: Mapping[str, str], baseline: bool = False) -> list[str]:
-        """Add one evaluation; returns the metrics that reached a new peak with it."""
+               directions: Mapping[str, str], baseline: bool = False,
+               replicates: Mapping[str, torch.Tensor] | None = None) -> list[str]:
+        """Add one evaluation; returns the metrics that reached a new peak with it (a better value,
+        noise or not). Those whose gain over the previous peak has a paired interval wholly above
+        zero are in :attr:`beyond_noise` afterwards."""
         improved = []
+        self.surpassed, self.beyond_noise = [], []
         for name, value in metrics.items():
             value = finite(value)
             if value is None:
@@ -72,21 +104,67 @@ class PeakTracker:
             e["evaluations"] += 1
             if baseline:
                 e["baseline"] = value
+            rep = None if replicates is None else replicates.get(name)
             better = e["peak"] is None or (value > e["peak"] if direction == "max" else value < e["peak"])
             if better:
-                e.update(peak=value, peak_epoch=epoch, peak_step=step)
+                previous = e.get("peak_replicates")
+                if e["peak"] is not None:
+                    self.surpassed.append(name)
+                if e["peak"] is not None and rep is not None and previous is not None:
+                    gain = self._oriented(rep - previous, direction)
+                    if uncertainty.significant(uncertainty.percentile_interval(gain, self.level)):
+                        self.beyond_noise.append(name)
+                e.update(peak=value, peak_epoch=epoch, peak_step=step, peak_replicates=rep,
+                         peak_ci=None if rep is None else uncertainty.percentile_interval(rep, self.level))
                 improved.append(name)
-            e.update(final=value, final_epoch=epoch, final_step=step)
+            e.update(final=value, final_epoch=epoch, final_step=step, final_replicates=rep,
+                     final_ci=None if rep is None else uncertainty.percentile_interval(rep, self.level))
             e["drop"] = e["peak"] - value if direction == "max" else value - e["peak"]
+            self._drop_interval(e)
         return improved
 
+    @staticmethod
+    def _oriented(difference: torch.Tensor, direction: str) -> torch.Tensor:
+        return difference if direction == "max" else -difference
+
+    def _drop_interval(self, e: dict) -> None:
+        """Paired bootstrap of peak minus final (same resampled items at both evaluations)."""
+        peak, final = e.get("peak_replicates"), e.get("final_replicates")
+        if peak is None or final is None:
+            e["drop_ci"], e["drop_significant"] = None, None
+            return
+        e["drop_ci"] = uncertainty.percentile_interval(self._oriented(peak - final, e["direction"]), self.level)
+        e["drop_significant"] = uncertainty.significant(e["drop_ci"])
+
     @classmethod
-    def from_history(cls, history: Iterable[Mapping], directions: Mapping[str, str]) -> "PeakTracker":
-        tracker = cls()
+    def from_history(cls, history: Iterable[Mapping], directions: Mapping[str, str],
+                     replicates: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+                     level: float = 0.95) -> "PeakTracker":
+        """Rebuild from ``alignment.jsonl`` records; ``replicates`` (:meth:`replicates_state`) puts
+        back the peak and final replicates, which the records do not hold."""
+        tracker = cls(level)
         for record in history:
             tracker.update(record["epoch"], record["step"], record["metrics"], directions,
                            baseline=record.get("trigger") == "baseline")
+        for name, reps in (replicates or {}).items():
+            e = tracker.entries.get(name)
+            if e is None:
+                continue
+            for which in ("peak", "final"):
+                rep = reps.get(which)
+                e[f"{which}_replicates"] = rep
+                e[f"{which}_ci"] = None if rep is None else uncertainty.percentile_interval(rep, level)
+            tracker._drop_interval(e)
         return tracker
+
+    def replicates_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The peak and final replicates of every metric (float32), for checkpoints."""
+        out = {}
+        for name, e in self.entries.items():
+            reps = {w: e[f"{w}_replicates"].float() for w in ("peak", "final") if e.get(f"{w}_replicates") is not None}
+            if reps:
+                out[name] = reps
+        return out
 
     def summary(self) -> dict[str, dict[str, Any]]:
         return {name: {k: e.get(k) for k in SUMMARY_KEYS} for name, e in sorted(self.entries.items())}

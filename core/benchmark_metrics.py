@@ -163,3 +163,64 @@ def zeroshot_retrieval_metrics(
     if 1 in recall_k:
         metrics["mean_recall@1"] = (metrics["image_retrieval_recall@1"] + metrics["text_retrieval_recall@1"]) / 2
     return metrics
+
+
+# ------------------------------------------------------------------------------- per-item outputs
+def zeroshot_classification_items(
+    image_features: torch.Tensor,
+    labels: torch.Tensor,
+    classnames: Sequence[str],
+    templates: Sequence[str] | Mapping[str, Sequence[str]],
+    texts: Sequence[str],
+    text_features: torch.Tensor,
+    batch_size: int = 1024,
+) -> dict[str, torch.Tensor]:
+    """Per image: ``label``, ``predicted`` (top-1 class) and, with 5 classes or more, ``hit5``
+    (the label is among the top 5), from CLIP_benchmark's own classifier and logits
+    (``zero_shot_classifier``, ``run_classification``), so their means are its ``acc1``/``acc5``."""
+    from clip_benchmark.metrics import zeroshot_classification
+
+    model = EncodedModel(image_features, texts, text_features)
+    rows = torch.arange(image_features.shape[0])
+    batches = [(rows[i:i + batch_size], labels[i:i + batch_size].cpu()) for i in range(0, len(rows), batch_size)]
+    with clip_benchmark_engine():
+        classifier = zeroshot_classification.zero_shot_classifier(
+            model, model.tokenizer, list(classnames),
+            templates if isinstance(templates, Mapping) else list(templates), "cpu", amp=False)
+        logits, target = zeroshot_classification.run_classification(model, classifier, batches, "cpu", amp=False)
+    out = {"label": target, "predicted": logits.argmax(dim=1)}
+    if len(classnames) >= 5:
+        out["hit5"] = (logits.topk(5, dim=1).indices == target[:, None]).any(dim=1)
+    return out
+
+
+def zeroshot_retrieval_items(
+    image_features: torch.Tensor,
+    captions: Sequence[Sequence[str]],
+    texts: Sequence[str],
+    text_features: torch.Tensor,
+    recall_k: Sequence[int] = (1, 5, 10),
+    batch_size: int = 1024,
+) -> dict[str, torch.Tensor]:
+    """Per image: ``captions`` (how many), ``text_hit@k`` (one of its captions is among the top k
+    texts of the image) and ``image_hits@k`` (how many of its captions find it in their top k),
+    with CLIP_benchmark's ``recall_at_k``: ``text_retrieval_recall@k`` is the mean of
+    ``text_hit@k``, ``image_retrieval_recall@k`` = sum of ``image_hits@k`` / sum of ``captions``."""
+    import torch.nn.functional as F
+    from clip_benchmark.metrics.zeroshot_retrieval import batchify, recall_at_k
+
+    model = EncodedModel(image_features, texts, text_features)
+    caption_rows = model.tokenizer([t for caps in captions for t in caps])
+    image_of_caption = torch.tensor([i for i, caps in enumerate(captions) for _ in caps], dtype=torch.long)
+    images = F.normalize(model.image_features, dim=-1)
+    scores = F.normalize(model.encode_text(caption_rows), dim=-1) @ images.T
+    positive = torch.zeros_like(scores, dtype=torch.bool)
+    positive[torch.arange(len(scores)), image_of_caption] = True
+    n = len(captions)
+    out = {"captions": torch.bincount(image_of_caption, minlength=n)}
+    with clip_benchmark_engine():
+        for k in recall_k:
+            caption_hit = batchify(recall_at_k, scores, positive, batch_size, "cpu", k=k) > 0
+            out[f"text_hit@{k}"] = batchify(recall_at_k, scores.T, positive.T, batch_size, "cpu", k=k) > 0
+            out[f"image_hits@{k}"] = torch.bincount(image_of_caption, weights=caption_hit.double(), minlength=n)
+    return out

@@ -149,7 +149,7 @@ def test_three_epoch_run_writes_every_probe_at_every_epoch_and_a_consistent_summ
                    "noise/classification/drop"):
         assert family in names
     assert all(set(r["metrics"]) == names for r in records)
-    assert set(records[0]["seconds"]) == {p.name for p in suite.probes}
+    assert set(records[0]["seconds"]) == {p.name for p in suite.probes} | {"bootstrap"}
     # The probes see the model as it trains: learned metrics move, the PSNR reference line does not.
     assert len({r["metrics"]["iqa_fr/tid2013/srcc"] for r in records}) > 1
     assert len({r["metrics"]["iqa_fr/tid2013/psnr/srcc"] for r in records}) == 1
@@ -167,6 +167,39 @@ def test_three_epoch_run_writes_every_probe_at_every_epoch_and_a_consistent_summ
         assert s["drop"] == pytest.approx(abs(peak - values[-1]))
     assert summary["nights/2afc"]["direction"] == "max"
     assert summary["noise/classification/drop"]["direction"] == "min"
+
+    # Intervals: every defined metric has one at every evaluation; the summary's are those of the
+    # peak and final evaluations, and the drop's comes from their paired replicates.
+    import numpy as np
+
+    for r in records:
+        for name, value in r["metrics"].items():
+            if value is not None and name in r["ci"] and r["ci"][name] is not None:
+                low, high = r["ci"][name]
+                assert low <= high
+    for name, s in summary.items():
+        peak_record = next(r for r in records if r["step"] == s["peak_step"])
+        assert s["peak_ci"] == pytest.approx(peak_record["ci"][name])
+        assert s["final_ci"] == pytest.approx(records[-1]["ci"][name])
+        assert s["drop_significant"] == (s["drop_ci"][0] > 0)
+    replicates = np.load(run / "alignment_bootstrap.npz")
+    peak, final = replicates["nights/2afc@peak"], replicates["nights/2afc@final"]
+    assert peak.shape == final.shape == (1000,)
+    low, high = np.quantile(peak - final, [0.025, 0.975])
+    assert summary["nights/2afc"]["drop_ci"] == pytest.approx([low, high], abs=1e-6)
+
+    # Per-item outputs of every evaluation, on disk: the probes' own scoring of them gives the
+    # recorded metrics back exactly, so any analysis can be redone from the files.
+    for r in records:
+        saved = np.load(run / r["items"])
+        for probe in suite.probes:
+            groups: dict[str, dict[str, torch.Tensor]] = {}
+            for key in saved.files:
+                group, _, field = key.rpartition("/")
+                if group == probe.name:
+                    groups.setdefault(group, {})[field] = torch.from_numpy(saved[key])
+            for metric, value in probe.score(groups).items():
+                assert (value != value and r["metrics"][metric] is None) or value == r["metrics"][metric], metric
 
     # TensorBoard: every metric as a scalar at the evaluation steps, plus the trajectory figure.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -361,6 +394,11 @@ def test_each_evaluation_prints_one_line_with_the_headline_metrics(tmp_path, tin
         assert line.startswith(f"alignment at step {record['step']} (epoch {record['epoch']}, {record['trigger']})")
         for key in ("nights/2afc", "noise/classification/drop"):
             value = record["metrics"][key]  # the drop is undefined (None) while clean accuracy is 0
-            assert f"{key} {'n/a' if value is None else f'{value:.4f}'}" in line
+            ci = record["ci"].get(key)
+            shown = f"{key} {'n/a' if value is None else f'{value:.4f}'}" + ("" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]")
+            assert shown in line
         assert "acc@sigma" not in line  # headline metrics only
-    assert "nights/2afc" in lines[0] and f"{suite.history[0]['metrics']['nights/2afc']:.4f}*" in lines[0]  # baseline = first peak
+    # the baseline has no peak to beat: no mark
+    assert "*" not in lines[0] and "~" not in lines[0]
+    low, high = suite.history[0]["ci"]["nights/2afc"]
+    assert low < suite.history[0]["metrics"]["nights/2afc"] < high

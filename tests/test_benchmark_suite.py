@@ -194,10 +194,36 @@ def test_presets_and_names():
         CLIPBenchmarkProbe(tasks=["imagenet1k"])
 
 
+def test_replicates_equal_the_score_of_the_resampled_items_on_both_kinds_of_task(tiny_world, model_file):
+    """Bootstrap replicates of every benchmark metric (balanced accuracy, recall with several
+    captions per image, the averages) are the probe's own numbers on the resampled images."""
+    import math
+
+    from perceptlab.core import uncertainty
+
+    backbone = CLIPBackbone(MODEL)
+    backbone.model.load_state_dict(torch.load(model_file))
+    backbone.eval()
+    probe = CLIPBenchmarkProbe(root=str(tiny_world / "benchmark"), tasks="toy")
+    probe.num_workers = 0
+    probe.prepare(backbone)
+    with torch.inference_mode():
+        items = probe.measure(ProbeContext(backbone=backbone, batch_size=50))
+    assert set(items) == {"zeroshot/toy_objects", "retrieval/toy_captions"}
+    idx = {g: uncertainty.resample_indices(len(next(iter(f.values()))), 6, seed=0, key=g) for g, f in items.items()}
+    replicates = probe.resampled(items, idx)
+    for b in range(6):
+        expected = probe.score({g: {k: v[idx[g][b]] for k, v in f.items()} for g, f in items.items()})
+        assert set(expected) == set(replicates)
+        for metric, value in expected.items():
+            got = replicates[metric][b].item()
+            assert (math.isnan(got) and math.isnan(value)) or got == pytest.approx(value, abs=1e-9), (metric, b)
+
+
 def test_averages_skip_sets_without_a_top5():
     metrics = {"zeroshot/a/acc1": 0.5, "zeroshot/a/acc5": 0.9, "zeroshot/b/acc1": 0.25, "zeroshot/b/acc5": float("nan"),
                "retrieval/c/mean_recall@1": 0.4, "retrieval/d/mean_recall@1": 0.2}
-    averages = CLIPBenchmarkProbe.averages(metrics)
+    averages = {k: float(v) for k, v in CLIPBenchmarkProbe.averages(metrics).items()}
     assert averages == pytest.approx({"zeroshot/average/acc1": 0.375, "zeroshot/average/acc5": 0.9,
                                       "retrieval/average/mean_recall@1": 0.3})
 

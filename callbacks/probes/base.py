@@ -7,6 +7,13 @@ crop), into a ``uint8`` cache. :meth:`Probe.evaluate` encodes the cached images 
 it is now, gathers per-item results from all processes and scores them, so every process returns
 the same numbers as a single process would.
 
+Per-item outputs
+    :meth:`Probe.evaluate` is :meth:`Probe.measure` (the model's per-item outputs with the human
+    data they are scored against, gathered from all processes) followed by :meth:`Probe.score`
+    (the metrics). :meth:`Probe.resampled` computes the same metrics on bootstrap resamples of the
+    items (``perceptlab.core.uncertainty``), which the suite turns into intervals; the suite writes
+    the per-item outputs of every evaluation to disk, so any analysis can be redone later.
+
 Why the cache is ``uint8``: the eval transform resizes PIL images, whose pixels are 8-bit, and
 ``ToTensor`` divides by 255, so storing ``round(255 x)`` is exact and a quarter of float32's
 memory (``items x images per item x 3 x S^2`` bytes per process, S = model input size).
@@ -29,6 +36,9 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 Direction = str  # "max": higher is more human-like / better; "min": lower is
+# Per-item outputs of one evaluation: group (a data set) -> field -> values, first axis = items.
+# A group's items are resampled together; different groups (e.g. benchmark tasks) independently.
+Items = dict[str, dict[str, torch.Tensor]]
 
 
 @dataclass
@@ -182,8 +192,23 @@ class Probe(ABC):
         sets ``n_items``. Errors name the missing path or key."""
 
     @abstractmethod
+    def measure(self, ctx: ProbeContext) -> Items:
+        """The model's outputs on every item (all processes' items, gathered, on CPU) together
+        with the human data they are scored against; identical on all processes."""
+
+    @abstractmethod
+    def score(self, items: Items) -> dict[str, float]:
+        """The probe's metrics ``{metric name: value}`` from :meth:`measure`'s output."""
+
+    @abstractmethod
+    def resampled(self, items: Items, idx: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The metrics of :meth:`score` on bootstrap resamples: ``idx[group]`` holds ``(B, n)`` item
+        indices of each group; returns ``{metric name: (B,) values}``. Replicate ``b`` equals
+        :meth:`score` on the items ``idx[group][b]`` (tested for every probe)."""
+
     def evaluate(self, ctx: ProbeContext) -> dict[str, float]:
         """Score the model as it is now; returns ``{metric name: value}``, identical on all processes."""
+        return self.score(self.measure(ctx))
 
     # -- helpers for subclasses ---------------------------------------------------------------
     def gather_items(self, ctx: ProbeContext, local: torch.Tensor, n: int | None = None) -> torch.Tensor:

@@ -28,7 +28,6 @@ Cost
 """
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from perceptlab.callbacks.probes.base import (
+    Items,
     Probe,
     ProbeContext,
     select_items,
@@ -44,8 +44,8 @@ from perceptlab.callbacks.probes.base import (
 )
 from perceptlab.core.benchmark_metrics import (
     prompts_for,
-    zeroshot_classification_metrics,
-    zeroshot_retrieval_metrics,
+    zeroshot_classification_items,
+    zeroshot_retrieval_items,
 )
 from perceptlab.datamodules.benchmark_sets import (
     LoadedTask,
@@ -161,32 +161,73 @@ class CLIPBenchmarkProbe(Probe):
                 out.append(ctx.backbone.encode_text(tokens[start:start + bs].to(ctx.device), normalize=False).float())
         return torch.cat(out) if out else torch.empty(0, ctx.backbone.embed_dim, device=ctx.device)
 
-    def evaluate(self, ctx: ProbeContext) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        main: list[float] = []
+    def measure(self, ctx: ProbeContext) -> Items:
+        """Per task (group ``zeroshot/<dataset>`` or ``retrieval/<dataset>``), per image: the label,
+        the predicted class and whether the label is in the top 5; or the number of captions, the
+        text hit and the image hits at each k (``perceptlab.core.benchmark_metrics``)."""
+        items: Items = {}
         for name, loaded in self.loaded.items():
             start = time.perf_counter()
             images = self.gather_items(ctx, self.features(ctx, loaded.images), loaded.n_items)
             texts = self.texts[name]
             text_features = self.gather_items(ctx, self.encode_texts(ctx, self.local_tokens[name]), len(texts))
-            task = loaded.task
             if loaded.captions is not None:
-                values = zeroshot_retrieval_metrics(images, loaded.captions, texts, text_features, self.recall_k)
-                prefix = f"retrieval/{task.dataset}"
+                items[self.group_of(name)] = zeroshot_retrieval_items(images, loaded.captions, texts, text_features,
+                                                                      self.recall_k)
             else:
-                values = zeroshot_classification_metrics(images, loaded.labels, loaded.classnames, loaded.templates,
-                                                         texts, text_features)
-                prefix = f"zeroshot/{task.dataset}"
-            metrics.update({f"{prefix}/{k}": v for k, v in values.items()})
-            main.append(values.get(task.main_metric, float("nan")))
+                items[self.group_of(name)] = zeroshot_classification_items(
+                    images, loaded.labels, loaded.classnames, loaded.templates, texts, text_features)
             if ctx.rank == 0 and len(self.loaded) > 2:
                 rank_zero_info(f"    {name}: {time.perf_counter() - start:.1f} s")
+        return items
+
+    def group_of(self, task_name: str) -> str:
+        loaded = self.loaded[task_name]
+        return f"{'retrieval' if loaded.captions is not None else 'zeroshot'}/{loaded.task.dataset}"
+
+    def score(self, items: Items) -> dict[str, float]:
+        return {k: float(v) for k, v in self._metrics(items, None).items()}
+
+    def resampled(self, items: Items, idx: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self._metrics(items, idx)
+
+    def _metrics(self, items: Items, idx: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """Every task's metrics, the averages and DataComp's average: on all items (``idx=None``:
+        0-d tensors) or on each bootstrap resample (``(B,)``)."""
+        metrics: dict[str, torch.Tensor] = {}
+        main: list[torch.Tensor] = []
+        main_metric = {self.group_of(n): lt.task.main_metric for n, lt in self.loaded.items()}
+        for group, t in items.items():
+            i = None if idx is None else idx[group]
+
+            def total(v: torch.Tensor) -> torch.Tensor:
+                v = v.double()
+                return v.sum() if i is None else v[i].sum(dim=-1)
+
+            def mean(v: torch.Tensor) -> torch.Tensor:
+                return total(v) / (v.shape[0] if i is None else i.shape[1])
+
+            if group.startswith("retrieval/"):
+                values = {}
+                for k in self.recall_k:
+                    values[f"image_retrieval_recall@{k}"] = total(t[f"image_hits@{k}"]) / total(t["captions"])
+                    values[f"text_retrieval_recall@{k}"] = mean(t[f"text_hit@{k}"])
+                if 1 in self.recall_k:
+                    values["mean_recall@1"] = (values["image_retrieval_recall@1"] + values["text_retrieval_recall@1"]) / 2
+            else:
+                nan = torch.tensor(float("nan"), dtype=torch.float64)
+                values = {"acc1": mean(t["predicted"] == t["label"]),
+                          "acc5": mean(t["hit5"]) if "hit5" in t else (nan if i is None else nan.expand(i.shape[0])),
+                          "mean_per_class_recall": _balanced_accuracy(t["label"], t["predicted"], i)}
+            metrics.update({f"{group}/{k}": v for k, v in values.items()})
+            main.append(values.get(main_metric.get(group, ""), torch.tensor(float("nan"), dtype=torch.float64)))
         metrics.update(self.averages(metrics))
-        metrics[f"{self.name}/average"] = _mean(main)
+        if main:
+            metrics[f"{self.name}/average"] = _nanmean(main)
         return metrics
 
     @staticmethod
-    def averages(metrics: dict[str, float]) -> dict[str, float]:
+    def averages(metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Means over the classification sets (``zeroshot/average/*``) and retrieval sets."""
         out = {}
         for family, keys in (("zeroshot", ("acc1", "acc5", "mean_per_class_recall")), ("retrieval", ("mean_recall@1",))):
@@ -194,14 +235,28 @@ class CLIPBenchmarkProbe(Probe):
                 values = [v for k, v in metrics.items()
                           if k.startswith(f"{family}/") and k.endswith(f"/{key}") and not k.startswith(f"{family}/average/")]
                 if values:
-                    out[f"{family}/average/{key}"] = _mean(values)
+                    out[f"{family}/average/{key}"] = _nanmean(values)
         return out
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={str(Path(self.path))!r}, tasks={self.tasks!r}, max_items={self.max_items})"
 
 
-def _mean(values: Sequence[float]) -> float:
-    """Mean over the finite values (a set under 5 classes has no top-5); NaN when none is."""
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else float("nan")
+def _nanmean(values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean over the sets with a finite value (a set under 5 classes has no top-5); NaN when none has."""
+    return torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values]).nanmean(dim=0)
+
+
+def _balanced_accuracy(label: torch.Tensor, predicted: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+    """Mean per-class recall over the classes present (sklearn's ``balanced_accuracy_score``, which
+    CLIP_benchmark reports), on all items or on each resample ``idx`` ``(B, n)``."""
+    if idx is None:
+        from sklearn.metrics import balanced_accuracy_score
+
+        return torch.tensor(balanced_accuracy_score(label.numpy(), predicted.numpy()), dtype=torch.float64)
+    classes = int(max(label.max(), predicted.max())) + 1 if label.numel() else 1
+    labels = label[idx]
+    counts = torch.zeros(idx.shape[0], classes, dtype=torch.float64).scatter_add_(
+        1, labels, torch.ones(labels.shape, dtype=torch.float64))
+    hits = torch.zeros_like(counts).scatter_add_(1, labels, (predicted == label).double()[idx])
+    return (hits / counts).nanmean(dim=1)  # classes absent from a resample: 0 / 0, left out

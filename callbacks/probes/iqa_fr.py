@@ -24,8 +24,8 @@ from typing import Callable, Sequence
 import pandas as pd
 import torch
 
-from perceptlab.core import scores
-from perceptlab.callbacks.probes.base import ProbeContext, TableProbe, decode_images, require_columns, select_items, shard_indices
+from perceptlab.core import scores, uncertainty
+from perceptlab.callbacks.probes.base import Items, ProbeContext, TableProbe, decode_images, require_columns, select_items, shard_indices
 from perceptlab.datamodules.iqa import iqa_preset, is_preset, pyiqa_column
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class FullReferenceIQAProbe(TableProbe):
             raise ValueError(f"distance must be one of {', '.join(scores.DISTANCES)}, got {distance!r}")
         self.distance = distance
         self.classical = list(classical)
-        self._classical_metrics: dict[str, float] | None = None
+        self._classical_values: dict[str, torch.Tensor] | None = None
         self._classical_local: dict[str, tuple[torch.Tensor, bool]] = {}
 
     @property
@@ -136,16 +136,32 @@ class FullReferenceIQAProbe(TableProbe):
             local_index = {r: i for i, r in enumerate(local_refs)}
             ref_per_pair = pair_refs[[local_index[r] for r in rows["ref_name"]]] if len(rows) else pair_refs
             self._classical_local = self._compute_classical(ref_per_pair)
-        self._classical_metrics = None
+        self._classical_values = None
 
-    def evaluate(self, ctx: ProbeContext) -> dict[str, float]:
+    def measure(self, ctx: ProbeContext) -> Items:
+        """Per pair: the model's prediction (minus the embedding distance), the human quality and
+        each classical metric's value (oriented higher = better)."""
         refs = self.gather_items(ctx, self.features(ctx, self.ref_images), n=self.n_refs).to(ctx.device)
         dist = self.features(ctx, self.dist_images)
         local = scores.embedding_distance(dist, refs[self.ref_of_item.to(ctx.device)], self.distance)
         distance = self.gather_items(ctx, local)
-        metrics = {f"{self.name}/{k}": v for k, v in scores.correlations(-distance, self.quality).items()}
-        metrics.update(self.classical_metrics(ctx))
+        return {self.name: {"prediction": -distance, "quality": self.quality, **self.classical_values(ctx)}}
+
+    def score(self, items: Items) -> dict[str, float]:
+        t = items[self.name]
+        metrics = {f"{self.name}/{k}": v for k, v in scores.correlations(t["prediction"], t["quality"]).items()}
+        for metric_name in self.classical:  # model-free reference lines: the same at every evaluation
+            metrics[f"{self.name}/{metric_name}/srcc"] = scores.srcc(t[metric_name], t["quality"])
+            metrics[f"{self.name}/{metric_name}/plcc"] = scores.plcc(t[metric_name], t["quality"])
         return metrics
+
+    def resampled(self, items: Items, idx: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        t, i = items[self.name], idx[self.name]
+        out = {f"{self.name}/{k}": v for k, v in uncertainty.correlations(t["prediction"], t["quality"], i).items()}
+        for metric_name in self.classical:
+            out[f"{self.name}/{metric_name}/srcc"] = uncertainty.spearman(t[metric_name], t["quality"], i)
+            out[f"{self.name}/{metric_name}/plcc"] = uncertainty.pearson(t[metric_name], t["quality"], i)
+        return out
 
     def _compute_classical(self, ref_per_pair: torch.Tensor) -> dict[str, tuple[torch.Tensor, bool]]:
         """pyiqa value of every classical metric per local pair, and whether lower is better."""
@@ -169,13 +185,11 @@ class FullReferenceIQAProbe(TableProbe):
             out[metric_name] = (torch.cat(values) if values else torch.zeros(0), bool(metric.lower_better))
         return out
 
-    def classical_metrics(self, ctx: ProbeContext) -> dict[str, float]:
-        """Correlations of pyiqa's classical metrics with the human scores (constant over training)."""
-        if self._classical_metrics is None:
-            self._classical_metrics = {}
+    def classical_values(self, ctx: ProbeContext) -> dict[str, torch.Tensor]:
+        """Every classical metric's value per pair, all pairs, oriented higher = better (gathered once)."""
+        if self._classical_values is None:
+            self._classical_values = {}
             for metric_name, (local, lower_better) in self._classical_local.items():
                 value = self.gather_items(ctx, local.to(ctx.device))
-                corr = scores.correlations(-value if lower_better else value, self.quality)
-                self._classical_metrics[f"{self.name}/{metric_name}/srcc"] = corr["srcc"]
-                self._classical_metrics[f"{self.name}/{metric_name}/plcc"] = corr["plcc"]
-        return dict(self._classical_metrics)
+                self._classical_values[metric_name] = -value if lower_better else value
+        return dict(self._classical_values)

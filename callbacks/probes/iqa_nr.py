@@ -24,8 +24,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from perceptlab.core import scores
-from perceptlab.callbacks.probes.base import ProbeContext, TableProbe, decode_images, require_columns, select_items
+from perceptlab.core import scores, uncertainty
+from perceptlab.callbacks.probes.base import Items, ProbeContext, TableProbe, decode_images, require_columns, select_items
 from perceptlab.datamodules.iqa import iqa_preset, is_preset, pyiqa_column
 
 DEFAULT_PROMPT_PAIRS = (("Good photo.", "Bad photo."),)
@@ -124,7 +124,8 @@ class CLIPIQAProbe(TableProbe):
     def load_images(self, items: list[int], transform: Callable) -> None:
         self.images = decode_images([self.path / self.image_dir / self.names[i] for i in items], transform, self.num_workers)
 
-    def evaluate(self, ctx: ProbeContext) -> dict[str, float]:
+    def measure(self, ctx: ProbeContext) -> Items:
+        """Per image: the predicted quality (probability of the positive prompts) and the human score."""
         backbone = ctx.backbone
         texts = [p for pair in self.prompt_pairs for p in pair]
         with ctx.autocast():
@@ -132,5 +133,13 @@ class CLIPIQAProbe(TableProbe):
         text = F.normalize(text, dim=-1)
         image = self.features(ctx, self.images, text_space=True)
         local = scores.antonym_probability(image, text[0::2], text[1::2], self.logit_scale)
-        predicted = self.gather_items(ctx, local)
-        return {f"{self.name}/{k}": v for k, v in scores.correlations(predicted, self.quality).items()}
+        return {self.name: {"prediction": self.gather_items(ctx, local), "quality": self.quality}}
+
+    def score(self, items: Items) -> dict[str, float]:
+        t = items[self.name]
+        return {f"{self.name}/{k}": v for k, v in scores.correlations(t["prediction"], t["quality"]).items()}
+
+    def resampled(self, items: Items, idx: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        t = items[self.name]
+        return {f"{self.name}/{k}": v
+                for k, v in uncertainty.correlations(t["prediction"], t["quality"], idx[self.name]).items()}

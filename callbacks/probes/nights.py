@@ -13,8 +13,8 @@ from typing import Callable
 
 import torch
 
-from perceptlab.core import scores
-from perceptlab.callbacks.probes.base import ProbeContext, TableProbe, select_items, to_uint8
+from perceptlab.core import scores, uncertainty
+from perceptlab.callbacks.probes.base import Items, ProbeContext, TableProbe, select_items, to_uint8
 from perceptlab.datamodules.nights import NightsTriplets
 
 
@@ -68,9 +68,19 @@ class NightsProbe(TableProbe):
         empty = torch.empty(0, 3, 0, 0, dtype=torch.uint8)
         self.images = {k: torch.stack([r[k] for r in rows]) if rows else empty for k in ("ref", "left", "right")}
 
-    def evaluate(self, ctx: ProbeContext) -> dict[str, float]:
+    def measure(self, ctx: ProbeContext) -> Items:
+        """Per triplet: the distances reference-left ``d0`` and reference-right ``d1``, and ``p``."""
         ref, left, right = (self.features(ctx, self.images[k]) for k in ("ref", "left", "right"))
         local = torch.stack([scores.embedding_distance(ref, left, self.distance),
                              scores.embedding_distance(ref, right, self.distance)], dim=-1)
         d = self.gather_items(ctx, local)
-        return {f"{self.name}/2afc": scores.two_afc(d[:, 0], d[:, 1], self.p)}
+        return {self.name: {"d0": d[:, 0], "d1": d[:, 1], "p": self.p}}
+
+    def score(self, items: Items) -> dict[str, float]:
+        t = items[self.name]
+        return {f"{self.name}/2afc": scores.two_afc(t["d0"], t["d1"], t["p"])}
+
+    def resampled(self, items: Items, idx: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        t = items[self.name]
+        per_item = scores.two_afc_per_item(t["d0"], t["d1"], t["p"])
+        return {f"{self.name}/2afc": uncertainty.mean(per_item, idx[self.name])}

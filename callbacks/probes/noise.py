@@ -21,8 +21,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from perceptlab.core import scores
-from perceptlab.callbacks.probes.base import ProbeContext, TableProbe, ZeroShotMixin, decode_images, select_items, to_uint8
+from perceptlab.core import scores, uncertainty
+from perceptlab.callbacks.probes.base import Items, ProbeContext, TableProbe, ZeroShotMixin, decode_images, select_items, to_uint8
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -171,7 +171,8 @@ class NoiseRobustnessProbe(ZeroShotMixin, TableProbe):
             out[j] = torch.randn(shape, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + item))
         return out
 
-    def evaluate(self, ctx: ProbeContext) -> dict[str, float]:
+    def measure(self, ctx: ProbeContext) -> Items:
+        """Per image: its label and the predicted class at each noise level."""
         weights = self.zero_shot_weights(ctx, self.classes, self.templates)
         levels = [0.0, *self.sigmas]
         bs = self.batch_size or ctx.batch_size
@@ -183,13 +184,31 @@ class NoiseRobustnessProbe(ZeroShotMixin, TableProbe):
             for k, sigma in enumerate(levels):
                 noisy = (x + sigma * z).clamp_(0, 1) if sigma else x
                 predictions[k].append((self.encode_batch(ctx, noisy, text_space=True) @ weights).argmax(dim=-1))
-        accuracy: dict[float, float] = {}
+        out = {"label": self.labels}
         for k, sigma in enumerate(levels):
             local = torch.cat(predictions[k]) if predictions[k] else torch.zeros(0, dtype=torch.long, device=ctx.device)
-            predicted = self.gather_items(ctx, local)
-            accuracy[sigma] = float((predicted == self.labels).float().mean()) if len(predicted) else float("nan")
+            out[f"predicted@sigma={_fmt(sigma)}"] = self.gather_items(ctx, local)
+        return {self.name: out}
+
+    def score(self, items: Items) -> dict[str, float]:
+        t = items[self.name]
+        accuracy = {s: float((t[f"predicted@sigma={_fmt(s)}"] == t["label"]).float().mean()) if len(t["label"])
+                    else float("nan") for s in [0.0, *self.sigmas]}
+        return self._metrics(accuracy, scores.normalized_drop)
+
+    def resampled(self, items: Items, idx: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        t = items[self.name]
+        accuracy = {s: uncertainty.mean((t[f"predicted@sigma={_fmt(s)}"] == t["label"]).double(), idx[self.name])
+                    for s in [0.0, *self.sigmas]}
+
+        def drop(clean: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:  # normalized_drop, elementwise
+            return torch.where(clean > 0, 1 - noisy / clean, torch.full_like(clean, float("nan")))
+
+        return self._metrics(accuracy, drop)
+
+    def _metrics(self, accuracy: dict, drop) -> dict:
         metrics = {f"{self.name}/acc@sigma={_fmt(s)}": a for s, a in accuracy.items()}
-        drops = {s: scores.normalized_drop(accuracy[0.0], accuracy[s]) for s in self.sigmas}
+        drops = {s: drop(accuracy[0.0], accuracy[s]) for s in self.sigmas}
         metrics.update({f"{self.name}/drop@sigma={_fmt(s)}": d for s, d in drops.items()})
         metrics[f"{self.name}/drop"] = sum(drops.values()) / len(drops) if drops else float("nan")
         return metrics

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from perceptlab.core import scores
-from perceptlab.callbacks.probes.base import ProbeContext, TableProbe, ZeroShotMixin, decode_images, select_items
+from perceptlab.callbacks.probes.base import Items, ProbeContext, TableProbe, ZeroShotMixin, decode_images, select_items
 
 CUE_CONFLICT_CLASSES = (
     "airplane", "bear", "bicycle", "bird", "boat", "bottle", "car", "cat",
@@ -92,14 +92,31 @@ class ShapeBiasProbe(ZeroShotMixin, TableProbe):
     def load_images(self, items: list[int], transform: Callable) -> None:
         self.images = decode_images([self.files[i] for i in items], transform, self.num_workers)
 
-    def evaluate(self, ctx: ProbeContext) -> dict[str, float]:
+    def measure(self, ctx: ProbeContext) -> Items:
+        """Per image: the predicted class, the shape class and the texture class."""
         weights = self.zero_shot_weights(ctx, self.classes, self.templates)
         image = self.features(ctx, self.images, text_space=True)
         local = (image @ weights).argmax(dim=-1)
-        predicted = self.gather_items(ctx, local)
-        result = scores.cue_conflict_scores(predicted, self.shape_labels, self.texture_labels)
+        return {self.name: {"predicted": self.gather_items(ctx, local), "shape": self.shape_labels,
+                            "texture": self.texture_labels}}
+
+    def score(self, items: Items) -> dict[str, float]:
+        t = items[self.name]
+        result = scores.cue_conflict_scores(t["predicted"], t["shape"], t["texture"])
         return {
             self.name: result["shape_bias"],
             f"{self.name}/shape_acc": result["shape_acc"],
             f"{self.name}/texture_acc": result["texture_acc"],
+        }
+
+    def resampled(self, items: Items, idx: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        t, i = items[self.name], idx[self.name]
+        conflict = (t["shape"] != t["texture"]).double()
+        shape_hits = ((t["predicted"] == t["shape"]).double() * conflict)[i].sum(dim=-1)
+        texture_hits = ((t["predicted"] == t["texture"]).double() * conflict)[i].sum(dim=-1)
+        n = conflict[i].sum(dim=-1)
+        return {  # 0 / 0 = nan, as the plain scores
+            self.name: shape_hits / (shape_hits + texture_hits),
+            f"{self.name}/shape_acc": shape_hits / n,
+            f"{self.name}/texture_acc": texture_hits / n,
         }
