@@ -9,11 +9,12 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: setup test test-fast demo smoke tensorboard bench clean help \
+.PHONY: setup test test-fast demo study smoke tensorboard bench clean help \
         pi-nights pretrain-pi pretrain-random perceptclip-koniq perceptclip-lamem perceptclip-emoset
 
 help:
 	@echo "make demo        the whole toy-world study (set-up included), report in runs/demo/report"
+	@echo "make study       the same study with 3 training seeds per arm, report in runs/study/report"
 	@echo "make test        the test suite (set-up included)"
 	@echo "make smoke       a seconds-long end-to-end run on the tiny toy world"
 	@echo "make bench       every benchmark in benchmarks/, one JSON line each"
@@ -54,6 +55,10 @@ clean:
 
 demo: setup
 	$(PL) demo --out runs/demo
+
+SEEDS ?= 3
+study: setup
+	$(PL) demo --seeds $(SEEDS) --out runs/study
 
 smoke: setup
 	$(PL) demo --quick --out runs/smoke

@@ -7,6 +7,10 @@
 4. a perceptual-task transfer (toy IQA) from each stage-2 run, then its test set;
 5. ``perceptlab report`` over the runs.
 
+``--seeds N`` runs stages 2-4 (and stage 1, which the perceptual arm starts from) with the training
+seeds ``seed, seed + 1, ...`` on the same toy world, and the report gives every number as mean and
+95 % interval over the seeds, with differences paired by seed (``make study`` is ``--seeds 3``).
+
 Every stage is the ``perceptlab`` command a user would type, with the shipped configs (run in
 this process to pay the imports once); the commands are printed as they run, so each stage can
 be repeated by hand.
@@ -32,18 +36,23 @@ class DemoPlan:
 
     scale: str = "small"
     seed: int = 0
+    seeds: int = 1  # training seeds per arm: seed, seed + 1, ...
     pi_args: list[str] = field(default_factory=list)
     pretrain_args: list[str] = field(default_factory=list)
     task_args: list[str] = field(default_factory=list)
     any_scale: bool = False  # reuse an existing toy world whatever its scale
 
+    @property
+    def training_seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
+
     @classmethod
-    def quick(cls, seed: int = 0) -> "DemoPlan":
+    def quick(cls, seed: int = 0, seeds: int = 1) -> "DemoPlan":
         few = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
                "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false"]
         suite = ["--trainer.callbacks.init_args.every_n_steps=null"]  # baseline + epoch ends only
-        return cls(scale="tiny", seed=seed, pi_args=few + suite, pretrain_args=few + suite, task_args=few,
-                   any_scale=True)
+        return cls(scale="tiny", seed=seed, seeds=seeds, pi_args=few + suite, pretrain_args=few + suite,
+                   task_args=few, any_scale=True)
 
 
 def latest_version(runs_dir: Path, experiment: str) -> Path:
@@ -89,11 +98,12 @@ class Demo:
                 return
         self.perceptlab("synth", "--out", str(self.data), "--seed", str(self.plan.seed), "--scale", self.plan.scale)
 
-    def fit(self, experiment: str, configs: list[str], extra: list[str]) -> Path:
+    def fit(self, experiment: str, configs: list[str], extra: list[str], seed: int | None = None) -> Path:
         args = ["fit"]
         for c in configs:
             args += ["--config", str(EXPERIMENTS / c)]
-        args += ["--runs_dir", str(self.out), "--experiment", experiment, f"--seed_everything={self.plan.seed}", *extra]
+        seed = self.plan.seed if seed is None else seed
+        args += ["--runs_dir", str(self.out), "--experiment", experiment, f"--seed_everything={seed}", *extra]
         self.perceptlab(*args)
         return latest_version(self.out, experiment)
 
@@ -109,28 +119,40 @@ class Demo:
         t0 = time.perf_counter()
         self.synth()
         plan = self.plan
-        pi_run = self.fit("pi_nights", ["toy/pi_nights.yaml", "toy/alignment_suite.yaml"], plan.pi_args)
-        visual = pi_run / "visual.pt"
-        if not visual.is_file():
-            raise FileNotFoundError(f"stage 1 did not export {visual}")
-        pretrain = {
-            "perceptual_init": self.fit("pretrain_pi", ["toy/pretrain_pi.yaml", "toy/alignment_suite.yaml"],
-                                        [f"--model.init_args.init_visual_from={visual}", *plan.pretrain_args]),
-            "random_init": self.fit("pretrain_random", ["toy/pretrain_random.yaml", "toy/alignment_suite.yaml"],
-                                    plan.pretrain_args),
-        }
-        tasks = {}
-        for name, run in pretrain.items():
-            exp = f"iqa_from_{name}"
-            fit_run = self.fit(exp, ["toy/perceptual_iqa.yaml"],
-                               [f"--model.init_args.init_visual_from={run / 'checkpoints' / 'last.ckpt'}", *plan.task_args])
-            tasks[name] = self.test(f"{exp}_test", "toy/perceptual_iqa.yaml", fit_run / "checkpoints" / "last.ckpt",
-                                    [a for a in plan.task_args if "limit_test" in a or "progress" in a])
+        stage1: list[Path] = []
+        pretrain: dict[str, list[Path]] = {"perceptual_init": [], "random_init": []}
+        tasks: dict[str, list[Path]] = {"perceptual_init": [], "random_init": []}
+        for seed in plan.training_seeds:
+            if plan.seeds > 1:
+                print(f"\n=== seed {seed} ({plan.training_seeds.index(seed) + 1} of {plan.seeds}) ===", flush=True)
+            pi_run = self.fit("pi_nights", ["toy/pi_nights.yaml", "toy/alignment_suite.yaml"], plan.pi_args, seed)
+            visual = pi_run / "visual.pt"
+            if not visual.is_file():
+                raise FileNotFoundError(f"stage 1 did not export {visual}")
+            stage1.append(pi_run)
+            pretrain["perceptual_init"].append(
+                self.fit("pretrain_pi", ["toy/pretrain_pi.yaml", "toy/alignment_suite.yaml"],
+                         [f"--model.init_args.init_visual_from={visual}", *plan.pretrain_args], seed))
+            pretrain["random_init"].append(
+                self.fit("pretrain_random", ["toy/pretrain_random.yaml", "toy/alignment_suite.yaml"],
+                         plan.pretrain_args, seed))
+            for name, runs in pretrain.items():
+                exp = f"iqa_from_{name}"
+                fit_run = self.fit(exp, ["toy/perceptual_iqa.yaml"],
+                                   [f"--model.init_args.init_visual_from={runs[-1] / 'checkpoints' / 'last.ckpt'}",
+                                    *plan.task_args], seed)
+                tasks[name].append(self.test(f"{exp}_test", "toy/perceptual_iqa.yaml", fit_run / "checkpoints" / "last.ckpt",
+                                             [a for a in plan.task_args if "limit_test" in a or "progress" in a]))
         report_dir = self.out / "report"
-        args = ["report", *(f"{n}={p}" for n, p in pretrain.items()), f"stage1={pi_run}",
-                *(f"iqa_from_{n}={p}" for n, p in tasks.items()),
+
+        def paths(runs: list[Path]) -> str:
+            return ",".join(str(p) for p in runs)
+
+        seeds = f" ({plan.seeds} seeds per arm)" if plan.seeds > 1 else ""
+        args = ["report", *(f"{n}={paths(p)}" for n, p in pretrain.items()), f"stage1={paths(stage1)}",
+                *(f"iqa_from_{n}={paths(p)}" for n, p in tasks.items()),
                 "--out", str(report_dir), "--reference", "random_init",
-                "--title", "perceptlab toy-world study: perceptual vs random initialisation"]
+                "--title", f"perceptlab toy-world study: perceptual vs random initialisation{seeds}"]
         self.perceptlab(*args)
         total = time.perf_counter() - t0
         (self.out / "demo_timings.json").write_text(json.dumps({"total_seconds": round(total, 1), "steps": self.log}, indent=2))
@@ -144,8 +166,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="perceptlab demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/demo", help="where the runs and the report go")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="training seeds per arm (seed, seed + 1, ...); the report gives intervals over them")
     parser.add_argument("--quick", action="store_true", help="tiny world, two batches per stage: a smoke test in seconds")
     ns = parser.parse_args(argv)
-    plan = DemoPlan.quick(ns.seed) if ns.quick else DemoPlan(seed=ns.seed)
+    if ns.seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {ns.seeds}")
+    plan = DemoPlan.quick(ns.seed, ns.seeds) if ns.quick else DemoPlan(seed=ns.seed, seeds=ns.seeds)
     # The toy configs read data/toyworld relative to the working directory.
     return Demo(Path(ns.out), Path("data/toyworld"), plan).run()

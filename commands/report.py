@@ -12,12 +12,25 @@ side, and each run minus the reference).
 
 Runs are named ``NAME=PATH`` on the command line, or by ``<experiment>/<version>`` of the path.
 Differences are each run minus the first one (``--reference NAME`` picks another).
+
+Uncertainty
+    * One run per name: each value comes with its 95 % bootstrap interval over the probe's items
+      (``ci`` in ``alignment.jsonl``, ``peak_ci``/``final_ci``/``drop_ci`` in the summary), and the
+      difference of two runs with the interval of a paired bootstrap: both runs were measured on the
+      same items with the same resamples, so their replicates (``alignment_bootstrap.npz``) are
+      subtracted resample by resample.
+    * Several runs per name (seeds): ``NAME=PATH1,PATH2,...``. Trajectories are the mean over seeds
+      with a shaded 95 % t-interval, the peak table gives mean and t-interval over seeds, and the
+      differences are paired by seed (``seed_everything`` of each run's ``config.yaml``, else the
+      order given) with the t-interval of the per-seed differences.
+    * An effect is *resolved* when its interval excludes zero, *unresolved* otherwise.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +43,103 @@ class Run:
     evaluations: list[dict] = field(default_factory=list)
     summary: dict[str, dict] = field(default_factory=dict)
     task_results: dict[str, float] = field(default_factory=dict)
+    seed: int | None = None
+    replicates: dict[str, object] = field(default_factory=dict)  # "<metric>@peak|final" -> (B,) array
+
+
+@dataclass
+class Arm:
+    """One name of the command line: a run, or the same run with several seeds."""
+
+    name: str
+    runs: list[Run]
+
+    @property
+    def path(self) -> str:
+        return ", ".join(str(r.path) for r in self.runs)
+
+    @property
+    def seeds_known(self) -> bool:
+        """Every run names its seed and no two the same (a test run records no training seed)."""
+        seeds = [r.seed for r in self.runs]
+        return None not in seeds and len(set(seeds)) == len(seeds)
+
+    @property
+    def evaluations(self) -> list[dict]:
+        return self.runs[0].evaluations
+
+    @property
+    def summary(self) -> dict[str, dict]:
+        return self.runs[0].summary
+
+    @property
+    def task_results(self) -> dict[str, float]:
+        return self.runs[0].task_results if len(self.runs) == 1 else \
+            {k: statistics.fmean(r.task_results[k] for r in self.runs)
+             for k in self.runs[0].task_results if all(k in r.task_results for r in self.runs)}
+
+
+# ------------------------------------------------------------------------------- intervals
+def seed_interval(values: list[float], level: float = 0.95) -> tuple[float | None, list[float] | None]:
+    """Mean and Student-t interval over seeds; ``(value, None)`` for a single value."""
+    values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not values:
+        return None, None
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, None
+    from scipy.stats import t
+
+    half = t.ppf((1 + level) / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, [mean - half, mean + half]
+
+
+def resolved(interval: list[float] | None) -> str:
+    """``yes (+)``/``yes (−)`` when the interval excludes zero, ``no`` when it covers it, ``–`` without one."""
+    if interval is None:
+        return "–"
+    if interval[0] > 0:
+        return "yes (+)"
+    if interval[1] < 0:
+        return "yes (−)"
+    return "no"
+
+
+def paired_bootstrap(run: Run, ref: Run, key: str, level: float = 0.95) -> list[float] | None:
+    """Interval of run minus reference from their replicates of ``key`` (``<metric>@final``):
+    the same resampled items in both, so the differences are paired resample by resample."""
+    import torch
+
+    from perceptlab.core.uncertainty import percentile_interval
+
+    a, b = run.replicates.get(key), ref.replicates.get(key)
+    if a is None or b is None or a.shape != b.shape:
+        return None
+    return percentile_interval(torch.as_tensor(a, dtype=torch.float64) - torch.as_tensor(b, dtype=torch.float64), level)
+
+
+def paired_by_seed(arm: Arm, ref: Arm) -> list[tuple[Run, Run]]:
+    """Runs of ``arm`` and ``ref`` with the same seed; by position when seeds are not known."""
+    if arm.seeds_known and ref.seeds_known:
+        ref_seeds = {r.seed: r for r in ref.runs}
+        return [(r, ref_seeds[r.seed]) for r in arm.runs if r.seed in ref_seeds]
+    return list(zip(arm.runs, ref.runs))
+
+
+def difference(arm: Arm, ref: Arm, metric: str, which: str) -> tuple[float | None, list[float] | None, int]:
+    """``arm − ref`` of a summary value (``peak`` or ``final``): with one run each, the value and its
+    paired-bootstrap interval; with seeds, the mean of the per-seed differences and its t-interval.
+    Returns (difference, interval, pairs)."""
+    pairs = [(a.summary.get(metric, {}).get(which), b.summary.get(metric, {}).get(which), a, b)
+             for a, b in paired_by_seed(arm, ref)]
+    pairs = [p for p in pairs if p[0] is not None and p[1] is not None]
+    if not pairs:
+        return None, None, 0
+    if len(pairs) == 1:
+        a, b, run, ref_run = pairs[0]
+        return float(a) - float(b), paired_bootstrap(run, ref_run, f"{metric}@{which}"), 1
+    mean, interval = seed_interval([float(a) - float(b) for a, b, _, _ in pairs])
+    return mean, interval, len(pairs)
 
 
 def load_run(path: str | Path, name: str | None = None) -> Run:
@@ -45,11 +155,32 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
     if summary.is_file():
         run.summary = json.loads(summary.read_text())
     run.task_results = read_test_scalars(path)
+    run.seed = read_seed(path)
+    bootstrap = path / "alignment_bootstrap.npz"
+    if bootstrap.is_file():
+        import numpy as np
+
+        with np.load(bootstrap) as z:
+            run.replicates = {k: z[k] for k in z.files}
     if not run.evaluations and not run.summary and not run.task_results:
         raise FileNotFoundError(
             f"{path} has no alignment.jsonl, alignment_summary.json or test/* TensorBoard scalars"
         )
     return run
+
+
+def read_seed(path: Path) -> int | None:
+    """``seed_everything`` of the run's ``config.yaml`` (LightningCLI writes it), if any."""
+    config = path / "config.yaml"
+    if not config.is_file():
+        return None
+    import yaml
+
+    try:
+        seed = (yaml.safe_load(config.read_text()) or {}).get("seed_everything")
+    except yaml.YAMLError:
+        return None
+    return int(seed) if isinstance(seed, (int, float)) and not isinstance(seed, bool) else None
 
 
 def read_test_scalars(path: Path) -> dict[str, float]:
@@ -86,17 +217,46 @@ def plotted(metric: str) -> bool:
     return metric.endswith(("/acc1", "/image_retrieval_recall@1", "/text_retrieval_recall@1"))
 
 
-def benchmark_tables(runs: list[Run], reference: str) -> list[str]:
+def final_metrics(arm: Arm) -> dict[str, float]:
+    """Each metric at the last evaluation, averaged over the arm's seeds."""
+    finals = [r.evaluations[-1]["metrics"] for r in arm.runs if r.evaluations]
+    keys = {k for m in finals for k in m}
+    out = {}
+    for k in keys:
+        mean, _ = seed_interval([m.get(k) for m in finals])
+        out[k] = mean
+    return out
+
+
+def final_difference(arm: Arm, ref: Arm, metric: str) -> tuple[float | None, list[float] | None]:
+    """``arm − ref`` at the last evaluation, with its interval (see :func:`difference`)."""
+    pairs = [(a.evaluations[-1]["metrics"].get(metric), b.evaluations[-1]["metrics"].get(metric), a, b)
+             for a, b in paired_by_seed(arm, ref) if a.evaluations and b.evaluations]
+    pairs = [p for p in pairs if p[0] is not None and p[1] is not None]
+    if not pairs:
+        return None, None
+    if len(pairs) == 1:
+        a, b, run, ref_run = pairs[0]
+        last = run.summary.get(metric, {}).get("final_step") == run.evaluations[-1]["step"] and \
+            ref_run.summary.get(metric, {}).get("final_step") == ref_run.evaluations[-1]["step"]
+        return float(a) - float(b), paired_bootstrap(run, ref_run, f"{metric}@final") if last else None
+    return seed_interval([float(a) - float(b) for a, b, _, _ in pairs])
+
+
+def benchmark_tables(arms: list[Arm], reference: str) -> list[str]:
     """Markdown tables of the zero-shot and retrieval benchmark at each run's last evaluation: a row
-    per dataset, the runs side by side, and each run minus the reference (as the papers' tables)."""
-    finals = {r.name: r.evaluations[-1]["metrics"] for r in runs if r.evaluations}
+    per dataset, the runs side by side (mean over seeds), and each run minus the reference with its
+    interval (as the papers' tables, with their uncertainty)."""
+    by_name = {a.name: a for a in arms}
+    finals = {a.name: final_metrics(a) for a in arms if any(r.evaluations for r in a.runs)}
     finals = {n: m for n, m in finals.items() if any(family(k) in BENCHMARK_FAMILIES for k in m)}
     if not finals:
         return []
     names = list(finals)
     others = [n for n in names if n != reference] if reference in finals else []
     lines = ["## Zero-shot benchmark (last evaluation)", "",
-             "CLIP_benchmark's metrics on its webdataset sets; averages as in `perceptlab.callbacks.probes.benchmark`.", ""]
+             "CLIP_benchmark's metrics on its webdataset sets; averages as in `perceptlab.callbacks.probes.benchmark`.",
+             "Δ: run − reference with its 95 % interval (paired bootstrap over items for one seed, t over seeds for several).", ""]
     for fam, columns in (("zeroshot", (("acc1", "top-1"), ("acc5", "top-5"))),
                          ("retrieval", (("mean_recall@1", "mean R@1"), ("image_retrieval_recall@1", "image R@1"), ("image_retrieval_recall@5", "image R@5"),
                                         ("text_retrieval_recall@1", "text R@1"), ("text_retrieval_recall@5", "text R@5")))):
@@ -111,8 +271,9 @@ def benchmark_tables(runs: list[Run], reference: str) -> list[str]:
         for ds in datasets:
             cells = [_fmt(finals[n].get(f"{fam}/{ds}/{key}")) for n in names for key, _ in columns]
             key = columns[0][0]
-            cells += [_fmt(_diff(finals[n].get(f"{fam}/{ds}/{key}"), finals[reference].get(f"{fam}/{ds}/{key}")))
-                      for n in others]
+            for n in others:
+                value, interval = final_difference(by_name[n], by_name[reference], f"{fam}/{ds}/{key}")
+                cells.append(_with_interval(value, interval))
             lines.append(f"| {ds} | " + " | ".join(cells) + " |")
         lines.append("")
     overall = {n: m.get("benchmark/average") for n, m in finals.items() if m.get("benchmark/average") is not None}
@@ -127,6 +288,15 @@ def family(metric: str) -> str:
     return metric.split("/", 1)[0]
 
 
+def _with_interval(value, interval, digits: int = 3) -> str:
+    """``0.7123 [0.690, 0.735]``; the value alone without an interval."""
+    if value is None:
+        return "–"
+    if interval is None:
+        return _fmt(value)
+    return f"{_fmt(value)} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+
+
 def _fmt(value) -> str:
     if value is None:
         return "–"
@@ -137,14 +307,34 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def plot_family(runs: list[Run], fam: str, out: Path) -> Path | None:
-    """One PNG per probe family: a panel per metric, a line per run, the peak as a star."""
+def trajectory(arm: Arm, metric: str) -> tuple[list[int], list[float], list[float] | None, list[float] | None]:
+    """Steps, values and the band of an arm's trajectory: one run's values with their bootstrap
+    intervals, or the mean over seeds with the t-interval (steps every seed evaluated)."""
+    per_run = [{e["step"]: (e["metrics"].get(metric), (e.get("ci") or {}).get(metric)) for e in r.evaluations
+                if e["metrics"].get(metric) is not None} for r in arm.runs]
+    steps = sorted(set.intersection(*(set(p) for p in per_run))) if per_run else []
+    values, low, high = [], [], []
+    for step in steps:
+        if len(per_run) == 1:
+            value, interval = per_run[0][step]
+        else:
+            value, interval = seed_interval([p[step][0] for p in per_run])
+        values.append(value)
+        low.append(interval[0] if interval else value)
+        high.append(interval[1] if interval else value)
+    banded = any(lo != hi for lo, hi in zip(low, high))
+    return steps, values, (low if banded else None), (high if banded else None)
+
+
+def plot_family(arms: list[Arm], fam: str, out: Path) -> Path | None:
+    """One PNG per probe family: a panel per metric, a line per run (the mean over seeds) with its
+    95 % band, the peak as a star (one run) ."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = sorted({m for r in runs for e in r.evaluations for m in e["metrics"]
+    metrics = sorted({m for a in arms for r in a.runs for e in r.evaluations for m in e["metrics"]
                       if family(m) == fam and not is_reference_line(m) and plotted(m)})
     if not metrics:
         return None
@@ -152,24 +342,26 @@ def plot_family(runs: list[Run], fam: str, out: Path) -> Path | None:
     rows = math.ceil(len(metrics) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     for ax, metric in zip(axes.flat, metrics):
-        for run in runs:
-            pts = [(e["step"], e["metrics"][metric]) for e in run.evaluations if metric in e["metrics"]]
-            if not pts:
+        for arm in arms:
+            steps, values, low, high = trajectory(arm, metric)
+            if not steps:
                 continue
-            steps, values = zip(*pts)
-            (line,) = ax.plot(steps, values, marker=".", label=run.name)
-            peak = run.summary.get(metric)
+            label = arm.name if len(arm.runs) == 1 else f"{arm.name} (mean of {len(arm.runs)})"
+            (line,) = ax.plot(steps, values, marker=".", label=label)
+            if low is not None:
+                ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.18, linewidth=0)
+            peak = arm.summary.get(metric) if len(arm.runs) == 1 else None
             if peak and peak.get("peak_step") is not None:
                 ax.plot([peak["peak_step"]], [peak["peak"]], marker="*", markersize=13, color=line.get_color(),
                         markeredgecolor="black")
-        _draw_reference_lines(ax, runs, metric)
+        _draw_reference_lines(ax, arms, metric)
         ax.set_title(metric, fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle(f"{fam}: trajectories (star = peak)")
+    fig.suptitle(f"{fam}: trajectories (band = 95% interval, star = peak)")
     fig.tight_layout()
     path = out / f"{fam.replace('/', '_')}.png"
     fig.savefig(path, dpi=110)
@@ -177,18 +369,18 @@ def plot_family(runs: list[Run], fam: str, out: Path) -> Path | None:
     return path
 
 
-def reference_lines(runs: list[Run]) -> dict[str, float]:
+def reference_lines(arms: list[Arm]) -> dict[str, float]:
     """Value of every classical reference metric (first evaluation that has it)."""
     out: dict[str, float] = {}
-    for run in runs:
-        for e in run.evaluations:
+    for arm in arms:
+        for e in arm.evaluations:
             for m, v in e["metrics"].items():
                 if is_reference_line(m):
                     out.setdefault(m, v)
     return out
 
 
-def _draw_reference_lines(ax, runs: list[Run], metric: str) -> None:
+def _draw_reference_lines(ax, runs: list[Arm], metric: str) -> None:
     parts = metric.split("/")
     if parts[0] != "iqa_fr" or len(parts) != 3:
         return
@@ -200,113 +392,151 @@ def _draw_reference_lines(ax, runs: list[Run], metric: str) -> None:
             ax.annotate(mp[2], (1.0, v), xycoords=("axes fraction", "data"), fontsize=6, ha="right", va="bottom")
 
 
-def peak_table(runs: list[Run]) -> list[dict]:
-    """Rows ``{run, metric, peak_epoch, peak_step, peak, final, drop}`` straight from the summaries."""
+def peak_table(arms: list[Arm]) -> list[dict]:
+    """Rows ``{run, metric, seeds, peak_step, peak, peak_ci, final, final_ci, drop, drop_ci,
+    drop_resolved}``: one run's summary with its bootstrap intervals, or the mean over seeds with
+    t-intervals (``significant_seeds``: seeds whose own drop interval excludes zero)."""
     rows = []
-    for run in runs:
-        for metric in sorted(m for m in run.summary if not is_reference_line(m)):
-            s = run.summary[metric]
-            rows.append({"run": run.name, "metric": metric, **{k: s.get(k) for k in
-                         ("peak_epoch", "peak_step", "peak", "final", "drop")}})
+    for arm in arms:
+        metrics = sorted({m for r in arm.runs for m in r.summary if not is_reference_line(m)})
+        for metric in metrics:
+            summaries = [r.summary[metric] for r in arm.runs if metric in r.summary]
+            if len(arm.runs) == 1:
+                s = summaries[0]
+                row = {"run": arm.name, "metric": metric, "seeds": 1,
+                       **{k: s.get(k) for k in ("peak_epoch", "peak_step", "peak", "peak_ci", "final",
+                                                "final_ci", "drop", "drop_ci")}}
+            else:
+                row = {"run": arm.name, "metric": metric, "seeds": len(summaries), "peak_epoch": None,
+                       "peak_step": ", ".join(str(s.get("peak_step")) for s in summaries)}  # each seed's
+                for key in ("peak", "final", "drop"):
+                    row[key], row[f"{key}_ci"] = seed_interval([s.get(key) for s in summaries])
+                row["significant_seeds"] = sum(bool(s.get("drop_significant")) for s in summaries)
+            row["drop_resolved"] = resolved(row.get("drop_ci"))
+            rows.append(row)
     return rows
 
 
-def differences(runs: list[Run], reference: str) -> list[dict]:
-    """Each run minus the reference run, on peak and final of every shared metric."""
-    ref = next(r for r in runs if r.name == reference)
+def differences(arms: list[Arm], reference: str) -> list[dict]:
+    """Each arm minus the reference on peak and final of every shared metric, with intervals."""
+    ref = next(a for a in arms if a.name == reference)
     rows = []
-    for run in runs:
-        if run is ref:
+    for arm in arms:
+        if arm is ref:
             continue
-        for metric in sorted(m for m in set(run.summary) & set(ref.summary) if not is_reference_line(m)):
-            a, b = run.summary[metric], ref.summary[metric]
+        shared = set.intersection(*(set(r.summary) for r in arm.runs + ref.runs))
+        for metric in sorted(m for m in shared if not is_reference_line(m)):
+            peak, peak_ci, pairs = difference(arm, ref, metric, "peak")
+            final, final_ci, _ = difference(arm, ref, metric, "final")
             rows.append({
-                "metric": metric, "run": run.name,
-                "peak_diff": _diff(a.get("peak"), b.get("peak")),
-                "final_diff": _diff(a.get("final"), b.get("final")),
-                "peak_step": a.get("peak_step"), "ref_peak_step": b.get("peak_step"),
+                "metric": metric, "run": arm.name, "pairs": pairs,
+                "peak_diff": peak, "peak_diff_ci": peak_ci, "final_diff": final, "final_diff_ci": final_ci,
+                "final_resolved": resolved(final_ci), "peak_resolved": resolved(peak_ci),
             })
     return rows
 
 
-def _diff(a, b):
-    if a is None or b is None:
-        return None
-    return float(a) - float(b)
-
-
-def write_report(runs: list[Run], out: str | Path, reference: str | None = None, title: str = "perceptlab report") -> Path:
+def write_report(arms: list[Arm | Run], out: str | Path, reference: str | None = None,
+                 title: str = "perceptlab report") -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    reference = reference or runs[0].name
-    if reference not in {r.name for r in runs}:
-        raise ValueError(f"--reference {reference!r} is not one of the runs: {[r.name for r in runs]}")
+    arms = [a if isinstance(a, Arm) else Arm(a.name, [a]) for a in arms]
+    reference = reference or arms[0].name
+    if reference not in {a.name for a in arms}:
+        raise ValueError(f"--reference {reference!r} is not one of the runs: {[a.name for a in arms]}")
     lines = [f"# {title}", ""]
-    lines += ["Runs:", ""] + [f"- **{r.name}**: `{r.path}` ({len(r.evaluations)} evaluations)" for r in runs] + [""]
+    lines += ["Runs:", ""] + [
+        f"- **{a.name}**: `{a.path}` ({len(a.evaluations)} evaluations"
+        + (f", {len(a.runs)} seeds" + (f": {', '.join(str(r.seed) for r in a.runs)}" if a.seeds_known else "")
+           if len(a.runs) > 1 else "") + ")"
+        for a in arms] + [""]
     lines += [
         "Each alignment metric is measured by the alignment suite at every evaluation (the first one before",
         "training). *Peak* is its best value (highest, or lowest for drops and losses), *final* the last",
         "value, *drop* = peak − final in the metric's better direction (positive: alignment was lost after",
         "the peak).", "",
+        "Brackets are 95 % intervals: for one run, a bootstrap over the probe's items (the drop's is paired:",
+        "the same resampled items at peak and final); for several seeds, a t-interval over the seeds. An",
+        "effect is *resolved* when its interval excludes zero.", "",
     ]
-    families = sorted({family(m) for r in runs for e in r.evaluations for m in e["metrics"]})
+    families = sorted({family(m) for a in arms for r in a.runs for e in r.evaluations for m in e["metrics"]})
     if families:
         lines += ["## Trajectories", ""]
         for fam in families:
-            png = plot_family(runs, fam, out)
+            png = plot_family(arms, fam, out)
             if png:
                 lines += [f"### {fam}", "", f"![{fam}]({png.name})", ""]
-    rows = peak_table(runs)
+    rows = peak_table(arms)
     if rows:
-        lines += ["## Peaks", "", "| run | metric | peak epoch | peak step | peak | final | drop |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
-        lines += [f"| {r['run']} | {r['metric']} | {_fmt(r['peak_epoch'])} | {_fmt(r['peak_step'])} | "
-                  f"{_fmt(r['peak'])} | {_fmt(r['final'])} | {_fmt(r['drop'])} |" for r in rows]
+        seeded = any(r["seeds"] > 1 for r in rows)
+        lines += ["## Peaks", "",
+                  "| run | metric | seeds | peak step | peak | final | drop | drop resolved |"
+                  + (" drop significant (seeds) |" if seeded else ""),
+                  "|---|---|---:|---:|---:|---:|---:|---|" + ("---:|" if seeded else "")]
+        for r in rows:
+            line = (f"| {r['run']} | {r['metric']} | {r['seeds']} | {_fmt(r['peak_step'])} | "
+                    f"{_with_interval(r['peak'], r.get('peak_ci'))} | {_with_interval(r['final'], r.get('final_ci'))} | "
+                    f"{_with_interval(r['drop'], r.get('drop_ci'))} | {r['drop_resolved']} |")
+            if seeded:
+                line += f" {r['significant_seeds']} of {r['seeds']} |" if r["seeds"] > 1 else " – |"
+            lines.append(line)
         lines.append("")
-    refs = reference_lines(runs)
+    refs = reference_lines(arms)
     if refs:
         lines += ["## Classical full-reference IQA (model-free reference lines)", "",
                   "Correlation with MOS of pyiqa's classical metrics on the same pairs; constant over training,",
                   "drawn as dotted lines in the iqa_fr plots.", "", "| metric | value |", "|---|---:|"]
         lines += [f"| {m} | {_fmt(v)} |" for m, v in sorted(refs.items())]
         lines.append("")
-    diffs = differences(runs, reference) if len(runs) > 1 else []
+    diffs = differences(arms, reference) if len(arms) > 1 else []
     if diffs:
         lines += [f"## Differences (run − {reference})", "",
-                  "| metric | run | Δ peak | Δ final | peak step | peak step of reference |",
-                  "|---|---|---:|---:|---:|---:|"]
-        lines += [f"| {d['metric']} | {d['run']} | {_fmt(d['peak_diff'])} | {_fmt(d['final_diff'])} | "
-                  f"{_fmt(d['peak_step'])} | {_fmt(d['ref_peak_step'])} |" for d in diffs]
+                  "| metric | run | pairs | Δ peak | Δ final | Δ final resolved |",
+                  "|---|---|---:|---:|---:|---|"]
+        lines += [f"| {d['metric']} | {d['run']} | {d['pairs']} | {_with_interval(d['peak_diff'], d['peak_diff_ci'])} | "
+                  f"{_with_interval(d['final_diff'], d['final_diff_ci'])} | {d['final_resolved']} |" for d in diffs]
         lines.append("")
-    lines += benchmark_tables(runs, reference)
-    task_runs = [r for r in runs if r.task_results]
-    if task_runs:
+    lines += benchmark_tables(arms, reference)
+    task_arms = [a for a in arms if a.task_results]
+    if task_arms:
         lines += ["## Perceptual-task results (test set)", "", "| run | metric | value |", "|---|---|---:|"]
-        for r in task_runs:
-            lines += [f"| {r.name} | {k} | {_fmt(v)} |" for k, v in sorted(r.task_results.items())]
+        for a in task_arms:
+            lines += [f"| {a.name} | {k} | {_fmt(v)} |" for k, v in sorted(a.task_results.items())]
         lines.append("")
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
 
 
-def parse_run_args(items: list[str]) -> list[tuple[str | None, str]]:
+def parse_run_args(items: list[str]) -> list[tuple[str | None, list[str]]]:
+    """``NAME=PATH[,PATH...]`` or ``PATH`` -> ``(name or None, [paths])``."""
     pairs = []
     for item in items:
-        name, sep, path = item.partition("=")
-        pairs.append((name, path) if sep and not Path(item).exists() else (None, item))
+        name, sep, paths = item.partition("=")
+        if sep and not Path(item).exists():
+            pairs.append((name, [p for p in paths.split(",") if p]))
+        else:
+            pairs.append((None, [item]))
     return pairs
+
+
+def load_arm(name: str | None, paths: list[str]) -> Arm:
+    if not paths:
+        raise FileNotFoundError(f"{name}: no run directory given")
+    runs = [load_run(p, name) for p in paths]
+    return Arm(name or runs[0].name, runs)
 
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="perceptlab report",
                                      description="Plots and a Markdown summary of alignment trajectories and peaks.")
-    parser.add_argument("runs", nargs="+", help="run directories, optionally NAME=PATH")
+    parser.add_argument("runs", nargs="+",
+                        help="run directories, optionally NAME=PATH; NAME=PATH1,PATH2,... for several seeds of one run")
     parser.add_argument("--out", required=True, help="output directory for report.md and PNGs")
     parser.add_argument("--reference", default=None, help="run name the differences are taken against (default: first)")
     parser.add_argument("--title", default="perceptlab report")
     ns = parser.parse_args(argv)
-    runs = [load_run(path, name) for name, path in parse_run_args(ns.runs)]
-    path = write_report(runs, ns.out, reference=ns.reference, title=ns.title)
+    arms = [load_arm(name, paths) for name, paths in parse_run_args(ns.runs)]
+    path = write_report(arms, ns.out, reference=ns.reference, title=ns.title)
     print(f"report written to {path.resolve()}")
     return path

@@ -50,15 +50,16 @@ def test_report_tables_agree_with_summaries_and_differences_are_run_minus_refere
     for name, summary in (("pi", pi), ("random", rnd)):
         for metric in ("nights/2afc", "iqa_fr/tid2013/srcc"):
             row, s = peaks[(name, metric)], summary[metric]
-            assert int(row[2]) == s["peak_epoch"] and int(row[3]) == s["peak_step"]
+            assert int(row[2]) == 1 and int(row[3]) == s["peak_step"]
             assert float(row[4]) == pytest.approx(s["peak"], abs=5e-5)
             assert float(row[5]) == pytest.approx(s["final"], abs=5e-5)
             assert float(row[6]) == pytest.approx(s["drop"], abs=5e-5)
+            assert row[7] == "–"  # these summaries carry no intervals
 
     diffs = {r[0]: r for r in _table_rows(md, "Differences (run − random)")}
-    assert float(diffs["nights/2afc"][2]) == pytest.approx(0.8 - 0.72, abs=5e-5)
-    assert float(diffs["nights/2afc"][3]) == pytest.approx(0.7 - 0.72, abs=5e-5)
-    assert float(diffs["iqa_fr/tid2013/srcc"][2]) == pytest.approx(0.6 - 0.52, abs=5e-5)
+    assert float(diffs["nights/2afc"][3]) == pytest.approx(0.8 - 0.72, abs=5e-5)
+    assert float(diffs["nights/2afc"][4]) == pytest.approx(0.7 - 0.72, abs=5e-5)
+    assert float(diffs["iqa_fr/tid2013/srcc"][3]) == pytest.approx(0.6 - 0.52, abs=5e-5)
     # the model-free psnr line is listed once as a reference, not tracked as a peak
     assert "iqa_fr/tid2013/psnr/srcc" in md.split("## Classical", 1)[1]
     assert ("pi", "iqa_fr/tid2013/psnr/srcc") not in peaks
@@ -73,3 +74,72 @@ def test_report_cli_names_a_missing_run(tmp_path):
                            "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert proc.returncode != 0
     assert "run directory not found" in proc.stderr and "nope" in proc.stderr
+
+
+def _cell(value: str) -> tuple[float, list[float] | None]:
+    """``0.7123 [0.690, 0.735]`` -> (0.7123, [0.690, 0.735])."""
+    head, _, rest = value.partition(" [")
+    return float(head), ([float(x) for x in rest.rstrip("]").split(",")] if rest else None)
+
+
+def test_multi_seed_report_agrees_with_the_per_run_summaries_and_pairs_differences_by_seed(tmp_path):
+    from scipy.stats import t
+
+    steps = [0, 10, 20]
+    arms = {"pi": {0: [0.60, 0.80, 0.70], 1: [0.62, 0.78, 0.71], 2: [0.58, 0.83, 0.69]},
+            "random": {0: [0.60, 0.66, 0.68], 1: [0.61, 0.64, 0.70], 2: [0.59, 0.70, 0.66]}}
+    summaries, paths = {}, {}
+    for arm, seeds in arms.items():
+        for seed, values in seeds.items():
+            path = tmp_path / arm / f"version_{seed}"
+            summaries[arm, seed] = _write_run(path, {"nights/2afc": values}, steps)["nights/2afc"]
+            (path / "config.yaml").write_text(f"seed_everything: {seed}\n")
+            paths.setdefault(arm, []).append(str(path))
+    paths["random"].reverse()  # given in another order: the differences pair by seed, not position
+    from perceptlab.commands.report import main
+
+    md = main([f"pi={','.join(paths['pi'])}", f"random={','.join(paths['random'])}", "--out", str(tmp_path / "out"),
+               "--reference", "random"]).read_text()
+
+    def t_interval(values):
+        mean = sum(values) / len(values)
+        sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+        half = t.ppf(0.975, len(values) - 1) * sd / len(values) ** 0.5
+        return mean, [mean - half, mean + half]
+
+    peaks = {(r[0], r[1]): r for r in _table_rows(md, "Peaks")}
+    for arm in arms:
+        row = peaks[(arm, "nights/2afc")]
+        assert int(row[2]) == 3
+        for column, key in ((4, "peak"), (5, "final"), (6, "drop")):
+            value, interval = _cell(row[column])
+            mean, expected = t_interval([summaries[arm, s][key] for s in range(3)])
+            assert value == pytest.approx(mean, abs=5e-5) and interval == pytest.approx(expected, abs=5e-4)
+    diff = {r[0]: r for r in _table_rows(md, "Differences (run − random)")}["nights/2afc"]
+    assert int(diff[2]) == 3
+    for column, key in ((3, "peak"), (4, "final")):
+        value, interval = _cell(diff[column])
+        mean, expected = t_interval([summaries["pi", s][key] - summaries["random", s][key] for s in range(3)])
+        assert value == pytest.approx(mean, abs=5e-5) and interval == pytest.approx(expected, abs=5e-4)
+    assert diff[5] == ("yes (+)" if expected[0] > 0 else "no")
+    assert "3 seeds: 0, 1, 2" in md
+
+
+def test_one_run_each_differences_take_the_paired_bootstrap_of_their_replicates(tmp_path):
+    import numpy as np
+
+    steps = [0, 10]
+    rng = np.random.default_rng(0)
+    common = rng.normal(0.7, 0.03, 1000)  # the items' shared part: pairing removes it
+    reps = {"a": common + 0.02 + rng.normal(0, 0.005, 1000), "b": common + rng.normal(0, 0.005, 1000)}
+    for name, values in (("a", [0.6, 0.72]), ("b", [0.6, 0.70])):
+        _write_run(tmp_path / name, {"nights/2afc": values}, steps)
+        np.savez(tmp_path / name / "alignment_bootstrap.npz", **{"nights/2afc@final": reps[name],
+                                                                  "nights/2afc@peak": reps[name]})
+    md = write_report([load_run(tmp_path / "a", "a"), load_run(tmp_path / "b", "b")], tmp_path / "out",
+                      reference="b").read_text()
+    diff = {r[0]: r for r in _table_rows(md, "Differences (run − b)")}["nights/2afc"]
+    value, interval = _cell(diff[4])
+    assert value == pytest.approx(0.02, abs=5e-5)
+    assert interval == pytest.approx(np.quantile(reps["a"] - reps["b"], [0.025, 0.975]).tolist(), abs=5e-4)
+    assert diff[5] == "yes (+)"  # unpaired, the 0.03 spread of the items would hide a 0.02 difference
