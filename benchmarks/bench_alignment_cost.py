@@ -37,6 +37,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 from perceptlab.callbacks.probes.base import Probe, ProbeContext
+from perceptlab.core import uncertainty
 from perceptlab.core.backbone import CLIPBackbone
 
 SUITE_YAML = REPO / "experiments" / "toy" / "alignment_suite.yaml"
@@ -89,13 +90,24 @@ def toy_suite(world: Path, repeats: int) -> dict:
     setup = time.perf_counter() - start
     ctx = ProbeContext(backbone, batch_size=args.get("batch_size", 256))
     per_probe: dict[str, list[float]] = {p.name: [] for p in probes}
+    per_probe["bootstrap"] = []
+    resamples = args.get("bootstrap_resamples", uncertainty.DEFAULT_RESAMPLES)
 
-    def evaluate():
+    def evaluate():  # what AlignmentSuite.run_probes does: measure, score, then the bootstrap intervals
+        bootstrap = 0.0
         with torch.inference_mode():
             for p in probes:
                 t = time.perf_counter()
-                p.evaluate(ctx)
+                items = p.measure(ctx)
+                p.score(items)
                 per_probe[p.name].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                if resamples:
+                    idx = {g: uncertainty.resample_indices(len(next(iter(f.values()))), resamples, 0, g)
+                           for g, f in items.items()}
+                    uncertainty.intervals(p.resampled(items, idx))
+                bootstrap += time.perf_counter() - t
+        per_probe["bootstrap"].append(bootstrap)
 
     evaluate()  # warm-up (first-call kernel selection, classical lines' gather)
     for v in per_probe.values():

@@ -200,8 +200,8 @@ def custom_scalars_layout(metrics: Iterable[str], probe_names: Iterable[str] = (
 def trajectory_figure(history: list[Mapping], summary: Mapping[str, Mapping], probe_names: Iterable[str] = (),
                       title: str = "alignment"):
     """A matplotlib figure: one panel per probe (see :func:`chart_of`), every metric's trajectory
-    against the training step, its peak marked with a star; constant metrics (reference lines such
-    as PSNR's correlation) dashed."""
+    against the training step with its 95 % interval shaded (when the records have ``ci``), its peak
+    marked with a star; constant metrics (reference lines such as PSNR's correlation) dashed."""
     # A bare Figure: no pyplot global state, no GUI backend, nothing to close (it is garbage-collected).
     from matplotlib.figure import Figure
 
@@ -225,6 +225,10 @@ def trajectory_figure(history: list[Mapping], summary: Mapping[str, Mapping], pr
             label = m[len(chart) + 1:] or m.split("/")[-1]
             (line,) = ax.plot(steps, values, "--" if constant else "-o", markersize=3, label=label,
                               linewidth=1 if constant else 1.5)
+            band = [((r.get("ci") or {}).get(m), r["step"]) for r in history if finite(r["metrics"].get(m)) is not None]
+            if not constant and all(ci is not None for ci, _ in band):
+                ax.fill_between([s for _, s in band], [ci[0] for ci, _ in band], [ci[1] for ci, _ in band],
+                                color=line.get_color(), alpha=0.15, linewidth=0)
             s = summary.get(m)
             if s and s.get("peak_step") is not None and not constant:
                 ax.plot([s["peak_step"]], [s["peak"]], marker="*", markersize=12, color=line.get_color())
@@ -234,6 +238,6 @@ def trajectory_figure(history: list[Mapping], summary: Mapping[str, Mapping], pr
         ax.legend(fontsize=7, loc="best")
     for ax in list(axes.flat)[len(charts):]:
         ax.axis("off")
-    fig.suptitle(f"{title} (star = peak)")
+    fig.suptitle(f"{title} (star = peak, band = 95% interval over items)")
     fig.tight_layout()
     return fig

@@ -41,8 +41,9 @@ and ``compile`` (``torch.compile`` of every transformer block, in place: state-d
 
 Validation (every metric higher is better except the loss)
 ----------------------------------------------------------
-On held-out pairs: ``val/loss`` (the contrastive loss of each validation batch, within the batch)
-and retrieval recall ``val/i2t_R@k`` / ``val/t2i_R@k`` (k = 1, 5, 10; share of images whose paired
+On held-out pairs: ``val/loss`` (the contrastive loss over consecutive chunks of the validation
+batch size, in the set's order, averaged over pairs: the same for any number of loader workers and
+processes, see ``_validation_loss``) and retrieval recall ``val/i2t_R@k`` / ``val/t2i_R@k`` (k = 1, 5, 10; share of images whose paired
 caption ranks in the top k among all held-out captions, and the converse) over the whole held-out
 set, gathered from all ranks. On a labelled image set: zero-shot ``val/zeroshot_top1`` /
 ``val/zeroshot_top5`` (shares in [0, 1]) with open_clip's ``build_zero_shot_classifier`` over the
@@ -214,6 +215,9 @@ class ContrastivePretrainModule(StageModule):
         self.val_zeroshot_top5 = MeanMetric()
         self.val_image_features = CatMetric()
         self.val_text_features = CatMetric()
+        # each pair's place in the validation set (our loaders send it); float64 holds any index exactly
+        self.val_indices = CatMetric().set_dtype(torch.float64)
+        self._val_batch_size = 0
 
     # ------------------------------------------------------------------------------ set-up
     def _lock_image_tower(self) -> None:
@@ -345,8 +349,9 @@ class ContrastivePretrainModule(StageModule):
     # ---------------------------------------------------------------------------- forward
     def forward(self, images: torch.Tensor, tokens: torch.Tensor):
         """``(image_features, text_features, logit_scale[, logit_bias])``: normalised features
-        ``(B, embed_dim)`` and the scale as ``exp`` of the parameter (open_clip's CLIP.forward)."""
-        return self.backbone.model(images, tokens)
+        ``(B, embed_dim)`` and the scale as ``exp`` of the parameter (open_clip's CLIP.forward).
+        ``images``: normalised floats, or ``uint8`` (the default loaders'), normalised here on the device."""
+        return self.backbone.model(self.backbone.prepare_images(images), tokens)
 
     def contrastive_loss(self, image_features, text_features, logit_scale, logit_bias=None, loss_fn=None):
         """The configured open_clip loss on normalised features; scalar."""
@@ -487,8 +492,12 @@ class ContrastivePretrainModule(StageModule):
             return
         images, tokens, _ = self._unpack(batch)
         image_features, text_features, scale, *bias = self(images, tokens)
-        loss = self.contrastive_loss(image_features, text_features, scale, *bias, loss_fn=self._val_loss_fn)
-        self.log("val/loss", loss, sync_dist=True, batch_size=images.shape[0], add_dataloader_idx=False)
+        self._val_batch_size = max(self._val_batch_size, images.shape[0])
+        if isinstance(batch, dict) and "index" in batch:
+            self.val_indices.update(batch["index"].to(self.device, torch.float64))
+        else:  # a loader of our own making sends indices; any other: the loss of each batch as it comes
+            loss = self.contrastive_loss(image_features, text_features, scale, *bias, loss_fn=self._val_loss_fn)
+            self.log("val/loss", loss, sync_dist=True, batch_size=images.shape[0], add_dataloader_idx=False)
         self.val_image_features.update(image_features.float())
         self.val_text_features.update(text_features.float())
 
@@ -498,13 +507,46 @@ class ContrastivePretrainModule(StageModule):
             self.log("val/zeroshot_top5", self.val_zeroshot_top5.compute())
         if self.val_image_features.update_count:
             # CatMetric gathers every rank's features, so each rank ranks against the whole set.
-            recalls = retrieval_recall(self.val_image_features.compute(), self.val_text_features.compute(),
-                                       self.hparams.retrieval_ks)
+            images, texts = self.val_image_features.compute(), self.val_text_features.compute()
+            if self.val_indices.update_count:
+                images, texts, loss = self._validation_loss(images, texts, self.val_indices.compute())
+                self.log("val/loss", loss)
+            recalls = retrieval_recall(images, texts, self.hparams.retrieval_ks)
             for name, value in recalls.items():
                 self.log(f"val/{name}", value)
-        for metric in (self.val_zeroshot_top1, self.val_zeroshot_top5, self.val_image_features, self.val_text_features):
+        for metric in (self.val_zeroshot_top1, self.val_zeroshot_top5, self.val_image_features, self.val_text_features,
+                       self.val_indices):
             metric.reset()
+        self._val_batch_size = 0
         self._zeroshot_weights = None
+
+    def _validation_loss(self, images: torch.Tensor, texts: torch.Tensor, indices: torch.Tensor):
+        """The validation set in its own order, each pair once, and its loss.
+
+        Loader workers and processes split the set sample by sample (and pad to equal lengths),
+        which changes what shares a batch; a contrastive loss depends on that. Here the pairs
+        gathered from all processes are put back in set order (``index``), the padding repeats are
+        dropped, and the loss is taken over consecutive chunks of the validation batch size, as one
+        process without workers would batch them, and averaged over pairs: the same ``val/loss``
+        for any ``num_workers`` and any number of processes (tested).
+        """
+        order = torch.argsort(indices.flatten(), stable=True)
+        sorted_indices = indices.flatten()[order]
+        first = torch.ones_like(sorted_indices, dtype=torch.bool)
+        first[1:] = sorted_indices[1:] != sorted_indices[:-1]
+        keep = order[first]
+        images, texts = images[keep], texts[keep]
+        datamodule = getattr(self.trainer, "datamodule", None)
+        size = int(getattr(datamodule, "val_batch_size", 0) or self._val_batch_size or len(images))
+        scale = _full(self.backbone.model.logit_scale.detach()).float().exp()
+        bias = getattr(self.backbone.model, "logit_bias", None)
+        bias = () if bias is None else (_full(bias.detach()).float(),)
+        total = images.new_zeros((), dtype=torch.float64)
+        for start in range(0, len(images), size):
+            chunk = slice(start, start + size)
+            loss = self.contrastive_loss(images[chunk], texts[chunk], scale, *bias, loss_fn=self._val_loss_fn)
+            total += loss.double() * len(images[chunk])
+        return images, texts, (total / max(1, len(images))).float()
 
     def on_train_epoch_start(self) -> None:
         self._epoch_read = self._epoch_skipped = 0

@@ -124,3 +124,40 @@ def test_compiled_bf16_ddp_on_gpu_with_accumulation(tiny_world, tmp_path):
                 "--model.grad_checkpointing=true", *toy_data(Path(tiny_world), batch_size=16)], tmp_path)
     losses = [v for _, v in scalars(tmp_path / "runs" / "compiled" / "version_0", "train/loss")]
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+
+
+@pytest.mark.slow
+def test_validation_metrics_do_not_depend_on_loader_workers_or_processes(tiny_world, tmp_path):
+    """val/loss and the recalls of one model: the same with 0, 1 or 2 loader workers in one process
+    and with 2 processes of 2 workers. Workers and processes split the validation shard sample by
+    sample (and pad), which used to change what shared a batch and so the loss."""
+    from perceptlab.datamodules.image_text import ImageTextDataModule
+
+    val = str(Path(tiny_world) / "image_text" / "val_shards" / "00000.tar")
+    init_args = yaml.safe_load((REPO / TOY).read_text())["model"]["init_args"]
+    keys = ("val/loss", "val/i2t_R@1", "val/t2i_R@1", "val/i2t_R@5")
+    measured = {}
+    for workers in (0, 1, 2):
+        pl.seed_everything(0)  # as the CLI: seeded before the model is built
+        module = ContrastivePretrainModule(**init_args)
+        dm = ImageTextDataModule(train_data=None, val_data=val, batch_size=8, val_batch_size=128, num_workers=workers)
+        trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                             enable_checkpointing=False, enable_model_summary=False)
+        (out,) = trainer.validate(module, datamodule=dm, verbose=False)
+        measured[workers] = {k: out[k] for k in keys}
+    # two processes, two workers each: four readers of the one shard
+    perceptlab_validate = ["--config", "experiments/strategies/ddp.yaml", "--config", TOY, "--experiment", "val2",
+                           "--trainer.accelerator=cpu", "--trainer.devices=2",
+                           *toy_data(Path(tiny_world), val_data=val, zeroshot_data=None, num_workers=2)]
+    exe = shutil.which("perceptlab", path=str(Path(sys.executable).parent)) or shutil.which("perceptlab")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([exe, "validate", *perceptlab_validate, "--runs_dir", str(tmp_path / "runs")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    run = tmp_path / "runs" / "val2" / "version_0"
+    measured["2 processes"] = {k: scalars(run, k)[-1][1] for k in keys}
+    reference = measured[0]
+    assert 1.0 < reference["val/loss"] < 20.0
+    for setting, values in measured.items():
+        for k in keys:
+            assert values[k] == pytest.approx(reference[k], rel=1e-5, abs=1e-6), (setting, k, values[k], reference[k])

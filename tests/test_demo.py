@@ -7,9 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _cell(value: float, interval) -> str:
+    """How the report prints a value and its 95% interval."""
+    return f"{value:.4f}" + ("" if interval is None else f" [{interval[0]:.3f}, {interval[1]:.3f}]")
 
 
 def _rows(markdown: str, section: str) -> list[list[str]]:
@@ -52,10 +58,12 @@ def test_quick_demo_runs_every_stage_and_reports_what_the_runs_wrote(tmp_path, t
             if (name, metric) not in table:
                 continue
             row = table[(name, metric)]
-            assert int(row[2]) == s["peak_epoch"] and int(row[3]) == s["peak_step"]
+            assert int(row[2]) == 1 and int(row[3]) == s["peak_step"]
             for col, key in ((4, "peak"), (5, "final"), (6, "drop")):
                 if s[key] is not None:
-                    assert row[col] == f"{s[key]:.4f}", (name, metric, key)
+                    assert row[col] == _cell(s[key], s[f"{key}_ci"]), (name, metric, key)
+            assert row[7] == ("–" if s["drop_ci"] is None else "yes (+)" if s["drop_ci"][0] > 0 else
+                              "yes (−)" if s["drop_ci"][1] < 0 else "no")
             checked += 1
     assert checked >= 20
     assert "## Differences (run − random_init)" in md
@@ -63,11 +71,16 @@ def test_quick_demo_runs_every_stage_and_reports_what_the_runs_wrote(tmp_path, t
     final = {n: json.loads((runs[e] / "alignment.jsonl").read_text().splitlines()[-1])["metrics"]
              for n, e in (("perceptual_init", "pretrain_pi"), ("random_init", "pretrain_random"))}
     (objects,) = [r for r in _rows(md, "Zero-shot classification") if r[0] == "toy_objects"]
+    # the difference's interval: a paired bootstrap of the two runs' replicates (same images, same resamples)
+    replicates = {n: np.load(runs[e] / "alignment_bootstrap.npz")["zeroshot/toy_objects/acc1@final"]
+                  for n, e in (("perceptual_init", "pretrain_pi"), ("random_init", "pretrain_random"))}
+    interval = np.quantile(replicates["perceptual_init"].astype(np.float64) - replicates["random_init"], [0.025, 0.975])
     assert objects[1:] == [f"{final['perceptual_init']['zeroshot/toy_objects/acc1']:.4f}",
                            f"{final['perceptual_init']['zeroshot/toy_objects/acc5']:.4f}",
                            f"{final['random_init']['zeroshot/toy_objects/acc1']:.4f}",
                            f"{final['random_init']['zeroshot/toy_objects/acc5']:.4f}",
-                           f"{final['perceptual_init']['zeroshot/toy_objects/acc1'] - final['random_init']['zeroshot/toy_objects/acc1']:.4f}"]
+                           _cell(final['perceptual_init']['zeroshot/toy_objects/acc1']
+                                 - final['random_init']['zeroshot/toy_objects/acc1'], interval)]
     (captions,) = [r for r in _rows(md, "Image-text retrieval") if r[0] == "toy_captions"]
     assert captions[1] == f"{final['perceptual_init']['retrieval/toy_captions/mean_recall@1']:.4f}"
     assert "## Perceptual-task results" in md and "iqa_from_perceptual_init" in md

@@ -226,3 +226,38 @@ def test_hf_streaming_yields_full_batches_for_the_epoch_length(tiny_world):
     assert sum(int(b["skipped"]) for b in batches) == 0
     with pytest.raises(ValueError, match="samples_per_epoch"):
         ImageTextDataModule(format="hf", train_data=parquet, hf_streaming=True, model_name=MODEL).setup("fit")
+
+
+@pytest.mark.parametrize("augmentation", ["clip", "mocov2"])
+def test_uint8_batches_give_the_numbers_of_float_batches_bitwise(tiny_world, augmentation):
+    """The default loader sends uint8 images; the backbone converts and normalises them on its
+    device with the same float ops as ToTensor + Normalize: the same pixels and embeddings, bitwise."""
+    from perceptlab.core.backbone import CLIPBackbone
+
+    torch.manual_seed(0)
+    backbone = CLIPBackbone(MODEL).eval()
+    shards = str(Path(tiny_world) / "image_text" / "shards" / "*.tar")
+    batches = {}
+    for uint8 in (True, False):
+        dm = ImageTextDataModule(train_data=shards, val_data=shards, model_name=MODEL, batch_size=16, num_workers=0,
+                                 shuffle=False, augmentation=augmentation, uint8_images=uint8)
+        dm.setup("fit")
+        torch.manual_seed(1)  # the same random crops / jitter for both
+        batches[uint8] = (next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()[0])))
+    for (u8, fl) in zip(batches[True], batches[False]):
+        assert u8["image"].dtype == torch.uint8 and fl["image"].dtype == torch.float32
+        assert u8["image"].shape == fl["image"].shape == (16, 3, 64, 64)
+        assert torch.equal(u8["text"], fl["text"])
+        assert torch.equal(backbone.prepare_images(u8["image"]), fl["image"])
+        with torch.inference_mode():
+            assert torch.equal(backbone.encode_image(u8["image"]), backbone.encode_image(fl["image"]))
+    # stage 2's forward normalises uint8 batches itself: the same features, scale and loss
+    from perceptlab.lightning_modules.contrastive import ContrastivePretrainModule
+
+    torch.manual_seed(0)
+    module = ContrastivePretrainModule(MODEL).eval()
+    u8, fl = batches[True][0], batches[False][0]
+    with torch.inference_mode():
+        out_u8, out_fl = module(u8["image"], u8["text"]), module(fl["image"], fl["text"])
+        assert all(torch.equal(a, b) for a, b in zip(out_u8, out_fl))
+        assert torch.equal(module.contrastive_loss(*out_u8), module.contrastive_loss(*out_fl))

@@ -104,17 +104,22 @@ def clean_caption(value: Any) -> str:
 
 
 class PairBatcher:
-    """Stacks transformed images and tokenises their captions into a batch dict."""
+    """Stacks transformed images and tokenises their captions into a batch dict; ``index`` (when
+    given) is each pair's position in the evaluation set, whatever process or worker read it."""
 
     def __init__(self, tokenizer: Callable[[list[str]], torch.Tensor]) -> None:
         self.tokenizer = tokenizer
 
-    def __call__(self, images: list[torch.Tensor], captions: list[str], skipped: int) -> dict[str, torch.Tensor]:
-        return {
+    def __call__(self, images: list[torch.Tensor], captions: list[str], skipped: int,
+                 indices: list[int] | None = None) -> dict[str, torch.Tensor]:
+        batch = {
             "image": torch.stack(images),
             "text": self.tokenizer(captions),
             "skipped": torch.tensor(skipped, dtype=torch.long),
         }
+        if indices is not None:
+            batch["index"] = torch.tensor(indices, dtype=torch.long)
+        return batch
 
 
 def _worker() -> tuple[int, int]:
@@ -143,7 +148,8 @@ class _MapPairs(Dataset, abc.ABC):
     def _root(self) -> Path | None:
         return None
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, int, int]:
+        """``(image, caption, unreadable rows skipped, index)``."""
         n = len(self)
         failures = 0
         for attempt in range(_MAX_REPLACEMENTS):
@@ -151,7 +157,7 @@ class _MapPairs(Dataset, abc.ABC):
             try:
                 image, caption = self._raw(i)
                 caption = clean_caption(caption)
-                return self.transform(decode_image(image, self._root())), caption, failures
+                return self.transform(decode_image(image, self._root())), caption, failures, index
             except Exception as exn:  # noqa: BLE001  counted (the batch carries it to data/skipped), replaced
                 failures += 1
                 if failures <= 3:
@@ -161,10 +167,11 @@ class _MapPairs(Dataset, abc.ABC):
 
 
 class MapPairCollate:
-    """Collates ``(image, caption, failures)`` items into the batch dict, tokenising in the worker."""
+    """Collates ``(image, caption, failures, index)`` items into the batch dict, tokenising in the worker."""
 
     def __init__(self, tokenizer) -> None:
         self.batcher = PairBatcher(tokenizer)
 
-    def __call__(self, items: list[tuple[torch.Tensor, str, int]]) -> dict[str, torch.Tensor]:
-        return self.batcher([i[0] for i in items], [i[1] for i in items], sum(i[2] for i in items))
+    def __call__(self, items: list[tuple[torch.Tensor, str, int, int]]) -> dict[str, torch.Tensor]:
+        return self.batcher([i[0] for i in items], [i[1] for i in items], sum(i[2] for i in items),
+                            [i[3] for i in items])

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torch.utils.data.distributed import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from perceptlab.core.transforms import uint8_transform
 from perceptlab.datamodules.base import BackboneDataModule
 from perceptlab.datamodules.image_text.common import MapPairCollate, mocov2_transform
 from perceptlab.datamodules.image_text.csv_pairs import CsvPairs
@@ -76,6 +77,11 @@ class ImageTextDataModule(BackboneDataModule):
             names (an ImageNet folder is named by WordNet ids); ``imagenet`` = open_clip's 1000
             ImageNet class names.
         pin_memory: pin batches for faster host-to-GPU copies (on when CUDA is available).
+        uint8_images: loader workers stop at ``uint8`` image tensors (after the PIL steps: decode,
+            crop, resize, flip, colour jitter) and the model's backbone converts and normalises them
+            on its device, with the same numbers as ``ToTensor`` + ``Normalize`` and a quarter of
+            the bytes through the loader, pinned memory and the host-to-device copy. ``false``:
+            normalised float32 batches.
     """
 
     def __init__(
@@ -111,6 +117,7 @@ class ImageTextDataModule(BackboneDataModule):
         zeroshot_templates: list[str] | str | None = None,
         zeroshot_classnames: list[str] | str | None = None,
         pin_memory: bool | None = None,
+        uint8_images: bool = True,
     ) -> None:
         super().__init__(model_name)
         if format not in FORMATS:
@@ -144,13 +151,16 @@ class ImageTextDataModule(BackboneDataModule):
         if self._processing is not None:
             return self._processing
         aug = self.hparams.augmentation
-        pp = self.preprocessing(tokenizer=True)
+        uint8 = bool(self.hparams.get("uint8_images", True))
+        pp = self.preprocessing(tokenizer=True, uint8=uint8)
         eval_tf, clip_train_tf, tokenizer = pp.eval, pp.train, pp.tokenizer
         size, mean, std = pp.size, pp.mean, pp.std
         if aug == "clip":
             train_tf = clip_train_tf
         elif aug == "mocov2":
             train_tf = mocov2_transform(int(size), mean, std)
+            if uint8:
+                train_tf = uint8_transform(train_tf)
         else:
             train_tf = eval_tf
         self._processing = (train_tf, eval_tf, tokenizer)

@@ -221,6 +221,8 @@ class WebDatasetPairs(IterableDataset):
 
         stages: list = [lambda: self._shard_stream(epoch, consumer, consumers, by_shard, progress),
                         wds.tarfile_to_samples(handler=counter.handler), seen]
+        if not training:  # the position in the whole evaluation stream, counted before the split
+            stages.append(_numbered)
         if not by_shard:  # every process reads every shard and keeps one sample in `consumers`
             stages.append(wds.slice(consumer, None, consumers))
         if not training and self.num_samples is not None:
@@ -232,8 +234,9 @@ class WebDatasetPairs(IterableDataset):
                                       rng=rng))
         stages += [
             wds.decode("pilrgb", only=[*IMAGE_KEYS, *CAPTION_KEYS], handler=counter.handler),
-            wds.to_tuple(";".join(CAPTION_KEYS), ";".join(IMAGE_KEYS), handler=counter.handler),
-            wds.map_tuple(clean_caption, None, handler=counter.handler),
+            wds.to_tuple(";".join(CAPTION_KEYS), ";".join(IMAGE_KEYS), *([] if training else ["__index__"]),
+                         handler=counter.handler),
+            wds.map_tuple(clean_caption, *([None] if training else [None, None]), handler=counter.handler),
             # The transform runs in the collation, on the batch's own samples only: `batched` reads
             # one sample ahead, and a random crop of that sample would shift the worker's RNG.
             wds.batched(self.batch_size, collation_fn=lambda pairs: self._collate(pairs, counter),
@@ -244,9 +247,19 @@ class WebDatasetPairs(IterableDataset):
             pipeline = pipeline.with_epoch(self.epoch_batches)
         yield from pipeline
 
-    def _collate(self, pairs: list[tuple[str, Image.Image]], counter: SkipCounter) -> dict[str, torch.Tensor]:
-        return self.batcher([self.transform(image) for _, image in pairs], [caption for caption, _ in pairs],
-                            counter.take())
+    def _collate(self, pairs: list[tuple], counter: SkipCounter) -> dict[str, torch.Tensor]:
+        """``(caption, image[, index])`` samples -> the batch dict (with ``index`` in evaluation)."""
+        return self.batcher([self.transform(p[1]) for p in pairs], [p[0] for p in pairs], counter.take(),
+                            [p[2] for p in pairs] if pairs and len(pairs[0]) > 2 else None)
+
+
+def _numbered(samples: Iterator[dict]) -> Iterator[dict]:
+    """Tag each sample with its position in the stream (``__index__``): every process and worker
+    of an evaluation reads the same stream before splitting it, so the position is the sample's
+    place in the evaluation set, whoever keeps it."""
+    for i, sample in enumerate(samples):
+        sample["__index__"] = i
+        yield sample
 
 
 def _pad_to(samples: Iterator[dict], n: int) -> Iterator[dict]:
