@@ -5,7 +5,12 @@ webdataset pipeline (read tar, decode JPEG, open_clip train transform, tokenise,
 same with ``--workers`` processes, and (3) the samples/s the training step consumes (forward,
 backward, AdamW of the model on a batch in memory). ``workers_needed`` = step rate / per-worker
 rate, rounded up; the loader is not what the step waits on when ``--workers`` >= that (the
-``keeps_up`` field; ``ratio`` = loader with ``--workers`` / step).
+``keeps_up`` field; ``ratio`` = loader with ``--workers`` / step). (4) open_clip_train's own
+loader (``open_clip_train.data.get_wds_dataset``: its webdataset pipeline, its train transform and
+tokenizer, through ``benchmarks/open_clip_train_run.py``'s end-of-shard fix) on the same shards,
+one process and ``--workers`` processes: ``loader_ratio_one_worker`` = ours / theirs per worker.
+Our workers stop at ``uint8`` images (the backbone normalises on the device); theirs send
+normalised float32.
 
 Shards are written to a temporary folder unless ``--shards`` names real ones: JPEGs of
 ``--image-size`` px (img2dataset's default resize is 256) with short captions. ``--step-rate``
@@ -80,6 +85,39 @@ def _loader_rate(pattern: str, model: str, batch: int, workers: int, batches: in
     return n / (time.perf_counter() - start)
 
 
+def open_clip_loader_rate(pattern: str, model: str, batch: int, workers: int, batches: int) -> float:
+    """The same measurement through open_clip_train's webdataset loader."""
+    import sys
+
+    import open_clip
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from open_clip_train.data import get_wds_dataset
+    from open_clip_train.params import parse_args
+    from open_clip_train_run import install
+
+    install()
+    samples = batch * batches * max(1, workers) * 4
+    args = parse_args(["--train-data", pattern, "--dataset-type", "webdataset", "--train-num-samples", str(samples),
+                       "--batch-size", str(batch), "--workers", str(workers), "--model", model])
+    args.world_size, args.rank, args.distributed = 1, 0, False
+    _, preprocess_train, _ = open_clip.create_model_and_transforms(model)
+    data = get_wds_dataset(args, preprocess_train, is_train=True, epoch=0, tokenizer=open_clip.get_tokenizer(model))
+    threads = torch.get_num_threads()
+    if workers == 0:
+        torch.set_num_threads(1)
+    try:
+        it = iter(data.dataloader)
+        next(it)
+        start = time.perf_counter()
+        n = 0
+        for _ in range(batches * max(1, workers)):
+            n += next(it)[0].shape[0]
+        return n / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def step_rate(model: str, batch: int, steps: int, device: str) -> float:
     backbone = CLIPBackbone(model).to(device)
     optimizer = torch.optim.AdamW(backbone.parameters(), lr=1e-4)
@@ -123,6 +161,8 @@ def main() -> None:
         one = loader_rate(pattern, args.model, args.batch, 0, args.batches)
         step = args.step_rate or step_rate(args.model, args.batch, args.steps, args.device)
         many = loader_rate(pattern, args.model, args.batch, args.workers, args.batches)
+        theirs_one = open_clip_loader_rate(pattern, args.model, args.batch, 0, args.batches)
+        theirs_many = open_clip_loader_rate(pattern, args.model, args.batch, args.workers, args.batches)
     needed = math.ceil(step / one)
     print(json.dumps({
         "model": args.model, "batch": args.batch, "image_size": args.image_size, "device": args.device,
@@ -131,6 +171,10 @@ def main() -> None:
         "step_samples_per_s": round(step, 1), "step_rate_measured": args.step_rate is None,
         "workers_needed": needed, "workers": args.workers, "keeps_up": args.workers >= needed and many >= step,
         "ratio": round(many / step, 3),
+        "open_clip_train_loader_samples_per_s_one_worker": round(theirs_one, 1),
+        f"open_clip_train_loader_samples_per_s_{args.workers}_workers": round(theirs_many, 1),
+        "loader_ratio_one_worker": round(one / theirs_one, 3),
+        f"loader_ratio_{args.workers}_workers": round(many / theirs_many, 3),
     }))
 
 

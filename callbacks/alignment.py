@@ -35,8 +35,8 @@ What it writes (rank 0), in ``trainer.log_dir`` (``runs/<experiment>/version_<n>
       so any analysis can be redone later: ``np.load(path)``.
     * ``alignment_summary.json``: per metric peak / final / drop with their intervals, and the paired
       bootstrap of the drop, ``drop_ci`` / ``drop_significant`` (see ``perceptlab.callbacks.peaks``).
-    * ``alignment_bootstrap.npz``: the bootstrap replicates of every metric at its peak and final
-      evaluation (``<metric>@peak``, ``<metric>@final``). Runs measured with the same probes and
+    * ``alignment_bootstrap.npz``: the bootstrap replicates of every metric at its peak, final and
+      baseline evaluation (``<metric>@peak``, ``@final``, ``@baseline``). Runs measured with the same probes and
       ``bootstrap_seed`` share their resampled items, so ``perceptlab report`` pairs two runs'
       replicates into an interval of their difference.
     * logger scalars ``alignment/<metric>`` at the training step; for TensorBoard also a

@@ -21,7 +21,8 @@ the same resampled items at every evaluation), the summary also holds ``peak_ci`
 interval of peak minus final over the same resamples, and ``drop_significant``, true when that
 interval lies wholly above zero. The peak is picked after looking at all evaluations, so with many
 evaluations a drop that only just clears zero is weaker evidence than its interval says; a new
-peak is also tested against the previous best when it happens (``beyond_noise``).
+peak is also tested against the previous best when it happens (``beyond_noise``). ``change`` =
+final - baseline (what training did to the metric, signed) with its paired interval ``change_ci``.
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ import torch
 from perceptlab.core import uncertainty
 
 SUMMARY_KEYS = ("direction", "peak", "peak_epoch", "peak_step", "final", "final_epoch", "final_step",
-                "drop", "baseline", "evaluations", "peak_ci", "final_ci", "drop_ci", "drop_significant")
+                "drop", "baseline", "evaluations", "peak_ci", "final_ci", "drop_ci", "drop_significant",
+                "baseline_ci", "change", "change_ci")
 
 
 def finite(value: Any) -> float | None:
@@ -102,9 +104,11 @@ class PeakTracker:
             e = self.entries.setdefault(name, {"direction": direction, "peak": None, "evaluations": 0,
                                                "baseline": None})
             e["evaluations"] += 1
+            rep = None if replicates is None else replicates.get(name)
             if baseline:
                 e["baseline"] = value
-            rep = None if replicates is None else replicates.get(name)
+                e["baseline_replicates"] = rep
+                e["baseline_ci"] = None if rep is None else uncertainty.percentile_interval(rep, self.level)
             better = e["peak"] is None or (value > e["peak"] if direction == "max" else value < e["peak"])
             if better:
                 previous = e.get("peak_replicates")
@@ -120,6 +124,8 @@ class PeakTracker:
             e.update(final=value, final_epoch=epoch, final_step=step, final_replicates=rep,
                      final_ci=None if rep is None else uncertainty.percentile_interval(rep, self.level))
             e["drop"] = e["peak"] - value if direction == "max" else value - e["peak"]
+            if e["baseline"] is not None:
+                e["change"] = value - e["baseline"]
             self._drop_interval(e)
         return improved
 
@@ -129,7 +135,8 @@ class PeakTracker:
 
     def _drop_interval(self, e: dict) -> None:
         """Paired bootstrap of peak minus final (same resampled items at both evaluations)."""
-        peak, final = e.get("peak_replicates"), e.get("final_replicates")
+        peak, final, base = e.get("peak_replicates"), e.get("final_replicates"), e.get("baseline_replicates")
+        e["change_ci"] = None if final is None or base is None else uncertainty.percentile_interval(final - base, self.level)
         if peak is None or final is None:
             e["drop_ci"], e["drop_significant"] = None, None
             return
@@ -150,7 +157,9 @@ class PeakTracker:
             e = tracker.entries.get(name)
             if e is None:
                 continue
-            for which in ("peak", "final"):
+            for which in ("peak", "final", "baseline"):
+                if which == "baseline" and e.get("baseline") is None:
+                    continue
                 rep = reps.get(which)
                 e[f"{which}_replicates"] = rep
                 e[f"{which}_ci"] = None if rep is None else uncertainty.percentile_interval(rep, level)
@@ -158,10 +167,11 @@ class PeakTracker:
         return tracker
 
     def replicates_state(self) -> dict[str, dict[str, torch.Tensor]]:
-        """The peak and final replicates of every metric (float32), for checkpoints."""
+        """The peak, final and baseline replicates of every metric (float32), for checkpoints."""
         out = {}
         for name, e in self.entries.items():
-            reps = {w: e[f"{w}_replicates"].float() for w in ("peak", "final") if e.get(f"{w}_replicates") is not None}
+            reps = {w: e[f"{w}_replicates"].float() for w in ("peak", "final", "baseline")
+                    if e.get(f"{w}_replicates") is not None}
             if reps:
                 out[name] = reps
         return out

@@ -392,10 +392,37 @@ def _draw_reference_lines(ax, runs: list[Arm], metric: str) -> None:
             ax.annotate(mp[2], (1.0, v), xycoords=("axes fraction", "data"), fontsize=6, ha="right", va="bottom")
 
 
+def mean_peak_drop(arm: Arm, metric: str) -> tuple[int | None, float | None, list[float] | None]:
+    """The drop over seeds at one step: the peak step of the mean trajectory, and the mean over
+    seeds of (value there − final value), oriented like the drop, with its t-interval.
+
+    Each seed's own peak minus final is never negative (the peak is the best value), so a t-interval
+    over those drops excludes zero as soon as every seed has noise; one step for all seeds, chosen on
+    the mean trajectory, leaves the per-seed differences free to fall either way."""
+    directions = {r.summary.get(metric, {}).get("direction", "max") for r in arm.runs}
+    direction = directions.pop() if len(directions) == 1 else "max"
+    steps, values, _, _ = trajectory(arm, metric)
+    if not steps:
+        return None, None, None
+    best = (max if direction == "max" else min)(range(len(steps)), key=lambda i: values[i])
+    step = steps[best]
+    per_seed = []
+    for run in arm.runs:
+        at = {e["step"]: e["metrics"].get(metric) for e in run.evaluations}
+        final = run.summary.get(metric, {}).get("final")
+        if at.get(step) is None or final is None:
+            continue
+        per_seed.append(at[step] - final if direction == "max" else final - at[step])
+    mean, interval = seed_interval(per_seed)
+    return step, mean, interval
+
+
 def peak_table(arms: list[Arm]) -> list[dict]:
     """Rows ``{run, metric, seeds, peak_step, peak, peak_ci, final, final_ci, drop, drop_ci,
-    drop_resolved}``: one run's summary with its bootstrap intervals, or the mean over seeds with
-    t-intervals (``significant_seeds``: seeds whose own drop interval excludes zero)."""
+    drop_resolved}``: one run's summary with its bootstrap intervals; for several seeds, the mean
+    of the seeds' peaks and finals with t-intervals, the drop at the mean trajectory's peak step
+    (:func:`mean_peak_drop`) and ``significant_seeds`` (seeds whose own paired drop interval
+    excludes zero)."""
     rows = []
     for arm in arms:
         metrics = sorted({m for r in arm.runs for m in r.summary if not is_reference_line(m)})
@@ -407,9 +434,11 @@ def peak_table(arms: list[Arm]) -> list[dict]:
                        **{k: s.get(k) for k in ("peak_epoch", "peak_step", "peak", "peak_ci", "final",
                                                 "final_ci", "drop", "drop_ci")}}
             else:
+                step, drop, drop_ci = mean_peak_drop(arm, metric)
                 row = {"run": arm.name, "metric": metric, "seeds": len(summaries), "peak_epoch": None,
-                       "peak_step": ", ".join(str(s.get("peak_step")) for s in summaries)}  # each seed's
-                for key in ("peak", "final", "drop"):
+                       "peak_step": f"{step} ({', '.join(str(s.get('peak_step')) for s in summaries)})",
+                       "drop": drop, "drop_ci": drop_ci}
+                for key in ("peak", "final"):
                     row[key], row[f"{key}_ci"] = seed_interval([s.get(key) for s in summaries])
                 row["significant_seeds"] = sum(bool(s.get("drop_significant")) for s in summaries)
             row["drop_resolved"] = resolved(row.get("drop_ci"))
@@ -458,6 +487,12 @@ def write_report(arms: list[Arm | Run], out: str | Path, reference: str | None =
         "Brackets are 95 % intervals: for one run, a bootstrap over the probe's items (the drop's is paired:",
         "the same resampled items at peak and final); for several seeds, a t-interval over the seeds. An",
         "effect is *resolved* when its interval excludes zero.", "",
+        "With several seeds, *peak step* is the step where the mean trajectory peaks (each seed's own peak",
+        "step in brackets), *peak* and *final* are means of the seeds' own values, and *drop* is the mean",
+        "over seeds of the value at the mean trajectory's peak step minus the final value: one step for",
+        "all seeds, because each seed's own peak minus final is never negative and would look resolved",
+        "from noise alone. *Drop significant (seeds)* counts the seeds whose own paired bootstrap drop",
+        "interval lies above zero.", "",
     ]
     families = sorted({family(m) for a in arms for r in a.runs for e in r.evaluations for m in e["metrics"]})
     if families:
@@ -499,9 +534,13 @@ def write_report(arms: list[Arm | Run], out: str | Path, reference: str | None =
     lines += benchmark_tables(arms, reference)
     task_arms = [a for a in arms if a.task_results]
     if task_arms:
-        lines += ["## Perceptual-task results (test set)", "", "| run | metric | value |", "|---|---|---:|"]
+        lines += ["## Perceptual-task results (test set)", "",
+                  "Several seeds: mean and t-interval over seeds.", "",
+                  "| run | metric | value |", "|---|---|---:|"]
         for a in task_arms:
-            lines += [f"| {a.name} | {k} | {_fmt(v)} |" for k, v in sorted(a.task_results.items())]
+            for k in sorted(a.task_results):
+                mean, interval = seed_interval([r.task_results.get(k) for r in a.runs])
+                lines.append(f"| {a.name} | {k} | {_with_interval(mean, interval)} |")
         lines.append("")
     path = out / "report.md"
     path.write_text("\n".join(lines))
@@ -524,7 +563,10 @@ def load_arm(name: str | None, paths: list[str]) -> Arm:
     if not paths:
         raise FileNotFoundError(f"{name}: no run directory given")
     runs = [load_run(p, name) for p in paths]
-    return Arm(name or runs[0].name, runs)
+    arm = Arm(name or runs[0].name, runs)
+    if arm.seeds_known:
+        arm.runs.sort(key=lambda r: r.seed)  # shown in seed order, whatever order they were given in
+    return arm
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -108,13 +108,22 @@ def test_multi_seed_report_agrees_with_the_per_run_summaries_and_pairs_differenc
         return mean, [mean - half, mean + half]
 
     peaks = {(r[0], r[1]): r for r in _table_rows(md, "Peaks")}
-    for arm in arms:
+    for arm, seeds in arms.items():
         row = peaks[(arm, "nights/2afc")]
         assert int(row[2]) == 3
-        for column, key in ((4, "peak"), (5, "final"), (6, "drop")):
+        for column, key in ((4, "peak"), (5, "final")):
             value, interval = _cell(row[column])
             mean, expected = t_interval([summaries[arm, s][key] for s in range(3)])
             assert value == pytest.approx(mean, abs=5e-5) and interval == pytest.approx(expected, abs=5e-4)
+        # the drop: at the step where the mean trajectory peaks, the same step for every seed
+        mean_trajectory = [sum(seeds[s][i] for s in range(3)) / 3 for i in range(len(steps))]
+        at = max(range(len(steps)), key=mean_trajectory.__getitem__)
+        assert row[3] == f"{steps[at]} ({', '.join(str(summaries[arm, s]['peak_step']) for s in range(3))})"
+        value, interval = _cell(row[6])
+        mean, expected = t_interval([seeds[s][at] - seeds[s][-1] for s in range(3)])
+        assert value == pytest.approx(mean, abs=5e-5) and interval == pytest.approx(expected, abs=5e-4)
+    assert peaks[("pi", "nights/2afc")][7] == "yes (+)"  # 0.10, 0.07, 0.14 below the common peak
+    assert peaks[("random", "nights/2afc")][7] == "no"  # its mean trajectory peaks at the end
     diff = {r[0]: r for r in _table_rows(md, "Differences (run − random)")}["nights/2afc"]
     assert int(diff[2]) == 3
     for column, key in ((3, "peak"), (4, "final")):

@@ -145,6 +145,9 @@ def test_a_real_early_peak_is_significant_and_one_inside_the_noise_is_not():
     assert s["peak_step"] == 10 and s["drop"] > 0.05
     assert s["drop_significant"] is True and 0 < s["drop_ci"][0] < s["drop"] < s["drop_ci"][1]
     assert s["peak_ci"][0] < s["peak"] < s["peak_ci"][1]
+    # what training did, final minus baseline, with its paired interval (0.0 shift: covers zero)
+    assert s["change"] == pytest.approx(s["final"] - s["baseline"])
+    assert s["change_ci"][0] < s["change"] < s["change_ci"][1] and s["change_ci"][0] < 0 < s["change_ci"][1]
 
     noise = track(trajectory([0.0, 0.004, 0.002, 0.001, 0.0]))
     s = noise.summary()["nights/2afc"]
@@ -171,3 +174,4 @@ def test_the_replicates_survive_a_checkpoint_round_trip():
     before, after = tracker.summary()["nights/2afc"], restored.summary()["nights/2afc"]
     assert after["drop_significant"] is True
     assert after["drop_ci"] == pytest.approx(before["drop_ci"], abs=1e-6)  # float32 in the checkpoint
+    assert after["change_ci"] == pytest.approx(before["change_ci"], abs=1e-6)
