@@ -3,11 +3,13 @@
 CLIP_benchmark (``clip_benchmark.metrics``) is the field's definition of these numbers: class
 embeddings averaged over templates, ``100 * image @ classifier`` logits, top-k accuracy, sklearn's
 balanced accuracy as mean per-class recall, and retrieval recall@k where a query counts as found
-when any of its positives is in the top k. We call its own ``evaluate`` functions; what is ours is
-only the glue: :class:`EncodedModel` is a CLIP-like model whose encoders look up features the
-caller has already computed (sharded over processes, from cached images), and whose tokenizer maps
-each text to its row. CLIP_benchmark then normalises, builds the classifier, ranks and scores
-exactly as in its ``eval`` command.
+when any of its positives is in the top k. We call its own functions (``zero_shot_classifier``,
+``run_classification``, ``recall_at_k``) for the per-item outcomes (each image's top-1 and top-5
+hit, each query's recall hit), whose means are its metrics, and which the bootstrap intervals
+resample. What is ours is only the glue: :class:`EncodedModel` is a CLIP-like model whose encoders
+look up features the caller has already computed (sharded over processes, from cached images), and
+whose tokenizer maps each text to its row. ``tests/test_benchmark_suite.py`` checks the resulting
+numbers against CLIP_benchmark's ``eval`` command.
 
 Two run-time adjustments, both inside :func:`clip_benchmark_engine` and undone on exit (the
 package itself is not modified):
@@ -26,7 +28,6 @@ import builtins
 import functools
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -96,73 +97,12 @@ class EncodedModel:
         return self.text_features[rows]
 
 
-class _Batches(list):
-    """A list of batches that CLIP_benchmark can iterate like its DataLoader (``.dataset.classes``)."""
-
-    def __init__(self, batches, classes=None) -> None:
-        super().__init__(batches)
-        self.dataset = SimpleNamespace(classes=classes)
-
-
 def prompts_for(classnames: Sequence[str], templates: Sequence[str] | Mapping[str, Sequence[str]]) -> list[str]:
     """Every prompt CLIP_benchmark's classifier encodes, in its order: ``template.format(c=name)``
     for each class and template, or the class's own list when ``templates`` is a dict (CuPL)."""
     if isinstance(templates, Mapping):
         return [t for name in classnames for t in templates[name]]
     return [t.format(c=name) for name in classnames for t in templates]
-
-
-def zeroshot_classification_metrics(
-    image_features: torch.Tensor,
-    labels: torch.Tensor,
-    classnames: Sequence[str],
-    templates: Sequence[str] | Mapping[str, Sequence[str]],
-    texts: Sequence[str],
-    text_features: torch.Tensor,
-    batch_size: int = 1024,
-) -> dict[str, float]:
-    """``acc1``, ``acc5`` (NaN under 5 classes, as CLIP_benchmark) and ``mean_per_class_recall``.
-
-    ``texts``/``text_features``: at least the prompts of :func:`prompts_for`, encoded.
-    """
-    from clip_benchmark.metrics import zeroshot_classification
-
-    model = EncodedModel(image_features, texts, text_features)
-    rows = torch.arange(image_features.shape[0])
-    batches = _Batches([(rows[i:i + batch_size], labels[i:i + batch_size].cpu())
-                        for i in range(0, len(rows), batch_size)], classes=list(classnames))
-    with clip_benchmark_engine():
-        metrics = zeroshot_classification.evaluate(model, batches, model.tokenizer, list(classnames),
-                                                   templates if isinstance(templates, Mapping) else list(templates),
-                                                   device="cpu", amp=False, verbose=False)
-    return {k: builtins.float(v) for k, v in metrics.items()}
-
-
-def zeroshot_retrieval_metrics(
-    image_features: torch.Tensor,
-    captions: Sequence[Sequence[str]],
-    texts: Sequence[str],
-    text_features: torch.Tensor,
-    recall_k: Sequence[int] = (1, 5, 10),
-    batch_size: int = 1024,
-) -> dict[str, float]:
-    """``image_retrieval_recall@k`` and ``text_retrieval_recall@k`` for each k (CLIP_benchmark's),
-    plus DataComp's ``mean_recall@1`` when k = 1 is asked for. ``captions[i]``: image i's texts."""
-    from clip_benchmark.metrics import zeroshot_retrieval
-
-    if len(captions) != image_features.shape[0]:
-        raise ValueError(f"{image_features.shape[0]} images but {len(captions)} caption lists")
-    model = EncodedModel(image_features, texts, text_features)
-    rows = torch.arange(image_features.shape[0])
-    batches = _Batches([(rows[i:i + batch_size], [list(c) for c in captions[i:i + batch_size]])
-                        for i in range(0, len(rows), batch_size)])
-    with clip_benchmark_engine():
-        metrics = zeroshot_retrieval.evaluate(model, batches, model.tokenizer, device="cpu", amp=False,
-                                              recall_k_list=list(recall_k))
-    metrics = {k: builtins.float(v) for k, v in metrics.items()}
-    if 1 in recall_k:
-        metrics["mean_recall@1"] = (metrics["image_retrieval_recall@1"] + metrics["text_retrieval_recall@1"]) / 2
-    return metrics
 
 
 # ------------------------------------------------------------------------------- per-item outputs
