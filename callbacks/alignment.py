@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -91,6 +92,7 @@ SUMMARY_NAME = "alignment_summary.json"
 PEAK_CHECKPOINT_NAME = "alignment-peak.ckpt"
 ITEMS_DIR = "alignment_items"
 BOOTSTRAP_NAME = "alignment_bootstrap.npz"
+BOOTSTRAP_SEED_KEY = "__bootstrap_seed__"
 STATE_VERSION = 1
 
 
@@ -452,8 +454,10 @@ class AlignmentSuite(Callback):
         write_json_atomic(run_dir / SUMMARY_NAME, self.summary())
         replicates = self.tracker.replicates_state()
         if replicates:
-            write_npz_atomic(run_dir / BOOTSTRAP_NAME, {f"{name}@{which}": rep.numpy()
-                                                        for name, reps in replicates.items() for which, rep in reps.items()})
+            arrays = {f"{name}@{which}": rep.numpy() for name, reps in replicates.items() for which, rep in reps.items()}
+            # what decides the resampled items: a report pairs two runs' replicates only when these agree
+            arrays[BOOTSTRAP_SEED_KEY] = np.array(self.bootstrap_seed)
+            write_npz_atomic(run_dir / BOOTSTRAP_NAME, arrays)
 
     def _write_items(self, trainer: pl.Trainer, relative: str, items: dict[str, torch.Tensor]) -> None:
         if trainer.is_global_zero:

@@ -107,7 +107,8 @@ def resolved(interval: list[float] | None) -> str:
 
 def paired_bootstrap(run: Run, ref: Run, key: str, level: float = 0.95) -> list[float] | None:
     """Interval of run minus reference from their replicates of ``key`` (``<metric>@final``):
-    the same resampled items in both, so the differences are paired resample by resample."""
+    the same resampled items in both (same probes, same ``bootstrap_seed``, which the file records),
+    so the differences are paired resample by resample; ``None`` when the seeds differ."""
     import torch
 
     from perceptlab.core.uncertainty import percentile_interval
@@ -115,6 +116,9 @@ def paired_bootstrap(run: Run, ref: Run, key: str, level: float = 0.95) -> list[
     a, b = run.replicates.get(key), ref.replicates.get(key)
     if a is None or b is None or a.shape != b.shape:
         return None
+    seeds = [r.replicates.get("__bootstrap_seed__") for r in (run, ref)]
+    if any(s is not None for s in seeds) and (None in seeds or int(seeds[0]) != int(seeds[1])):
+        return None  # other resampled items: the replicates are not paired
     return percentile_interval(torch.as_tensor(a, dtype=torch.float64) - torch.as_tensor(b, dtype=torch.float64), level)
 
 

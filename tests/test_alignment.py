@@ -183,6 +183,7 @@ def test_three_epoch_run_writes_every_probe_at_every_epoch_and_a_consistent_summ
         assert s["final_ci"] == pytest.approx(records[-1]["ci"][name])
         assert s["drop_significant"] == (s["drop_ci"][0] > 0)
     replicates = np.load(run / "alignment_bootstrap.npz")
+    assert int(replicates["__bootstrap_seed__"]) == suite.bootstrap_seed
     peak, final = replicates["nights/2afc@peak"], replicates["nights/2afc@final"]
     assert peak.shape == final.shape == (1000,)
     low, high = np.quantile(peak - final, [0.025, 0.975])

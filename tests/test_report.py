@@ -152,3 +152,12 @@ def test_one_run_each_differences_take_the_paired_bootstrap_of_their_replicates(
     assert value == pytest.approx(0.02, abs=5e-5)
     assert interval == pytest.approx(np.quantile(reps["a"] - reps["b"], [0.025, 0.975]).tolist(), abs=5e-4)
     assert diff[5] == "yes (+)"  # unpaired, the 0.03 spread of the items would hide a 0.02 difference
+
+    # replicates drawn with another bootstrap seed are not paired: no interval rather than a wrong one
+    for name, seed in (("a", 0), ("b", 1)):
+        np.savez(tmp_path / name / "alignment_bootstrap.npz", **{"nights/2afc@final": reps[name],
+                                                                  "__bootstrap_seed__": np.array(seed)})
+    md = write_report([load_run(tmp_path / "a", "a"), load_run(tmp_path / "b", "b")], tmp_path / "out2",
+                      reference="b").read_text()
+    diff = {r[0]: r for r in _table_rows(md, "Differences (run − b)")}["nights/2afc"]
+    assert _cell(diff[4]) == (pytest.approx(0.02, abs=5e-5), None) and diff[5] == "–"
