@@ -5,10 +5,12 @@ Toy world (measured):
   probe sizes and batch size) on the tiny ViT, after set-up (images decoded and cached, classical
   reference lines computed); median over ``--repeats`` evaluations.
 * ``training`` -- stage-2 steps as ``experiments/toy/pretrain_random.yaml`` runs them: CLIP loss
-  over both towers, backward, AdamW, batch 64, on the toy captioned images; median step time x
-  steps per epoch of the world (training pairs / batch size).
-* shares: one evaluation / one epoch, and the YAML's schedule (every epoch plus every
-  ``every_n_steps`` up to ``every_n_steps_until``) over the first epoch, where it is densest.
+  over both towers with its patch dropout, backward, AdamW, its batch, on the toy captioned images;
+  median step time x steps per epoch of the world (training pairs / batch size). Data loading is
+  left out (the loader workers prepare the next batches while the step runs).
+* shares: one evaluation / one epoch (the target: at most 5 %), and the YAML's whole schedule
+  (baseline, every ``every_n_steps`` up to ``every_n_steps_until``, every ``then_every_n_steps``
+  after, every epoch end) over one epoch.
 
 ViT-B/32 on YFCC15M (estimated): on this device, time per image of a ViT-B/32 inference forward
 at 224 px, time per caption of a text forward, and time per image-text pair of a training
@@ -41,7 +43,7 @@ from perceptlab.core import uncertainty
 from perceptlab.core.backbone import CLIPBackbone
 
 SUITE_YAML = REPO / "experiments" / "toy" / "alignment_suite.yaml"
-TOY_BATCH = 64  # experiments/toy/pretrain_random.yaml
+STAGE2_YAML = REPO / "experiments" / "toy" / "pretrain_random.yaml"
 
 # Real data sets the suite reads by default, their sizes and what the class defaults make of them.
 REAL_SETS = {
@@ -123,7 +125,15 @@ def toy_suite(world: Path, repeats: int) -> dict:
             "per_probe_seconds": {k: round(statistics.median(v), 3) for k, v in per_probe.items()}}
 
 
-def toy_training_step(world: Path, repeats: int) -> float:
+def stage2_settings() -> dict:
+    config = yaml.safe_load(STAGE2_YAML.read_text())
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    return {"model_name": model["model_name"], "patch_dropout": model.get("patch_dropout"), "lr": model["lr"],
+            "weight_decay": model["weight_decay"], "betas": tuple(model["betas"]), "eps": model["eps"],
+            "warmup_steps": model["warmup_steps"], "batch_size": data["batch_size"]}
+
+
+def toy_training_step(world: Path, repeats: int, settings: dict) -> float:
     import pandas as pd
     from open_clip import ClipLoss
     from PIL import Image
@@ -131,13 +141,14 @@ def toy_training_step(world: Path, repeats: int) -> float:
     from perceptlab.core.optim import adamw_cosine, param_groups
 
     torch.manual_seed(0)
-    backbone = CLIPBackbone("perceptlab-vit-tiny-64").train()
-    table = pd.read_csv(world / "image_text" / "pairs.csv", sep="\t").iloc[:TOY_BATCH]
+    backbone = CLIPBackbone(settings["model_name"], patch_dropout=settings["patch_dropout"]).train()
+    table = pd.read_csv(world / "image_text" / "pairs.csv", sep="\t").iloc[:settings["batch_size"]]
     tf = backbone.transform(train=True)
     images = torch.stack([tf(Image.open(world / "image_text" / f).convert("RGB")) for f in table["filepath"]])
     tokens = backbone.tokenize(table["title"].tolist())
     loss_fn = ClipLoss()
-    optimizer = adamw_cosine(param_groups(backbone.named_parameters(), 0.1), 1e-3, (0.9, 0.98), 1e-6, 50, 1000)["optimizer"]
+    optimizer = adamw_cosine(param_groups(backbone.named_parameters(), settings["weight_decay"]), settings["lr"],
+                             settings["betas"], settings["eps"], settings["warmup_steps"], 1000)["optimizer"]
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -203,13 +214,19 @@ def main() -> None:
     manifest = json.loads((world / "world.json").read_text())
     train_pairs = manifest["counts"]["image_text"]["train"]
 
+    settings = stage2_settings()
     suite = toy_suite(world, ns.repeats)
-    step = toy_training_step(world, ns.repeats)
-    steps_per_epoch = max(1, train_pairs // TOY_BATCH)
+    step = toy_training_step(world, ns.repeats, settings)
+    steps_per_epoch = max(1, train_pairs // settings["batch_size"])
     epoch = step * steps_per_epoch
     args = suite["args"]
-    n, until = args.get("every_n_steps"), args.get("every_n_steps_until")
-    step_evals = 0 if not n else len([s for s in range(n, steps_per_epoch, n) if until is None or s <= until])
+    n, until, then = args.get("every_n_steps"), args.get("every_n_steps_until"), args.get("then_every_n_steps")
+
+    def step_due(s: int) -> bool:
+        every = n if until is None or s <= until else then
+        return bool(every) and s % every == 0
+
+    step_evals = len([s for s in range(1, steps_per_epoch) if step_due(s)])
     first_epoch_evals = 1 + step_evals + (1 if args.get("every_n_epochs") else 0)  # baseline + steps + epoch end
 
     result = {
@@ -225,7 +242,8 @@ def main() -> None:
             "evaluation_seconds": round(suite["seconds"], 3),
             "per_probe_seconds": suite["per_probe_seconds"],
             "training_step_seconds": round(step, 3),
-            "batch_size": TOY_BATCH,
+            "batch_size": settings["batch_size"],
+            "patch_dropout": settings["patch_dropout"],
             "steps_per_epoch": steps_per_epoch,
             "epoch_seconds": round(epoch, 2),
             "evaluations_in_first_epoch": first_epoch_evals,

@@ -20,7 +20,8 @@ When it evaluates
     Once before training (the *baseline*, ``epoch: -1, step: 0``), after every ``every_n_epochs``
     epochs (``epoch`` = Lightning's 0-based index of the epoch just finished, as in checkpoint
     names ``epoch=N``), every ``every_n_steps`` optimiser steps up to ``every_n_steps_until``
-    (``epoch`` = the epoch in progress) and at the end of training if the last step was not evaluated yet. Never twice at one step:
+    and every ``then_every_n_steps`` steps after it (``epoch`` = the epoch in progress), and at the
+    end of training if the last step was not evaluated yet. Never twice at one step:
     an evaluation that is due on both schedules is recorded once, as the epoch-end one.
 
 What it writes (rank 0), in ``trainer.log_dir`` (``runs/<experiment>/version_<n>/``)
@@ -115,7 +116,10 @@ class AlignmentSuite(Callback):
         every_n_epochs: evaluate after every N-th epoch (``null``: never at epoch ends).
         every_n_steps: evaluate every N optimiser steps (``null``: never mid-epoch).
         every_n_steps_until: stop the step schedule after this optimiser step (``null``: never);
-            dense sampling where an early peak happens, epoch ends after.
+            dense sampling where an early peak happens, sparser after.
+        then_every_n_steps: after ``every_n_steps_until``, evaluate at the multiples of this many
+            steps (``null``: only at epoch ends), e.g. 25 until 100, then 100: steps 25, 50, 75,
+            100, 200, 300, ...
         baseline: evaluate once before the first step (skipped when resuming).
         at_end: evaluate after the last step when no schedule did.
         batch_size: images per forward pass (a probe's own ``batch_size`` wins).
@@ -142,6 +146,7 @@ class AlignmentSuite(Callback):
         every_n_epochs: int | None = 1,
         every_n_steps: int | None = None,
         every_n_steps_until: int | None = None,
+        then_every_n_steps: int | None = None,
         baseline: bool = True,
         at_end: bool = True,
         batch_size: int = 256,
@@ -157,7 +162,7 @@ class AlignmentSuite(Callback):
     ) -> None:
         super().__init__()
         for key, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps),
-                           ("every_n_steps_until", every_n_steps_until)):
+                           ("every_n_steps_until", every_n_steps_until), ("then_every_n_steps", then_every_n_steps)):
             if value is not None and value < 1:
                 raise ValueError(f"AlignmentSuite.{key} must be a positive integer or null, got {value}")
         if bootstrap_resamples < 0:
@@ -173,6 +178,9 @@ class AlignmentSuite(Callback):
         self.every_n_epochs = every_n_epochs
         self.every_n_steps = every_n_steps
         self.every_n_steps_until = every_n_steps_until
+        self.then_every_n_steps = then_every_n_steps
+        if then_every_n_steps is not None and every_n_steps_until is None:
+            raise ValueError("AlignmentSuite.then_every_n_steps needs every_n_steps_until (the step where it takes over)")
         self.baseline = baseline
         self.at_end = at_end
         self.batch_size = batch_size
@@ -255,9 +263,7 @@ class AlignmentSuite(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self._epoch_of_last_batch = trainer.current_epoch
         step = trainer.global_step
-        if not self.every_n_steps or step == 0 or step % self.every_n_steps:
-            return
-        if self.every_n_steps_until is not None and step > self.every_n_steps_until:
+        if step == 0 or not self._step_due(step):
             return
         if self._epoch_end_due(trainer) and batch_idx + 1 >= trainer.num_training_batches:
             return  # the epoch-end evaluation follows at this very step
@@ -281,6 +287,11 @@ class AlignmentSuite(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.at_end and (not self.history or self.history[-1]["step"] != trainer.global_step):
             self.evaluate(trainer, pl_module, trigger="end", epoch=self._epoch_of_last_batch)
+
+    def _step_due(self, step: int) -> bool:
+        early = self.every_n_steps_until is None or step <= self.every_n_steps_until
+        every = self.every_n_steps if early else self.then_every_n_steps
+        return bool(every) and step % every == 0
 
     def _epoch_end_due(self, trainer: pl.Trainer) -> bool:
         return bool(self.every_n_epochs) and (trainer.current_epoch + 1) % self.every_n_epochs == 0

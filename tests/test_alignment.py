@@ -235,15 +235,17 @@ def test_step_schedule_dedup_and_checkpoint_at_peak(tiny_world, tmp_path):
     torch.manual_seed(0)
     probes = [FullReferenceIQAProbe("iqa/tid2013", dataset="tid2013", classical=[], max_items=16)]
     suite = AlignmentSuite(probes, data_root=str(tiny_world), every_n_epochs=1, every_n_steps=1, every_n_steps_until=2,
-                           checkpoint_peak_of="iqa_fr/tid2013/srcc", tensorboard_figure=False)
-    trainer = make_trainer(tmp_path, suite, max_epochs=2)
+                           then_every_n_steps=3, checkpoint_peak_of="iqa_fr/tid2013/srcc", tensorboard_figure=False)
+    trainer = make_trainer(tmp_path, suite, max_epochs=3)
     trainer.fit(TinyPerceptualInit(lr=5e-3), triplet_loader(tiny_world, n=8, batch_size=4))
     run = tmp_path / "run" / "version_0"
     records = read_jsonl(run / JSONL_NAME)
     # Two batches per epoch: the evaluation at the last step of an epoch is the epoch-end one, once;
-    # the step schedule ends after step 2.
+    # every step up to step 2, then at the multiples of 3 (step 6 is also an epoch end: recorded once).
     assert [(r["epoch"], r["step"], r["trigger"]) for r in records] == [
-        (-1, 0, "baseline"), (0, 1, "step"), (0, 2, "epoch"), (1, 4, "epoch")]
+        (-1, 0, "baseline"), (0, 1, "step"), (0, 2, "epoch"), (1, 3, "step"), (1, 4, "epoch"), (2, 6, "epoch")]
+    with pytest.raises(ValueError, match="then_every_n_steps needs every_n_steps_until"):
+        AlignmentSuite(probes, every_n_steps=1, then_every_n_steps=3)
     summary = json.loads((run / SUMMARY_NAME).read_text())
     peak = summary["iqa_fr/tid2013/srcc"]
     assert peak["checkpoint"] == f"checkpoints/{PEAK_CHECKPOINT_NAME}"

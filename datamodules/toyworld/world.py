@@ -141,7 +141,7 @@ SCALES: dict[str, dict] = {
     },
     "small": {
         "nights": {"train": 1500, "val": 300, "test": 300},
-        "image_text": {"train": 8000, "shards": 8, "val": 512},
+        "image_text": {"train": 48000, "shards": 48, "val": 512},
         "iqa": {"koniq": 1000, "livec": 500, "spaq": 500, "tid2013_refs": 25, "kadid10k_refs": 40},
         "cue_conflict": {"per_class": None, "same_every": None, "instances": 3},
         "classification": {"per_class": 50},
