@@ -10,7 +10,9 @@ loader (``open_clip_train.data.get_wds_dataset``: its webdataset pipeline, its t
 tokenizer, through ``benchmarks/open_clip_train_run.py``'s end-of-shard fix) on the same shards,
 one process and ``--workers`` processes: ``loader_ratio_one_worker`` = ours / theirs per worker.
 Our workers stop at ``uint8`` images (the backbone normalises on the device); theirs send
-normalised float32.
+normalised float32. (5) ``decode_on_device``: one worker's samples/s when it sends the encoded
+images (no decoding in the worker), and the samples/s of decoding them plus the train transform's
+geometry on ``--device`` (``torchvision.io.decode_jpeg``: nvJPEG on a GPU, libjpeg on a CPU).
 
 Shards are written to a temporary folder unless ``--shards`` names real ones: JPEGs of
 ``--image-size`` px (img2dataset's default resize is 256) with short captions. ``--step-rate``
@@ -72,16 +74,43 @@ def loader_rate(pattern: str, model: str, batch: int, workers: int, batches: int
         torch.set_num_threads(threads)
 
 
-def _loader_rate(pattern: str, model: str, batch: int, workers: int, batches: int) -> float:
+def _loader_rate(pattern: str, model: str, batch: int, workers: int, batches: int, encoded: bool = False) -> float:
     dm = ImageTextDataModule(train_data=pattern, model_name=model, batch_size=batch, num_workers=workers,
-                             samples_per_epoch=batch * batches * max(1, workers) * 4, augmentation="clip")
+                             samples_per_epoch=batch * batches * max(1, workers) * 4, augmentation="clip",
+                             decode_on_device=encoded)
     dm.setup("fit")
     it = iter(dm.train_dataloader())
     next(it)  # worker start-up and first fills are not the steady state
     start = time.perf_counter()
     n = 0
     for _ in range(batches * max(1, workers)):
-        n += next(it)["image"].shape[0]
+        n += next(it)["text"].shape[0]
+    return n / (time.perf_counter() - start)
+
+
+def device_decode_rate(pattern: str, model: str, batch: int, batches: int, device: str) -> float:
+    """Samples/s of decoding encoded training batches and applying the transform's geometry on
+    ``device`` (the loader's own time excluded: the batches are read first)."""
+    from perceptlab.core.transforms import tensor_geometry
+    from perceptlab.datamodules.image_text.device_decode import decode_batch
+
+    dm = ImageTextDataModule(train_data=pattern, model_name=model, batch_size=batch, num_workers=0,
+                             samples_per_epoch=batch * (batches + 1) * 4, augmentation="clip", decode_on_device=True)
+    dm.setup("fit")
+    it = iter(dm.train_dataloader())
+    encoded = [next(it) for _ in range(batches + 1)]
+    geometry = tensor_geometry(dm.processing()[0])
+    target = torch.device(device)
+
+    def sync():
+        if target.type == "cuda":
+            torch.cuda.synchronize()
+
+    decode_batch(dict(encoded[0]), geometry, target)  # warm-up (decoder start-up)
+    sync()
+    start = time.perf_counter()
+    n = sum(decode_batch(dict(b), geometry, target)["image"].shape[0] for b in encoded[1:])
+    sync()
     return n / (time.perf_counter() - start)
 
 
@@ -163,6 +192,13 @@ def main() -> None:
         many = loader_rate(pattern, args.model, args.batch, args.workers, args.batches)
         theirs_one = open_clip_loader_rate(pattern, args.model, args.batch, 0, args.batches)
         theirs_many = open_clip_loader_rate(pattern, args.model, args.batch, args.workers, args.batches)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as a loader worker
+        try:
+            encoded_one = _loader_rate(pattern, args.model, args.batch, 0, args.batches, encoded=True)
+        finally:
+            torch.set_num_threads(threads)
+        on_device = device_decode_rate(pattern, args.model, args.batch, args.batches, args.device)
     needed = math.ceil(step / one)
     print(json.dumps({
         "model": args.model, "batch": args.batch, "image_size": args.image_size, "device": args.device,
@@ -175,6 +211,9 @@ def main() -> None:
         f"open_clip_train_loader_samples_per_s_{args.workers}_workers": round(theirs_many, 1),
         "loader_ratio_one_worker": round(one / theirs_one, 3),
         f"loader_ratio_{args.workers}_workers": round(many / theirs_many, 3),
+        "decode_on_device_loader_samples_per_s_one_worker": round(encoded_one, 1),
+        "decode_on_device_decode_samples_per_s": round(on_device, 1),
+        "decode_on_device_decode_device": args.device,
     }))
 
 
