@@ -82,8 +82,8 @@ def tensor_geometry(transform: T.Compose):
 
     The decoder gives RGB (open_clip's ``convert("RGB")`` step), and the backbone converts to float
     and normalises (``ToTensor`` / ``Normalize`` are dropped). Resizes use antialiasing, as the PIL
-    steps do; torchvision's tensor bicubic kernel is PIL's, so pixels differ from the PIL path by
-    rounding only (``tests/test_device_decode.py`` measures it). A step with no tensor counterpart
+    steps do, with the same bicubic kernel, so pixels differ from the PIL path by a level or two
+    of 255 where a resize happens and not at all where none does (``tests/test_device_decode.py``). A step with no tensor counterpart
     here (colour jitter, blur, ...) raises ``ValueError`` naming it.
     """
     from torchvision.transforms import v2
