@@ -81,8 +81,10 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def toy_suite(world: Path, repeats: int) -> dict:
+def toy_suite(world: Path, repeats: int, batch_size: int | None = None) -> dict:
     args, probes = load_suite_yaml(SUITE_YAML)
+    if batch_size:
+        args["batch_size"] = batch_size
     torch.manual_seed(0)
     backbone = CLIPBackbone("perceptlab-vit-tiny-64").eval()
     start = time.perf_counter()
@@ -198,6 +200,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", default=None, help="toy world root (default: write a tiny one to a temp dir)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: the YAML's)")
     parser.add_argument("--vit-batch", type=int, default=8, help="batch of the ViT-B/32 timing")
     parser.add_argument("--no-vitb32", action="store_true", help="skip the ViT-B/32 measurement")
     ns = parser.parse_args()
@@ -215,7 +218,7 @@ def main() -> None:
     train_pairs = manifest["counts"]["image_text"]["train"]
 
     settings = stage2_settings()
-    suite = toy_suite(world, ns.repeats)
+    suite = toy_suite(world, ns.repeats, ns.batch_size)
     step = toy_training_step(world, ns.repeats, settings)
     steps_per_epoch = max(1, train_pairs // settings["batch_size"])
     epoch = step * steps_per_epoch
@@ -239,6 +242,7 @@ def main() -> None:
             "probe_items": suite["items"],
             "images_per_evaluation": suite["images_per_evaluation"],
             "setup_seconds_once": suite["setup_seconds"],
+            "suite_batch_size": args.get("batch_size", 256),
             "evaluation_seconds": round(suite["seconds"], 3),
             "per_probe_seconds": suite["per_probe_seconds"],
             "training_step_seconds": round(step, 3),

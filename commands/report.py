@@ -90,6 +90,8 @@ def seed_interval(values: list[float], level: float = 0.95) -> tuple[float | Non
         return mean, None
     from scipy.stats import t
 
+    # By hand rather than scipy's t.interval: seeds that agree exactly (a metric that never moved)
+    # have zero spread, where scipy returns NaN and this gives the degenerate [mean, mean].
     half = t.ppf((1 + level) / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
     return mean, [mean - half, mean + half]
 

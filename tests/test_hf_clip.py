@@ -111,7 +111,7 @@ def test_a_stage2_model_leaves_as_open_clip_and_transformers_weights(tmp_path):
             torch.testing.assert_close(model.encode_image(batch["image"]), image, atol=1e-5, rtol=0)
             torch.testing.assert_close(model.encode_text(batch["text"]), text, atol=1e-5, rtol=0)
         assert model.logit_scale.exp().item() == pytest.approx(module.backbone.logit_scale.exp().item())
-    hf = CLIPModel.from_pretrained(export(str(ckpt), "hf", str(tmp_path / "hf"))).eval()
+    hf = CLIPModel.from_pretrained(export(str(ckpt), "hf", str(tmp_path / "hf")), local_files_only=True).eval()
     with torch.no_grad():
         torch.testing.assert_close(features(hf.get_image_features(pixel_values=batch["image"])), image,
                                    atol=1e-5, rtol=0)
