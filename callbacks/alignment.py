@@ -34,10 +34,12 @@ What it writes (rank 0), in ``trainer.log_dir`` (``runs/<experiment>/version_<n>
     * ``alignment_items/step=<step>.npz``: the per-item outputs of that evaluation (numpy arrays
       named ``<group>/<field>``, e.g. ``nights/d0``, ``nights/p``; see each probe's ``measure``),
       so any analysis can be redone later: ``np.load(path)``.
-    * ``alignment_summary.json``: per metric peak / final / drop with their intervals, and the paired
-      bootstrap of the drop, ``drop_ci`` / ``drop_significant`` (see ``perceptlab.callbacks.peaks``).
-    * ``alignment_bootstrap.npz``: the bootstrap replicates of every metric at its peak, final and
-      baseline evaluation (``<metric>@peak``, ``@final``, ``@baseline``). Runs measured with the same probes and
+    * ``alignment_summary.json``: per metric peak / final / drop with their intervals, and the drop
+      test that accounts for picking the peak, ``drop_ci`` / ``drop_p`` / ``drop_significant`` (see
+      ``perceptlab.callbacks.peaks``). The file names and record types: ``perceptlab.callbacks.run_record``.
+    * ``alignment_bootstrap.npz``: the bootstrap replicates of every metric at every evaluation
+      (``<metric>@trajectory``, ``(T, B)``, steps in ``<metric>@steps``) and at its peak, final and
+      baseline (``<metric>@peak``, ``@final``, ``@baseline``). Runs measured with the same probes and
       ``bootstrap_seed`` share their resampled items, so ``perceptlab report`` pairs two runs'
       replicates into an interval of their difference.
     * logger scalars ``alignment/<metric>`` at the training step; for TensorBoard also a
@@ -69,32 +71,20 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-from perceptlab.callbacks.peaks import (
-    PeakTracker,
-    custom_scalars_layout,
-    finite,
-    trajectory_figure,
-    write_json_atomic,
-    write_npz_atomic,
-)
+from perceptlab.callbacks import run_record
+from perceptlab.callbacks.peaks import PeakTracker, custom_scalars_layout, trajectory_figure
 from perceptlab.callbacks.probes.base import Probe, ProbeContext
+from perceptlab.callbacks.run_record import JSONL_NAME, PEAK_CHECKPOINT_NAME, SUMMARY_NAME, finite  # noqa: F401
 from perceptlab.core import uncertainty
 
 log = logging.getLogger(__name__)
 
-JSONL_NAME = "alignment.jsonl"
-SUMMARY_NAME = "alignment_summary.json"
-PEAK_CHECKPOINT_NAME = "alignment-peak.ckpt"
-ITEMS_DIR = "alignment_items"
-BOOTSTRAP_NAME = "alignment_bootstrap.npz"
-BOOTSTRAP_SEED_KEY = "__bootstrap_seed__"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the replicates of every evaluation (the drop test needs them all)
 
 
 @dataclass
@@ -105,6 +95,7 @@ class Measurement:
     items: dict[str, torch.Tensor] = field(default_factory=dict)  # "<group>/<field>" -> per-item values
     replicates: dict[str, torch.Tensor] = field(default_factory=dict)  # metric -> (B,) bootstrap values
     seconds: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # metric -> items behind it
 
 
 class AlignmentSuite(Callback):
@@ -129,8 +120,8 @@ class AlignmentSuite(Callback):
         tensorboard_figure: draw the trajectory figure into TensorBoard at each evaluation.
         prefix: logger namespace of the metrics.
         verbose: print one line per evaluation (rank 0): when, how long, and each probe's headline
-            metric with its interval (``*``: a new peak beyond noise, i.e. the paired interval of its
-            gain over the previous peak lies above zero; ``~``: a new best value within noise), so a
+            metric with its interval (``*``: a new peak beyond noise, i.e. better than every earlier
+            evaluation beyond noise; ``~``: a new best value within noise), so a
             run's console shows alignment as it happens.
         bootstrap_resamples: resamples of the items behind each interval (0: no intervals).
         bootstrap_seed: seed of the resampled items (the same items at every evaluation, so that
@@ -307,8 +298,8 @@ class AlignmentSuite(Callback):
         return out
 
     def _owner(self, metric: str) -> Probe | None:
-        owners = [p for p in self.probes if metric == p.name or metric.startswith(p.name + "/")]
-        return max(owners, key=lambda p: len(p.name)) if owners else None
+        name = run_record.owner(metric, [p.name for p in self.probes])
+        return next((p for p in self.probes if p.name == name), None)
 
     def _context(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ProbeContext:
         def gather(t: torch.Tensor) -> torch.Tensor:
@@ -336,7 +327,10 @@ class AlignmentSuite(Callback):
                 for probe in self.active:
                     start = time.perf_counter()
                     items = probe.measure(ctx)
-                    out.metrics.update(probe.score(items))
+                    scored = probe.score(items)
+                    out.metrics.update(scored)
+                    n_items = max((len(next(iter(f.values()))) for f in items.values() if f), default=0)
+                    out.counts.update({k: n_items for k in scored})
                     out.items.update({f"{group}/{k}": v for group, fields in items.items() for k, v in fields.items()})
                     out.seconds[probe.name] = round(time.perf_counter() - start, 4)
                     if self.bootstrap_resamples:
@@ -375,19 +369,15 @@ class AlignmentSuite(Callback):
             record["ci"] = uncertainty.intervals(measured.replicates, self.confidence)
         record["seconds"] = measured.seconds
         if self.save_items:
-            record["items"] = f"{ITEMS_DIR}/step={int(step):07d}.npz"
-            self._write_items(trainer, record["items"], measured.items)
+            record["items"] = run_record.items_path(step)
+            self._write_items(trainer, step, measured.items)
         record.update(extra or {})
         self.history.append(record)
-        if trigger == "model" and len(self.history) > 1 and self.history[-2]["step"] > step:
-            # a model older than those already measured (a rerun on a folder): keep the series in
-            # order; the replicates of evaluations before this one are not kept, so no drop intervals
-            self.history.sort(key=lambda r: r["step"])
-            self.tracker = PeakTracker.from_history(self.history, self.directions(), level=self.confidence)
-            improved: list[str] = []
-        else:
-            improved = self.tracker.update(epoch, step, record["metrics"], self.directions(),
-                                           baseline=trigger == "baseline", replicates=measured.replicates or None)
+        # a model older than those already measured (a rerun on a folder) is put in step order
+        self.history.sort(key=lambda r: r["step"])
+        improved = self.tracker.update(epoch, step, record["metrics"], self.directions(),
+                                       baseline=trigger == "baseline", replicates=measured.replicates or None,
+                                       items=measured.counts)
         self._write_files(trainer)
         self._log(trainer, record)
         if self.verbose:
@@ -408,11 +398,9 @@ class AlignmentSuite(Callback):
         ``<name>/2afc``, ``/srcc`` or ``/drop``."""
         out = {}
         for probe in self.active:
-            own = getattr(probe, "headline", None)
-            for key in ((own,) if own else ()) + (probe.name, f"{probe.name}/2afc", f"{probe.name}/srcc", f"{probe.name}/drop"):
-                if key in metrics:
-                    out[key] = metrics[key]
-                    break
+            key = run_record.headline_metric(probe.name, metrics, getattr(probe, "headline", None))
+            if key is not None:
+                out[key] = metrics[key]
         return out
 
     def describe(self, record: dict, surpassed: set[str] | list[str] = (), beyond_noise: set[str] | list[str] = ()) -> str:
@@ -461,18 +449,15 @@ class AlignmentSuite(Callback):
         # The whole file each time (it is small): a resumed run's file then equals the restored
         # history, and a crash never leaves half a line.
         run_dir = self.run_dir(trainer)
-        write_json_atomic(run_dir / JSONL_NAME, self.history, lines=True)
-        write_json_atomic(run_dir / SUMMARY_NAME, self.summary())
-        replicates = self.tracker.replicates_state()
-        if replicates:
-            arrays = {f"{name}@{which}": rep.numpy() for name, reps in replicates.items() for which, rep in reps.items()}
-            # what decides the resampled items: a report pairs two runs' replicates only when these agree
-            arrays[BOOTSTRAP_SEED_KEY] = np.array(self.bootstrap_seed)
-            write_npz_atomic(run_dir / BOOTSTRAP_NAME, arrays)
+        run_record.write_evaluations(run_dir, self.history)
+        run_record.write_summary(run_dir, self.summary())
+        # the seed decides the resampled items: a report pairs two runs' replicates only when these agree
+        run_record.write_bootstrap(run_dir, {k: (steps, reps.numpy()) for k, (steps, reps) in self.tracker.trajectories().items()},
+                                   self.tracker.marks(), self.bootstrap_seed)
 
-    def _write_items(self, trainer: pl.Trainer, relative: str, items: dict[str, torch.Tensor]) -> None:
+    def _write_items(self, trainer: pl.Trainer, step: int, items: dict[str, torch.Tensor]) -> None:
         if trainer.is_global_zero:
-            write_npz_atomic(self.run_dir(trainer) / relative, {k: v.cpu().numpy() for k, v in items.items()})
+            run_record.write_items(self.run_dir(trainer), step, {k: v.cpu().numpy() for k, v in items.items()})
 
     def _log(self, trainer: pl.Trainer, record: dict) -> None:
         if not trainer.is_global_zero:
@@ -496,12 +481,14 @@ class AlignmentSuite(Callback):
     def state_dict(self) -> dict[str, Any]:
         # the peak and final replicates too: the drop intervals survive a resume (B floats per metric)
         return {"version": STATE_VERSION, "history": [dict(r) for r in self.history],
-                "replicates": self.tracker.replicates_state()}
+                "replicates": self.tracker.replicates_state(),
+                "items": {name: e.items for name, e in self.tracker.entries.items() if e.items is not None}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # version 1 kept the peak and final replicates only: its drop intervals are not restored
         self.history = [dict(r) for r in state_dict.get("history", [])]
         self.tracker = PeakTracker.from_history(self.history, self.directions(), state_dict.get("replicates"),
-                                                level=self.confidence)
+                                                level=self.confidence, items=state_dict.get("items"))
         self._restored = True
 
     def set_run_dir(self, path: str | Path) -> None:

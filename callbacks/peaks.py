@@ -1,195 +1,201 @@
-"""Peak tracking of alignment trajectories: summary file, checkpoint at the peak, TensorBoard views.
+"""Peak tracking of alignment trajectories: the summary, the checkpoint at the peak, TensorBoard views.
 
 The early-peak phenomenon (alignment with low-level human judgements rising early in CLIP training
 and falling afterwards) is read off three numbers per metric: the best value and when it happened,
 the final value, and how much was lost in between. :class:`PeakTracker` keeps them for every
-metric and writes them to ``alignment_summary.json``::
+metric; the suite writes them to ``alignment_summary.json`` (a ``MetricSummary`` of
+``perceptlab.callbacks.run_record`` per metric)::
 
     {"<metric>": {"direction": "max", "peak": 0.81, "peak_epoch": 2, "peak_step": 300,
                   "final": 0.74, "final_epoch": 9, "final_step": 1500, "drop": 0.07,
-                  "baseline": 0.62, "evaluations": 11}, ...}
+                  "drop_ci": [0.01, 0.12], "drop_p": 0.004, "drop_significant": true,
+                  "baseline": 0.62, "evaluations": 11, "items": 2120, ...}, ...}
 
 ``direction`` says which way is more human-like / better (``max`` or ``min``); the peak is the
 best value in that direction (the first one on ties). ``drop`` = how far the final value fell
-behind the peak in that direction (peak - final for ``max``, final - peak for ``min``), >= 0.
-Epochs and steps are those of ``alignment.jsonl`` (the baseline before training has epoch -1 and
-step 0). Non-finite values (an undefined correlation) are left out of peak and final.
+behind the peak in that direction, >= 0. Epochs and steps are those of ``alignment.jsonl`` (the
+baseline before training has epoch -1 and step 0). Non-finite values (an undefined correlation)
+are left out of peak and final.
 
-Is the peak real? With bootstrap replicates of each evaluation (``perceptlab.core.uncertainty``;
-the same resampled items at every evaluation), the summary also holds ``peak_ci`` and
-``final_ci`` (95 % intervals over items) and a paired bootstrap of the drop: ``drop_ci``, the
-interval of peak minus final over the same resamples, and ``drop_significant``, true when that
-interval lies wholly above zero. The peak is picked after looking at all evaluations, so with many
-evaluations a drop that only just clears zero is weaker evidence than its interval says; a new
-peak is also tested against the previous best when it happens (``beyond_noise``). ``change`` =
-final - baseline (what training did to the metric, signed) with its paired interval ``change_ci``.
+Is the drop real?  The peak is the best of ``T`` noisy evaluations, picked after looking at all
+of them, and then compared with the final value on the same items: testing it as if it had been
+named in advance calls a flat trajectory "dropped" far more often than promised, the more so the
+more evaluations (the winner's curse). ``drop_ci``, ``drop_p`` and ``drop_significant`` come from
+``perceptlab.core.uncertainty.peak_drop_test``, a max-type bootstrap over *every* evaluation's
+replicates (the same resampled items at each evaluation), whose null distribution includes the
+choice of the peak: on a flat trajectory it calls a drop significant at most at the one-sided
+nominal rate (2.5 %), for any number of evaluations (measured: docs/calibration.md). The tracker
+therefore keeps each metric's replicates of every evaluation (``B`` floats per evaluation).
+A new peak is ``beyond_noise`` when it beats every earlier evaluation beyond noise
+(``uncertainty.beats_every_earlier``, an intersection-union test). ``change`` = final - baseline
+(what training did to the metric, signed) with its paired interval ``change_ci``. ``ci_note`` says
+when the intervals should not be trusted (too few items for the metric family, or zero width).
 """
 from __future__ import annotations
 
-import json
+import bisect
 import math
-import os
 import re
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import torch
 
+from perceptlab.callbacks.run_record import MetricSummary, chart_of, finite, interval_kind
 from perceptlab.core import uncertainty
 
-SUMMARY_KEYS = ("direction", "peak", "peak_epoch", "peak_step", "final", "final_epoch", "final_step",
-                "drop", "baseline", "evaluations", "peak_ci", "final_ci", "drop_ci", "drop_significant",
-                "baseline_ci", "change", "change_ci")
 
+@dataclass
+class _Trajectory:
+    """One metric's evaluations in step order: values and (when measured) bootstrap replicates."""
 
-def finite(value: Any) -> float | None:
-    """``float(value)`` when finite, else ``None`` (JSON has no NaN)."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+    direction: str
+    steps: list[int] = field(default_factory=list)
+    epochs: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    replicates: list[torch.Tensor | None] = field(default_factory=list)
+    baseline: int | None = None  # row of the baseline evaluation
+    items: int | None = None
 
+    def oriented(self, x):
+        return x if self.direction == "max" else -x
 
-def write_json_atomic(path: str | os.PathLike, obj: Any, lines: bool = False) -> None:
-    """Write JSON (or JSON lines from a list) to ``path`` via a temporary file and a rename, so a
-    reader or a crash never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        if lines:
-            for record in obj:
-                f.write(json.dumps(record, allow_nan=False) + "\n")
-        else:
-            json.dump(obj, f, indent=2, allow_nan=False)
-            f.write("\n")
-    os.replace(tmp, path)
-
-
-def write_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
-    """Write numpy arrays to a compressed ``.npz`` at ``path`` via a temporary file and a rename."""
-    import numpy as np
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **arrays)
-    os.replace(tmp, path)
+    def all_replicates(self) -> torch.Tensor | None:
+        if not self.replicates or any(r is None for r in self.replicates):
+            return None
+        shapes = {tuple(r.shape) for r in self.replicates}
+        return torch.stack(self.replicates) if len(shapes) == 1 else None
 
 
 class PeakTracker:
-    """Per-metric peak, final value and drop over a sequence of evaluations, with their bootstrap
-    intervals when the evaluations come with replicates."""
+    """Per-metric peak, final value and drop over a sequence of evaluations, with intervals that
+    stay valid when the evaluations come with replicates."""
 
     def __init__(self, level: float = 0.95) -> None:
-        self.entries: dict[str, dict[str, Any]] = {}
+        self.entries: dict[str, _Trajectory] = {}
         self.level = level
         self.surpassed: list[str] = []  # metrics whose previous peak the last evaluation beat
-        self.beyond_noise: list[str] = []  # ... by more than noise (paired gain interval above zero)
+        self.beyond_noise: list[str] = []  # ... and that beat every earlier evaluation beyond noise
 
     def update(self, epoch: int, step: int, metrics: Mapping[str, float | None],
                directions: Mapping[str, str], baseline: bool = False,
-               replicates: Mapping[str, torch.Tensor] | None = None) -> list[str]:
-        """Add one evaluation; returns the metrics that reached a new peak with it (a better value,
-        noise or not). Those whose gain over the previous peak has a paired interval wholly above
-        zero are in :attr:`beyond_noise` afterwards."""
-        improved = []
+               replicates: Mapping[str, torch.Tensor] | None = None,
+               items: Mapping[str, int] | None = None) -> list[str]:
+        """Add one evaluation (kept in step order; a later one at the same step goes after it).
+        Returns the metrics that reached a new peak with it (noise or not); those that beat every
+        earlier evaluation beyond noise are in :attr:`beyond_noise` afterwards."""
+        improved: list[str] = []
         self.surpassed, self.beyond_noise = [], []
         for name, value in metrics.items():
             value = finite(value)
             if value is None:
                 continue
-            direction = directions.get(name, "max")
-            e = self.entries.setdefault(name, {"direction": direction, "peak": None, "evaluations": 0,
-                                               "baseline": None})
-            e["evaluations"] += 1
-            rep = None if replicates is None else replicates.get(name)
+            e = self.entries.setdefault(name, _Trajectory(directions.get(name, "max")))
+            rep = None if replicates is None or replicates.get(name) is None else \
+                torch.as_tensor(replicates[name]).detach().float().cpu()
+            previous = self._peak_row(e)
+            row = bisect.bisect_right(e.steps, step)
+            for attr, x in (("steps", int(step)), ("epochs", int(epoch)), ("values", value), ("replicates", rep)):
+                getattr(e, attr).insert(row, x)
+            if e.baseline is not None and e.baseline >= row:
+                e.baseline += 1
             if baseline:
-                e["baseline"] = value
-                e["baseline_replicates"] = rep
-                e["baseline_ci"] = None if rep is None else uncertainty.percentile_interval(rep, self.level)
-            better = e["peak"] is None or (value > e["peak"] if direction == "max" else value < e["peak"])
-            if better:
-                previous = e.get("peak_replicates")
-                if e["peak"] is not None:
-                    self.surpassed.append(name)
-                if e["peak"] is not None and rep is not None and previous is not None:
-                    gain = self._oriented(rep - previous, direction)
-                    if uncertainty.significant(uncertainty.percentile_interval(gain, self.level)):
-                        self.beyond_noise.append(name)
-                e.update(peak=value, peak_epoch=epoch, peak_step=step, peak_replicates=rep,
-                         peak_ci=None if rep is None else uncertainty.percentile_interval(rep, self.level))
+                e.baseline = row
+            if items is not None and items.get(name) is not None:
+                e.items = int(items[name])
+            if self._peak_row(e) == row and (previous is None or e.values[previous] != value):
                 improved.append(name)
-            e.update(final=value, final_epoch=epoch, final_step=step, final_replicates=rep,
-                     final_ci=None if rep is None else uncertainty.percentile_interval(rep, self.level))
-            e["drop"] = e["peak"] - value if direction == "max" else value - e["peak"]
-            if e["baseline"] is not None:
-                e["change"] = value - e["baseline"]
-            self._drop_interval(e)
+                if previous is not None:
+                    self.surpassed.append(name)
+                    reps = e.all_replicates()
+                    if reps is not None and row == len(e.values) - 1 and uncertainty.beats_every_earlier(
+                            e.oriented(torch.tensor(e.values)), e.oriented(reps), self.level):
+                        self.beyond_noise.append(name)
         return improved
 
     @staticmethod
-    def _oriented(difference: torch.Tensor, direction: str) -> torch.Tensor:
-        return difference if direction == "max" else -difference
+    def _peak_row(e: _Trajectory) -> int | None:
+        if not e.values:
+            return None
+        best = max(e.values) if e.direction == "max" else min(e.values)
+        return e.values.index(best)  # the first one on ties
 
-    def _drop_interval(self, e: dict) -> None:
-        """Paired bootstrap of peak minus final (same resampled items at both evaluations)."""
-        peak, final, base = e.get("peak_replicates"), e.get("final_replicates"), e.get("baseline_replicates")
-        e["change_ci"] = None if final is None or base is None else uncertainty.percentile_interval(final - base, self.level)
-        if peak is None or final is None:
-            e["drop_ci"], e["drop_significant"] = None, None
-            return
-        e["drop_ci"] = uncertainty.percentile_interval(self._oriented(peak - final, e["direction"]), self.level)
-        e["drop_significant"] = uncertainty.significant(e["drop_ci"])
+    def _summary_of(self, name: str, e: _Trajectory) -> MetricSummary:
+        peak, final = self._peak_row(e), len(e.values) - 1
+        reps = e.all_replicates()
+
+        def ci(row):
+            rep = e.replicates[row] if row is not None else None
+            return None if rep is None else uncertainty.percentile_interval(rep, self.level)
+
+        s: MetricSummary = {
+            "direction": e.direction, "peak": e.values[peak], "peak_epoch": e.epochs[peak], "peak_step": e.steps[peak],
+            "final": e.values[final], "final_epoch": e.epochs[final], "final_step": e.steps[final],
+            "drop": e.oriented(e.values[peak] - e.values[final]),
+            "baseline": None if e.baseline is None else e.values[e.baseline],
+            "evaluations": len(e.values), "items": e.items,
+            "peak_ci": ci(peak), "final_ci": ci(final), "baseline_ci": ci(e.baseline),
+        }
+        if reps is not None:
+            test = uncertainty.peak_drop_test(e.oriented(torch.tensor(e.values)), e.oriented(reps.double()), self.level)
+            s.update(drop_ci=test.interval, drop_p=test.p, drop_significant=test.significant)
+        else:
+            s.update(drop_ci=None, drop_p=None, drop_significant=None)
+        s["change"] = None if e.baseline is None else e.values[final] - e.values[e.baseline]
+        base_rep = None if e.baseline is None else e.replicates[e.baseline]
+        s["change_ci"] = None if base_rep is None or e.replicates[final] is None else \
+            uncertainty.percentile_interval(e.replicates[final] - base_rep, self.level)
+        note = uncertainty.interval_note(s["final_ci"], e.items, interval_kind(name))
+        s["ci_note"], s["ci_reliable"] = note, None if s["final_ci"] is None else note is None
+        return s
+
+    def summary(self) -> dict[str, MetricSummary]:
+        return {name: self._summary_of(name, e) for name, e in sorted(self.entries.items())}
+
+    def marks(self) -> dict[str, dict[str, int]]:
+        """Row of each metric's peak, final and baseline evaluation among its replicates."""
+        out = {}
+        for name, e in self.entries.items():
+            if e.all_replicates() is None:
+                continue
+            out[name] = {"peak": self._peak_row(e), "final": len(e.values) - 1}
+            if e.baseline is not None:
+                out[name]["baseline"] = e.baseline
+        return out
+
+    def trajectories(self) -> dict[str, tuple[list[int], torch.Tensor]]:
+        """Steps and ``(T, B)`` replicates of every metric measured with replicates throughout."""
+        return {name: (list(e.steps), reps) for name, e in self.entries.items()
+                if (reps := e.all_replicates()) is not None}
+
+    def replicates_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Every metric's replicates of every evaluation (float32 ``(T, B)``), for checkpoints."""
+        return {name: {"trajectory": reps.float()} for name, (_, reps) in self.trajectories().items()}
 
     @classmethod
     def from_history(cls, history: Iterable[Mapping], directions: Mapping[str, str],
                      replicates: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
-                     level: float = 0.95) -> "PeakTracker":
-        """Rebuild from ``alignment.jsonl`` records; ``replicates`` (:meth:`replicates_state`) puts
-        back the peak and final replicates, which the records do not hold."""
+                     level: float = 0.95, items: Mapping[str, int] | None = None) -> "PeakTracker":
+        """Rebuild from ``alignment.jsonl`` records; ``replicates`` (:meth:`replicates_state`)
+        puts back each metric's replicates, row by row in the order of its finite values."""
         tracker = cls(level)
+        rows: dict[str, int] = {}
         for record in history:
-            tracker.update(record["epoch"], record["step"], record["metrics"], directions,
-                           baseline=record.get("trigger") == "baseline")
-        for name, reps in (replicates or {}).items():
-            e = tracker.entries.get(name)
-            if e is None:
-                continue
-            for which in ("peak", "final", "baseline"):
-                if which == "baseline" and e.get("baseline") is None:
+            reps = {}
+            for name, value in record["metrics"].items():
+                if finite(value) is None:
                     continue
-                rep = reps.get(which)
-                e[f"{which}_replicates"] = rep
-                e[f"{which}_ci"] = None if rep is None else uncertainty.percentile_interval(rep, level)
-            tracker._drop_interval(e)
+                stacked = (replicates or {}).get(name, {}).get("trajectory")
+                row = rows.get(name, 0)
+                if stacked is not None and row < len(stacked):
+                    reps[name] = torch.as_tensor(stacked[row])
+                rows[name] = row + 1
+            tracker.update(record["epoch"], record["step"], record["metrics"], directions,
+                           baseline=record.get("trigger") == "baseline", replicates=reps or None, items=items)
         return tracker
-
-    def replicates_state(self) -> dict[str, dict[str, torch.Tensor]]:
-        """The peak, final and baseline replicates of every metric (float32), for checkpoints."""
-        out = {}
-        for name, e in self.entries.items():
-            reps = {w: e[f"{w}_replicates"].float() for w in ("peak", "final", "baseline")
-                    if e.get(f"{w}_replicates") is not None}
-            if reps:
-                out[name] = reps
-        return out
-
-    def summary(self) -> dict[str, dict[str, Any]]:
-        return {name: {k: e.get(k) for k in SUMMARY_KEYS} for name, e in sorted(self.entries.items())}
 
 
 # ------------------------------------------------------------------------------- TensorBoard
-def chart_of(metric: str, probe_names: Iterable[str] = ()) -> str:
-    """The chart a metric belongs to: the name of the probe that produced it (the longest probe
-    name prefixing it), else its first two name components (``iqa_fr/tid2013``)."""
-    owners = [p for p in probe_names if metric == p or metric.startswith(p + "/")]
-    if owners:
-        return max(owners, key=len)
-    return "/".join(metric.split("/")[:2])
-
-
 def custom_scalars_layout(metrics: Iterable[str], probe_names: Iterable[str] = (), prefix: str = "alignment") -> dict:
     """TensorBoard custom-scalars layout: one category per probe family, one multi-line chart per
     probe holding all its metrics (e.g. SRCC, PLCC, KRCC and the classical reference lines)."""

@@ -12,10 +12,10 @@ learning rate logged, and seed 0.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Literal
 
 USAGE = """usage: perceptlab <command> [options]
 
@@ -36,7 +36,12 @@ commands:
 
 `perceptlab <command> --help` documents every option of a command; `fit --print_config` prints
 the full resolved configuration. Overrides use dotted keys: --trainer.max_epochs=3
+A mistake (a missing file, an unknown key, a bad value) is one line and exit status 2;
+`--debug` (or PERCEPTLAB_DEBUG=1) shows the traceback instead.
 """
+
+#: Exceptions that mean the user asked for something that cannot be done (a path, key or value).
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, KeyError, ValueError)
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
@@ -175,22 +180,55 @@ def run_lightning(args: list[str]) -> None:
     )
 
 
-def run_synth(args: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="perceptlab synth", description="Write the toy world in every real on-disk format.")
-    parser.add_argument("--out", required=True, help="output directory (created)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scale", choices=("tiny", "small"), default="tiny",
-                        help="tiny: seconds, for tests; small: about two minutes, for the demo")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--no-progress", action="store_true")
-    ns = parser.parse_args(args)
+def run_function(fn, argv: list[str] | None, prog: str):
+    """Parse ``argv`` into ``fn``'s typed signature and call it: every flag, its type, default and
+    help (from the ``Args:`` docstring) come from the function, in LightningCLI's ``--snake_case``
+    style; a required ``list`` parameter is a positional taking one or more values."""
+    import inspect
+    import typing
+
+    from jsonargparse import ArgumentParser
+
+    doc = inspect.getdoc(fn) or ""
+    parser = ArgumentParser(prog=prog, description=doc.split("\n\n")[0], exit_on_error=True)
+    positional = [name for name, p in inspect.signature(fn).parameters.items()
+                  if p.default is inspect.Parameter.empty and typing.get_origin(p.annotation if not isinstance(p.annotation, str)
+                                                                                   else eval(p.annotation, fn.__globals__)) is list]
+    for name in positional:
+        parser.add_argument(name, nargs="+", help=_arg_help(doc, name))
+    parser.add_function_arguments(fn, skip=set(positional), as_positional=False)
+    cfg = parser.parse_args(argv)
+    return fn(**cfg.as_dict())
+
+
+def _arg_help(doc: str, name: str) -> str | None:
+    for line in doc.splitlines():
+        if line.strip().startswith(f"{name}:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def synth(out: str, seed: int = 0, scale: Literal["tiny", "small"] = "tiny", image_size: int = 64,
+          progress: bool = True) -> None:
+    """Write the toy world in every real on-disk format.
+
+    Args:
+        out: output directory (created).
+        seed: the world's seed (the same seed writes the same files).
+        scale: tiny: seconds, for tests; small: about two minutes, for the demo.
+        image_size: side of every image in pixels.
+        progress: print progress while writing.
+    """
     from perceptlab.datamodules.toyworld import synthesize
 
-    manifest = synthesize(ns.out, seed=ns.seed, scale=ns.scale, image_size=ns.image_size, progress=not ns.no_progress)
-    counts = manifest.get("counts", {})
-    print(f"toy world written to {Path(ns.out).resolve()}")
-    for name, n in counts.items():
+    manifest = synthesize(out, seed=seed, scale=scale, image_size=image_size, progress=progress)
+    print(f"toy world written to {Path(out).resolve()}")
+    for name, n in manifest.get("counts", {}).items():
         print(f"  {name}: {n}")
+
+
+def run_synth(args: list[str]) -> None:
+    run_function(synth, args, prog="perceptlab synth")
 
 
 #: The commands of their own module, each a ``main(argv)``; imported when called (imports cost seconds).
@@ -205,19 +243,63 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
+    debug = "--debug" in argv or os.environ.get("PERCEPTLAB_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     command, rest = argv[0], argv[1:]
-    if command in LIGHTNING_COMMANDS:
-        run_lightning([command, *rest])
-    elif command == "synth":
-        run_synth(rest)
-    elif command in MODULE_COMMANDS:
-        import importlib
-
-        importlib.import_module(MODULE_COMMANDS[command]).main(rest)
-    else:
+    if command not in LIGHTNING_COMMANDS and command != "synth" and command not in MODULE_COMMANDS:
         print(f"perceptlab: unknown command {command!r}\n", file=sys.stderr)
         print(USAGE, file=sys.stderr)
         raise SystemExit(2)
+    quiet_third_party()
+    try:
+        if command in LIGHTNING_COMMANDS:
+            run_lightning([command, *rest])
+        elif command == "synth":
+            run_synth(rest)
+        else:
+            import importlib
+
+            importlib.import_module(MODULE_COMMANDS[command]).main(rest)
+    except USER_ERRORS + _lightning_user_errors() as exc:
+        if debug:
+            raise
+        print(f"perceptlab {command}: error: {user_message(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _lightning_user_errors() -> tuple[type[BaseException], ...]:
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    return (MisconfigurationException,)
+
+
+def user_message(exc: BaseException) -> str:
+    """One line for a user error, with the fix where we know it."""
+    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    message = " ".join(str(message).split())
+    if "No supported gpu backend found" in message or "CUDAAccelerator can not run on your system" in message:
+        message += " (this machine has no GPU: pass --trainer.accelerator=cpu)"
+    return message
+
+
+def quiet_third_party() -> None:
+    """Keep the console to what the run needs: open_clip's "No pretrained weights loaded" is false
+    whenever weights follow from a file (we load them after building the model, and say so), and
+    the hub-offline chatter of optional kernels that pyiqa's import of bitsandbytes triggers says
+    nothing about the run (no hub is used at run time)."""
+    import logging
+
+    class _Drop(logging.Filter):
+        PATTERNS = ("No pretrained weights loaded for model", "kernels-community", "offline mode is enabled",
+                    "HF_HUB_OFFLINE")
+
+        def filter(self, record: logging.LogRecord) -> bool:
+            text = record.getMessage()
+            return not any(p in text for p in self.PATTERNS)
+
+    for handler_owner in (logging.getLogger(), logging.getLogger("huggingface_hub"), logging.getLogger("kernels")):
+        if not any(isinstance(f, _Drop) for f in handler_owner.filters):
+            handler_owner.addFilter(_Drop())
 
 
 if __name__ == "__main__":

@@ -38,12 +38,15 @@ def default_name(model: str) -> str:
     return (Path(*parts).stem if parts else path.stem) or "model"
 
 
+from perceptlab.callbacks.run_record import JSONL_NAME  # noqa: E402  (the run record owns the file names)
+
+
 def run_dir_for(out: str | None, runs_dir: str, name: str, new_version: bool) -> Path:
     if out:
         return Path(out)
     root = Path(runs_dir) / "evaluate" / name
     versions = sorted((int(p.name.split("_")[-1]) for p in root.glob("version_*") if p.name.split("_")[-1].isdigit()))
-    if versions and not new_version and (root / f"version_{versions[-1]}" / "alignment.jsonl").is_file():
+    if versions and not new_version and (root / f"version_{versions[-1]}" / JSONL_NAME).is_file():
         return root / f"version_{versions[-1]}"
     return root / f"version_{versions[-1] + 1 if versions else 0}"
 
@@ -63,13 +66,12 @@ def main(argv: list[str] | None = None) -> Path:
     if bad:
         parser.error(f"unknown arguments {bad} (Lightning options go as --trainer.<key>=<value>)")
 
-    from perceptlab.callbacks.alignment import JSONL_NAME, AlignmentSuite
+    from perceptlab.callbacks.alignment import AlignmentSuite
+    from perceptlab.callbacks.run_record import JSONL_NAME, read_evaluations
     from perceptlab.commands.cli import make_cli_class
 
     run_dir = run_dir_for(ns.out, ns.runs_dir, ns.name or default_name(ns.models[0]), ns.new_version)
-    existing = []
-    if (run_dir / JSONL_NAME).is_file():
-        existing = [json.loads(line) for line in (run_dir / JSONL_NAME).read_text().splitlines() if line.strip()]
+    existing = read_evaluations(run_dir)
     done = [r["model"] for r in existing if "model" in r]
     logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
               "init_args": {"save_dir": str(run_dir.parent), "name": "", "version": run_dir.name,

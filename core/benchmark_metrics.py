@@ -164,3 +164,55 @@ def zeroshot_retrieval_items(
             out[f"text_hit@{k}"] = batchify(recall_at_k, scores.T, positive.T, batch_size, "cpu", k=k) > 0
             out[f"image_hits@{k}"] = torch.bincount(image_of_caption, weights=caption_hit.double(), minlength=n)
     return out
+
+
+# ------------------------------------------------------------- the one classifier and recall
+def clip_benchmark_template(template) -> str:
+    """A template in CLIP_benchmark's form (``"a photo of a {c}."``) from ours (``{}``) or
+    open_clip's (a callable such as those of ``SIMPLE_IMAGENET_TEMPLATES``)."""
+    if callable(template):
+        template = template("{c}")
+    return template.replace("{}", "{c}")
+
+
+def zeroshot_classifier(model, tokenizer, classnames: Sequence[str],
+                        templates: Sequence | Mapping[str, Sequence[str]], device) -> torch.Tensor:
+    """``(d, classes)`` class embeddings by CLIP_benchmark's ``zero_shot_classifier``: each class's
+    prompts encoded with ``model.encode_text``, L2-normalised, averaged and normalised again.
+    The one zero-shot classifier of the project: stage 2's validation, the shape-bias and noise
+    probes and the benchmark probe all use it. ``model`` needs ``encode_text``; the caller's
+    autocast context applies (CLIP_benchmark's own is switched off)."""
+    from clip_benchmark.metrics import zeroshot_classification
+
+    device = torch.device(device)
+    if not isinstance(templates, Mapping):
+        templates = [clip_benchmark_template(t) for t in templates]
+    with clip_benchmark_engine():
+        weights = zeroshot_classification.zero_shot_classifier(
+            model, tokenizer, list(classnames), templates if isinstance(templates, Mapping) else list(templates),
+            device.type, amp=False)
+    return weights.to(device)
+
+
+def paired_retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor,
+                            ks: Sequence[int] = (1, 5, 10), batch_size: int = 1024) -> dict[str, float]:
+    """Recall@k of paired retrieval in both directions, in [0, 1], by CLIP_benchmark's ``recall_at_k``.
+
+    Row i of ``image_features`` and ``text_features`` ``(n, d)`` form a pair. ``i2t_R@k``: share of
+    images whose own caption is among their k most similar captions; ``t2i_R@k``: the converse
+    (CLIP_benchmark's ``text_retrieval_recall@k`` / ``image_retrieval_recall@k``). Ties are broken
+    by ``torch.topk``'s order, as CLIP_benchmark does (not in the pair's favour)."""
+    import torch.nn.functional as F
+    from clip_benchmark.metrics.zeroshot_retrieval import batchify, recall_at_k
+
+    images = F.normalize(image_features.float(), dim=-1)
+    texts = F.normalize(text_features.float(), dim=-1)
+    scores = texts @ images.T  # (texts, images)
+    positive = torch.eye(len(scores), dtype=torch.bool)
+    out = {}
+    with clip_benchmark_engine():
+        for k in ks:
+            k_eff = min(k, len(scores))
+            out[f"i2t_R@{k}"] = float((batchify(recall_at_k, scores.T, positive, batch_size, "cpu", k=k_eff) > 0).float().mean())
+            out[f"t2i_R@{k}"] = float((batchify(recall_at_k, scores, positive, batch_size, "cpu", k=k_eff) > 0).float().mean())
+    return out

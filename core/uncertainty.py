@@ -23,7 +23,9 @@ instead of ``B`` quadratic loops.
 from __future__ import annotations
 
 import math
+import statistics
 import zlib
+from dataclasses import dataclass
 from typing import Mapping
 
 import torch
@@ -31,6 +33,8 @@ import torch
 __all__ = [
     "DEFAULT_RESAMPLES", "resample_indices", "percentile_interval", "intervals", "significant",
     "mean", "pearson", "spearman", "kendall_b", "resampled_ranks", "correlations",
+    "DropTest", "peak_drop_test", "beats_every_earlier", "seed_interval", "seed_drop_test",
+    "seeds_for_power", "resolvable_difference", "MIN_RELIABLE_ITEMS", "interval_note",
 ]
 
 DEFAULT_RESAMPLES = 1000
@@ -135,3 +139,192 @@ def kendall_b(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, block: int = 
 def correlations(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
     """``{"srcc", "plcc", "krcc"}`` of each resample, as ``perceptlab.core.scores.correlations``."""
     return {"srcc": spearman(pred, target, idx), "plcc": pearson(pred, target, idx), "krcc": kendall_b(pred, target, idx)}
+
+
+# ------------------------------------------------------------------- the drop after a peak
+@dataclass
+class DropTest:
+    """Has a metric dropped since its best evaluation?  All values oriented so that higher is better.
+
+    ``drop``: the largest observed drop from an evaluation to the final one (peak - final), >= 0;
+    ``interval``: a 95 % interval of the true largest drop, valid although the peak was picked
+    after seeing every evaluation; ``p``: one-sided p-value of "no evaluation was better than the
+    final one"; ``significant``: ``interval[0] > 0``; ``peak``: row of the peak.
+    """
+
+    drop: float
+    interval: list[float] | None
+    p: float | None
+    significant: bool | None
+    peak: int
+
+
+def peak_drop_test(values, replicates, level: float = 0.95) -> DropTest:
+    """Drop of the best of ``T`` evaluations below the last one, tested with the choice of the peak.
+
+    ``values`` ``(T,)`` are the evaluations' metric values in order, ``replicates`` ``(T, B)``
+    their bootstrap replicates drawn with the *same* resampled items at every evaluation (paired),
+    both oriented so that higher is better. With ``d_t = value_t - value_T`` and its replicates
+    ``d*_t``, the drop ``max_t d_t`` is tested by the max-type (studentized) bootstrap of White's
+    Reality Check (White 2000, *Econometrica* 68: 1097-1126; Hansen 2005, *JBES* 23: 365-380, whose
+    studentization is used; Romano & Wolf 2005, *Econometrica* 73: 1237-1282, stepwise version):
+    the null distribution of ``max_t (d*_t - d_t) / s_t`` over all earlier evaluations, ``s_t``
+    the bootstrap standard deviation of ``d*_t``, includes the act of picking the maximum. Its
+    ``1 - alpha`` quantile ``c`` (``alpha = (1 - level) / 2``) gives simultaneous one-sided bounds
+    ``d_t >= d_t_hat - c s_t`` for every ``t`` at once, hence the interval of the largest drop
+    ``[max_t(d_t_hat - c s_t), max_t(d_t_hat + c' s_t)]`` (``c'`` from the downward maxima), and a
+    drop is significant when the lower end is above zero. Where no evaluation was picked after
+    looking (``T = 2``) this is the paired bootstrap of peak minus final.
+
+    The price of validity is power: the critical value grows slowly with the number of evaluations
+    (about that of the maximum of ``T - 1`` correlated normals); ``benchmarks/bench_drop_calibration.py``
+    measures false-positive rate and power over items, evaluations and drift.
+    """
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    r = torch.as_tensor(replicates, dtype=torch.float64).reshape(v.numel(), -1)
+    T = v.numel()
+    if T == 0:
+        raise ValueError("peak_drop_test needs at least one evaluation")
+    peak = int(torch.argmax(torch.where(torch.isfinite(v), v, torch.full_like(v, -math.inf))))
+    drop = float(v[peak] - v[-1])
+    if T < 2:
+        return DropTest(0.0, [0.0, 0.0], 1.0, False, peak)
+    # resamples where some evaluation is undefined (a constant input to a correlation) are left out
+    keep = torch.isfinite(r).all(dim=0)
+    if keep.sum() * 2 < r.shape[1] or not torch.isfinite(v).all():
+        return DropTest(drop, None, None, None, peak)
+    r = r[:, keep]
+    d = v[:-1] - v[-1]
+    dstar = r[:-1] - r[-1]
+    sd = dstar.std(dim=1)
+    live = sd > 1e-12 * (1 + v.abs().max())
+    if not live.any():  # no evaluation differs from the final one on any resample: no sampling error
+        return DropTest(drop, [max(drop, 0.0), max(drop, 0.0)], 1.0 if drop <= 0 else 0.0, drop > 0, peak)
+    d, dstar, sd = d[live], dstar[live], sd[live]
+    z = (dstar - d[:, None]) / sd[:, None]
+    alpha = (1 - level) / 2
+    c_up = torch.quantile(z.max(dim=0).values, 1 - alpha)
+    c_down = torch.quantile((-z).max(dim=0).values, 1 - alpha)
+    low = max(0.0, float((d - c_up * sd).max()))
+    high = max(0.0, float((d + c_down * sd).max()))
+    observed = float((d / sd).max())
+    p = float((1 + (z.max(dim=0).values >= observed).sum()) / (1 + z.shape[1]))
+    return DropTest(drop, [low, max(high, low)], p, low > 0, peak)
+
+
+def beats_every_earlier(values, replicates, level: float = 0.95) -> bool:
+    """Is the last evaluation better than *every* earlier one beyond noise?
+
+    An intersection-union test (Berger 1982, *Technometrics* 24: 295-300): it holds when each
+    paired bootstrap interval of last minus earlier lies above zero, and is valid at the one-sided
+    level ``(1 - level) / 2`` with no correction for the number of evaluations. ``values`` ``(T,)``
+    and ``replicates`` ``(T, B)`` oriented so that higher is better; False for ``T < 2``.
+    """
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    r = torch.as_tensor(replicates, dtype=torch.float64).reshape(v.numel(), -1)
+    if v.numel() < 2:
+        return False
+    return all(significant(percentile_interval(r[-1] - r[t], level)) for t in range(v.numel() - 1))
+
+
+# ------------------------------------------------------------------------------ over seeds
+def seed_interval(values, level: float = 0.95) -> tuple[float | None, list[float] | None]:
+    """Mean and Student-t interval over seeds; ``(mean, None)`` for a single value.
+
+    By hand rather than scipy's ``t.interval``: seeds that agree exactly (a metric that never
+    moved) have zero spread, where scipy returns NaN and this gives the degenerate ``[mean, mean]``.
+    """
+    values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not values:
+        return None, None
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, None
+    from scipy.stats import t
+
+    half = t.ppf((1 + level) / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, [mean - half, mean + half]
+
+
+def seed_drop_test(trajectories, level: float = 0.95) -> DropTest:
+    """The drop after the peak over seeds, valid although the peak step is picked after looking.
+
+    ``trajectories`` ``(k, T)``: each seed's values at the same ``T`` steps, oriented so that higher
+    is better. With ``d_{i,t}`` = seed i's value at step t minus its final value, each step's mean
+    difference gets a one-sided Student-t bound at level ``alpha / (T - 1)`` (Bonferroni over the
+    candidate peak steps; Dunn 1961, *JASA* 56: 52-64), which holds for all steps at once whatever
+    their correlation; the largest drop's interval and the verdict follow as in
+    :func:`peak_drop_test`. ``drop`` is the mean trajectory's peak minus its final value.
+    """
+    from scipy.stats import t as student
+
+    x = torch.as_tensor(trajectories, dtype=torch.float64)
+    k, T = x.shape
+    mean = x.mean(dim=0)
+    peak = int(torch.argmax(mean))
+    drop = float(mean[peak] - mean[-1])
+    if T < 2 or k < 2:
+        return DropTest(drop, None, None, None, peak)
+    d = x[:, :-1] - x[:, -1:]
+    m, se = d.mean(dim=0), d.std(dim=0) / math.sqrt(k)
+    alpha = (1 - level) / 2 / (T - 1)
+    q = float(student.ppf(1 - alpha, k - 1))
+    live = se > 0
+    low = max(0.0, float((m - q * se)[live].max())) if live.any() else max(0.0, float(m.max()))
+    high = max(0.0, float((m + q * se).max()))
+    p_steps = [float(student.sf(float(mi / si), k - 1)) for mi, si in zip(m[live], se[live])]
+    p = min(1.0, (T - 1) * min(p_steps)) if p_steps else None
+    return DropTest(drop, [low, max(low, high)], p, low > 0, peak)
+
+
+def seeds_for_power(difference: float, spread: float, level: float = 0.95, power: float = 0.8,
+                    max_seeds: int = 1000) -> int | None:
+    """Seeds (paired differences) a two-sided t-test at ``level`` needs to resolve ``difference``
+    with probability ``power`` when the per-seed differences spread with standard deviation
+    ``spread`` (noncentral t; Cohen 1988, ch. 2). ``None`` past ``max_seeds`` or for no difference."""
+    from scipy.stats import nct, t
+
+    if not difference or not math.isfinite(difference) or not spread > 0:
+        return None if not difference else 2
+    effect = abs(difference) / spread
+    for k in range(2, max_seeds + 1):
+        q = t.ppf((1 + level) / 2, k - 1)
+        if nct.sf(q, k - 1, effect * math.sqrt(k)) + nct.cdf(-q, k - 1, effect * math.sqrt(k)) >= power:
+            return k
+    return None
+
+
+def resolvable_difference(spread: float, seeds: int, level: float = 0.95, power: float = 0.8) -> float | None:
+    """The smallest difference that ``seeds`` paired seeds resolve with probability ``power``
+    (two-sided t-test at ``level``) given the per-seed spread: the inverse of :func:`seeds_for_power`."""
+    from scipy.optimize import brentq
+    from scipy.stats import nct, t
+
+    if seeds < 2 or not spread > 0:
+        return None
+    q = t.ppf((1 + level) / 2, seeds - 1)
+
+    def gap(effect: float) -> float:
+        nc = effect * math.sqrt(seeds)
+        return nct.sf(q, seeds - 1, nc) + nct.cdf(-q, seeds - 1, nc) - power
+
+    return brentq(gap, 1e-9, 1e3) * spread
+
+
+# ------------------------------------------------------------------ when intervals hold
+#: Smallest number of items from which the 95 % percentile interval of each metric family covers
+#: its true value 93-97 % of the time, as measured by ``benchmarks/bench_drop_calibration.py
+#: --coverage`` (docs/calibration.md). Below it an interval is marked unreliable.
+MIN_RELIABLE_ITEMS = {"mean": 50, "correlation": 100, "kendall": 100, "shape_bias": 100, "noise_drop": 100}
+
+
+def interval_note(interval: list[float] | None, items: int | None, kind: str = "mean") -> str | None:
+    """Why an interval should not be trusted (``None`` when nothing speaks against it): too few
+    items for its metric family (:data:`MIN_RELIABLE_ITEMS`), or degenerate (zero width)."""
+    if interval is None:
+        return None
+    if items is not None and items < MIN_RELIABLE_ITEMS.get(kind, 0):
+        return f"unreliable: {items} items, coverage holds from {MIN_RELIABLE_ITEMS[kind]}"
+    if interval[0] == interval[1]:
+        return "degenerate: zero width (every resample gives the same value)"
+    return None

@@ -126,3 +126,24 @@ class BackboneDataModule(pl.LightningDataModule):
         kwargs["persistent_workers"] = kwargs["persistent_workers"] and persistent_workers
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, collate_fn=collate_fn,
                           **kwargs)
+
+
+def tar_sample_count(path, image_extensions) -> int:
+    """Samples in one webdataset tar, from its headers alone (no image is decoded): the keys that
+    have an image member, a key being what webdataset's own ``base_plus_ext`` makes of a member
+    name (folder and file name up to the first dot). The one sample counter of the project."""
+    import tarfile
+
+    from webdataset.tariterators import base_plus_ext
+
+    extensions = {e.lower() for e in image_extensions}
+    keys = set()
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, ext = base_plus_ext(member.name)
+            if key is not None and ext.lower().rsplit(".", 1)[-1] in extensions:
+                keys.add(key)
+    return len(keys)
+

@@ -174,23 +174,10 @@ class LoadedTask:
 
 
 def count_samples(task: BenchmarkTask) -> int:
-    """Samples in the task's shards, from the tar headers alone (no image is decoded): the keys
-    that have an image member, grouped as webdataset groups them (the name up to its first dot)."""
-    import tarfile
+    """Samples in the task's shards, from the tar headers alone (``datamodules.base.tar_sample_count``)."""
+    from perceptlab.datamodules.base import tar_sample_count
 
-    n = 0
-    for shard in range(task.nshards()):
-        keys = set()
-        with tarfile.open(task.location / "test" / f"{shard}.tar") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                folder, _, base = member.name.rpartition("/")
-                key, _, ext = base.partition(".")
-                if ext.lower() in IMAGE_EXTENSIONS:
-                    keys.add((folder, key))
-        n += len(keys)
-    return n
+    return sum(tar_sample_count(task.location / "test" / f"{shard}.tar", IMAGE_EXTENSIONS) for shard in range(task.nshards()))
 
 
 def load_task(task: BenchmarkTask, transform: Callable, keep: Callable[[int], list[int]],

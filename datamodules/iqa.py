@@ -26,6 +26,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Sequence
 
 #: Our names for pyiqa's registry keys.
 ALIASES = {"koniq": "koniq10k"}
@@ -115,3 +116,56 @@ def pyiqa_column(table, position: int, source: str | os.PathLike) -> str:
         raise KeyError(f"{source}: a pyiqa meta-info CSV needs at least {position + 1} columns; has "
                        f"{', '.join(map(str, table.columns))}")
     return table.columns[position]
+
+
+PHASES = ("train", "val", "test")
+_SHOWN = 5
+
+
+def split_labels(table, csv: str | os.PathLike, split_column: str | None = "auto", preset_split: str | None = None,
+                 split_file: str | None = None, split_index: Any = None,
+                 split_ratio: Sequence[float] = (0.7, 0.1, 0.2), split_seed: int = 0):
+    """The phase (``train``/``val``/``test``) of every row of an IQA table: the one split rule of
+    the project, used by the task data (``perceptual_tasks.read_iqa_set``) and the IQA probes.
+
+    ``split_file`` (a pyiqa split pickle ``{index: {"train": [rows], ...}}``) wins; else
+    ``split_column``: ``auto`` takes the preset's split column, else ``official_split`` or ``split``
+    when present; a name takes that column; ``None`` (or ``auto`` without such a column) a seeded
+    ratio split (``split_ratio``, ``split_seed``). Raises ``ValueError`` naming the CSV.
+    """
+    import pickle
+
+    import numpy as np
+
+    c = {"split_file": split_file, "split_index": split_index, "split_column": split_column,
+         "preset_split": preset_split, "split_ratio": split_ratio, "split_seed": split_seed}
+    n = len(table)
+    if c["split_file"]:
+        with open(Path(c["split_file"]).expanduser(), "rb") as f:
+            splits = pickle.load(f)[c["split_index"]]
+        labels = np.full(n, "", dtype=object)
+        for phase in PHASES:
+            labels[list(splits.get(phase, []))] = phase
+        return labels
+    column = c["split_column"]
+    if column == "auto":
+        candidates = [c["preset_split"], "official_split", "split"]
+        column = next((col for col in candidates if col and col in table.columns), None)
+    if column is not None:
+        if column not in table.columns:
+            raise ValueError(f"{csv}: no split column {column!r}; columns: {', '.join(map(str, table.columns))}")
+        labels = table[column].astype(str).str.strip().to_numpy()
+        bad = sorted(set(labels) - set(PHASES))
+        if bad:
+            raise ValueError(f"{csv}: split column {column!r} holds {bad[:_SHOWN]}, expected train/val/test")
+        return labels
+    ratio = np.asarray(c["split_ratio"], float)
+    if ratio.shape != (3,) or (ratio < 0).any() or ratio.sum() <= 0:
+        raise ValueError(f"split_ratio must be three non-negative fractions, got {c['split_ratio']}")
+    ratio = ratio / ratio.sum()
+    n_train, n_val = int(round(ratio[0] * n)), int(round(ratio[1] * n))
+    perm = np.random.default_rng(c["split_seed"]).permutation(n)
+    labels = np.full(n, "test", dtype=object)
+    labels[perm[:n_train]] = "train"
+    labels[perm[n_train:n_train + n_val]] = "val"
+    return labels

@@ -56,7 +56,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision import transforms as T
 
 from perceptlab.datamodules.base import BackboneDataModule
-from perceptlab.datamodules.iqa import iqa_preset, pyiqa_column
+from perceptlab.datamodules.iqa import PHASES, iqa_preset, pyiqa_column, split_labels
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,6 @@ EMOTIONS: tuple[str, ...] = (
     "amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness",
 )
 LAMEM_SPLITS = ("train", "val", "test")
-PHASES = ("train", "val", "test")
 _SHOWN = 5
 
 
@@ -264,7 +263,8 @@ def read_iqa_set(cfg: IQASet, phase: str) -> pd.DataFrame:
         raise ValueError(f"{csv}: MOS column {c['mos_column']!r} is not numeric")
     table = table.iloc[int(c["drop_first"]):].reset_index(drop=True)
 
-    split = _split_labels(table, c, csv)
+    split = split_labels(table, csv, c["split_column"], c["preset_split"], c["split_file"], c["split_index"],
+                         c["split_ratio"], c["split_seed"])
     mos = table[c["mos_column"]].astype(float).to_numpy()
     fit_rows = split == "train" if (split == "train").any() else np.ones(len(table), bool)
     score = _normalize(mos, c, fit_rows)
@@ -280,39 +280,6 @@ def read_iqa_set(cfg: IQASet, phase: str) -> pd.DataFrame:
         "mos": mos[keep],
         "score": score[keep],
     })
-
-
-def _split_labels(table: pd.DataFrame, c: dict, csv: Path) -> np.ndarray:
-    n = len(table)
-    if c["split_file"]:
-        with open(Path(c["split_file"]).expanduser(), "rb") as f:
-            splits = pickle.load(f)[c["split_index"]]
-        labels = np.full(n, "", dtype=object)
-        for phase in PHASES:
-            labels[list(splits.get(phase, []))] = phase
-        return labels
-    column = c["split_column"]
-    if column == "auto":
-        candidates = [c["preset_split"], "official_split", "split"]
-        column = next((col for col in candidates if col and col in table.columns), None)
-    if column is not None:
-        if column not in table.columns:
-            raise ValueError(f"{csv}: no split column {column!r}; columns: {', '.join(map(str, table.columns))}")
-        labels = table[column].astype(str).str.strip().to_numpy()
-        bad = sorted(set(labels) - set(PHASES))
-        if bad:
-            raise ValueError(f"{csv}: split column {column!r} holds {bad[:_SHOWN]}, expected train/val/test")
-        return labels
-    ratio = np.asarray(c["split_ratio"], float)
-    if ratio.shape != (3,) or (ratio < 0).any() or ratio.sum() <= 0:
-        raise ValueError(f"split_ratio must be three non-negative fractions, got {c['split_ratio']}")
-    ratio = ratio / ratio.sum()
-    n_train, n_val = int(round(ratio[0] * n)), int(round(ratio[1] * n))
-    perm = np.random.default_rng(c["split_seed"]).permutation(n)
-    labels = np.full(n, "test", dtype=object)
-    labels[perm[:n_train]] = "train"
-    labels[perm[n_train:n_train + n_val]] = "val"
-    return labels
 
 
 def _normalize(mos: np.ndarray, c: dict, fit_rows: np.ndarray) -> np.ndarray:

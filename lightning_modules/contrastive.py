@@ -44,10 +44,12 @@ Validation (every metric higher is better except the loss)
 On held-out pairs: ``val/loss`` (the contrastive loss over consecutive chunks of the validation
 batch size, in the set's order, averaged over pairs: the same for any number of loader workers and
 processes, see ``_validation_loss``) and retrieval recall ``val/i2t_R@k`` / ``val/t2i_R@k`` (k = 1, 5, 10; share of images whose paired
-caption ranks in the top k among all held-out captions, and the converse) over the whole held-out
+caption ranks in the top k among all held-out captions, and the converse; CLIP_benchmark's
+``recall_at_k``) over the whole held-out
 set, gathered from all ranks. On a labelled image set: zero-shot ``val/zeroshot_top1`` /
-``val/zeroshot_top5`` (shares in [0, 1]) with open_clip's ``build_zero_shot_classifier`` over the
-data module's ``zeroshot_classnames`` and ``zeroshot_templates``.
+``val/zeroshot_top5`` (shares in [0, 1]) with CLIP_benchmark's classifier
+(``core.benchmark_metrics.zeroshot_classifier``) over the data module's ``zeroshot_classnames`` and
+``zeroshot_templates``. Retrieval recall is CLIP_benchmark's too (ties broken by rank order).
 
 Logged while training: ``train/loss`` (mean over ranks), ``train/logit_scale`` (the scale itself,
 not its log) and ``data/skipped`` (samples the loaders dropped so far, summed over ranks; a warning
@@ -66,12 +68,13 @@ from typing import Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from open_clip import ClipLoss, build_zero_shot_classifier
+from open_clip import ClipLoss
 from open_clip.loss import SigLipLoss
 from torch import nn
 from torchmetrics import CatMetric, MeanMetric
 
 from perceptlab.core.backbone import CLIPBackbone
+from perceptlab.core.benchmark_metrics import paired_retrieval_recall, zeroshot_classifier
 from perceptlab.core.optim import no_weight_decay, param_groups
 from perceptlab.lightning_modules.base import StageModule
 
@@ -82,22 +85,8 @@ _WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_o
 
 
 def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
-    """Recall@k of paired retrieval in both directions, in [0, 1] (higher is better).
-
-    ``image_features`` and ``text_features`` are ``(n, d)``, row i of each forms a pair.
-    ``i2t_R@k``: share of images whose own caption is among the k most similar captions;
-    ``t2i_R@k``: the converse. Ties count in the pair's favour (only strictly more similar items
-    push it down), so duplicated pairs do not penalise each other.
-    """
-    sims = image_features.float() @ text_features.float().T
-    own = sims.diagonal()
-    rank_i2t = (sims > own[:, None]).sum(dim=1)  # captions scoring above the own caption
-    rank_t2i = (sims > own[None, :]).sum(dim=0)
-    out = {}
-    for k in ks:
-        out[f"i2t_R@{k}"] = float((rank_i2t < k).float().mean())
-        out[f"t2i_R@{k}"] = float((rank_t2i < k).float().mean())
-    return out
+    """``val/i2t_R@k`` / ``val/t2i_R@k``: CLIP_benchmark's recall (``core.benchmark_metrics``)."""
+    return paired_retrieval_recall(image_features.cpu(), text_features.cpu(), ks)
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
@@ -474,10 +463,8 @@ class ContrastivePretrainModule(StageModule):
                     "zeroshot_classnames / zeroshot_templates (use ImageTextDataModule with zeroshot_data)"
                 )
             # Built inside a validation step, so FSDP1 has the root's parameters gathered.
-            self._zeroshot_weights = build_zero_shot_classifier(
-                self.backbone, tokenizer=self.backbone.tokenize, classnames=list(classnames),
-                templates=list(templates), num_classes_per_batch=10, device=self.device,
-            )
+            self._zeroshot_weights = zeroshot_classifier(self.backbone, self.backbone.tokenize, list(classnames),
+                                                         list(templates), self.device)
         return self._zeroshot_weights
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:

@@ -18,6 +18,7 @@ from open_clip import ClipLoss
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
+from perceptlab.core import uncertainty
 from perceptlab.callbacks.alignment import JSONL_NAME, PEAK_CHECKPOINT_NAME, SUMMARY_NAME, AlignmentSuite
 from perceptlab.callbacks.probes.iqa_fr import FullReferenceIQAProbe
 from perceptlab.callbacks.probes.iqa_nr import CLIPIQAProbe
@@ -186,8 +187,13 @@ def test_three_epoch_run_writes_every_probe_at_every_epoch_and_a_consistent_summ
     assert int(replicates["__bootstrap_seed__"]) == suite.bootstrap_seed
     peak, final = replicates["nights/2afc@peak"], replicates["nights/2afc@final"]
     assert peak.shape == final.shape == (1000,)
-    low, high = np.quantile(peak - final, [0.025, 0.975])
-    assert summary["nights/2afc"]["drop_ci"] == pytest.approx([low, high], abs=1e-6)
+    # every evaluation's replicates are kept, and the drop test over them is what the summary says
+    steps, trajectory = replicates["nights/2afc@steps"], replicates["nights/2afc@trajectory"]
+    assert steps.tolist() == [r["step"] for r in records] and trajectory.shape == (len(records), 1000)
+    np.testing.assert_array_equal(trajectory[-1], final)
+    test = uncertainty.peak_drop_test([r["metrics"]["nights/2afc"] for r in records], trajectory)
+    assert summary["nights/2afc"]["drop_ci"] == pytest.approx(test.interval, abs=1e-9)
+    assert summary["nights/2afc"]["drop_p"] == pytest.approx(test.p)
 
     # Per-item outputs of every evaluation, on disk: the probes' own scoring of them gives the
     # recorded metrics back exactly, so any analysis can be redone from the files.

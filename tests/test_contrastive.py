@@ -242,3 +242,22 @@ def test_toy_pretraining_lifts_zero_shot_accuracy_above_chance(tiny_world):
     # Held-out retrieval among 64 pairs (chance R@1 = 1/64; measured 0.42-0.53) and the loss agree.
     assert after["val/i2t_R@1"] > 0.25 and after["val/t2i_R@1"] > 0.25
     assert after["val/loss"] < before["val/loss"] - 0.5
+
+
+def test_retrieval_recall_is_clip_benchmarks_including_ties():
+    """Stage 2's validation recall is CLIP_benchmark's recall_at_k, run here on the same scores:
+    with two identical pairs, top-1 finds only one of them (the old rule counted ties as found)."""
+    import torch.nn.functional as F
+    from clip_benchmark.metrics.zeroshot_retrieval import recall_at_k
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(12, 8, generator=g)
+    texts = images + 0.8 * torch.randn(12, 8, generator=g)
+    images[5], texts[5] = images[4], texts[4]  # a duplicated pair: tied scores
+    scores = F.normalize(texts, dim=-1) @ F.normalize(images, dim=-1).T
+    positive = torch.eye(12, dtype=torch.bool)
+    r = retrieval_recall(images, texts, ks=(1, 5))
+    for k in (1, 5):
+        assert r[f"t2i_R@{k}"] == pytest.approx(float((recall_at_k(scores, positive, k) > 0).float().mean()))
+        assert r[f"i2t_R@{k}"] == pytest.approx(float((recall_at_k(scores.T, positive, k) > 0).float().mean()))
+    assert retrieval_recall(torch.eye(2)[[0, 0]], torch.eye(2)[[0, 0]], ks=(1,))["i2t_R@1"] == 0.5

@@ -261,3 +261,24 @@ def test_uint8_batches_give_the_numbers_of_float_batches_bitwise(tiny_world, aug
         out_u8, out_fl = module(u8["image"], u8["text"]), module(fl["image"], fl["text"])
         assert all(torch.equal(a, b) for a, b in zip(out_u8, out_fl))
         assert torch.equal(module.contrastive_loss(*out_u8), module.contrastive_loss(*out_fl))
+
+
+def test_sample_count_follows_webdatasets_own_key_rule(tmp_path):
+    """Both counters (training shards and benchmark sets) count what webdataset itself yields:
+    ``x.jpg`` and ``x.seg.png`` are one sample (key up to the first dot), not two."""
+    import webdataset as wds
+
+    from perceptlab.datamodules.base import tar_sample_count
+    from perceptlab.datamodules.image_text.common import IMAGE_KEYS
+    from perceptlab.datamodules.image_text.wds_pairs import count_samples
+
+    path = tmp_path / "000.tar"
+    with tarfile.open(path, "w") as tar:
+        for name in ("x.jpg", "x.seg.png", "x.txt", "y.z.jpg", "y.z.txt", "w.txt"):
+            data = b"0"
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    yielded = [s for s in wds.WebDataset(str(path), shardshuffle=False, empty_check=False)
+               if any(k in IMAGE_KEYS or k.rsplit(".", 1)[-1] in IMAGE_KEYS for k in s if not k.startswith("__"))]
+    assert tar_sample_count(path, IMAGE_KEYS) == count_samples([str(path)]) == len(yielded) == 2

@@ -290,22 +290,17 @@ class TableProbe(Probe):
 
 
 class ZeroShotMixin:
-    """Zero-shot classification with open_clip's classifier builder (class-name prompts averaged
-    over templates). Templates are ``str.format`` strings with one ``{}``; ``None`` means
-    open_clip's ``SIMPLE_IMAGENET_TEMPLATES`` (the seven short CLIP templates)."""
+    """Zero-shot classification with CLIP_benchmark's classifier (``core.benchmark_metrics``: class-name
+    prompts averaged over templates). Templates are ``str.format`` strings with one ``{}`` (or
+    ``{c}``); ``None`` means open_clip's ``SIMPLE_IMAGENET_TEMPLATES`` (the seven short CLIP templates)."""
 
     def zero_shot_weights(self, ctx: ProbeContext, classnames: Sequence[str], templates: Sequence[str] | None) -> torch.Tensor:
-        from open_clip import build_zero_shot_classifier
         from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
+
+        from perceptlab.core.benchmark_metrics import zeroshot_classifier
 
         backbone = ctx.backbone
         with ctx.autocast():
-            weights = build_zero_shot_classifier(
-                backbone.model,
-                backbone.tokenizer,
-                classnames=[c.replace("_", " ") for c in classnames],
-                templates=list(templates) if templates else SIMPLE_IMAGENET_TEMPLATES,
-                num_classes_per_batch=None,
-                device=ctx.device,
-            )
+            weights = zeroshot_classifier(backbone.model, backbone.tokenizer, [c.replace("_", " ") for c in classnames],
+                                          list(templates) if templates else SIMPLE_IMAGENET_TEMPLATES, ctx.device)
         return weights.float()  # (d, classes), columns L2-normalised

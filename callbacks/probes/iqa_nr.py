@@ -18,7 +18,7 @@ read the columns by position as pyiqa does (image name first, score second, what
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from perceptlab.core import scores, uncertainty
 from perceptlab.callbacks.probes.base import Items, ProbeContext, TableProbe, decode_images, require_columns, select_items
-from perceptlab.datamodules.iqa import iqa_preset, is_preset, pyiqa_column
+from perceptlab.datamodules.iqa import iqa_preset, is_preset, pyiqa_column, split_labels
 
 DEFAULT_PROMPT_PAIRS = (("Good photo.", "Bad photo."),)
 
@@ -42,7 +42,12 @@ class CLIPIQAProbe(TableProbe):
         score_column: human score column, by name (default with a preset: the CSV's second
             column, as pyiqa reads it; required without one).
         name_column: image-name column (default: the CSV's first column, as pyiqa reads it).
-        split: keep only rows whose ``split`` column equals this (KonIQ: ``train``/``val``/``test``).
+        split: keep only the rows of this phase (``train``/``val``/``test``), by the one IQA split
+            rule (``datamodules.iqa.split_labels``), so a probe and a task model on the same set
+            see the same rows.
+        split_column / split_file / split_index / split_ratio / split_seed: that rule's settings,
+            as ``IQASet`` takes them (``auto``: the preset's split column, else ``official_split``
+            or ``split``, else a seeded ratio split).
         drop_first: leave out the CSV's first rows (default: 7 for ``livec``, as pyiqa; else 0).
         prompt_pairs: ``[[positive, negative], ...]``; probabilities are averaged over pairs.
         logit_scale: softmax temperature multiplier (fixed; see the module docstring).
@@ -63,6 +68,11 @@ class CLIPIQAProbe(TableProbe):
         higher_better: bool | None = None,
         name_column: str | None = None,
         split: str | None = None,
+        split_column: str | None = "auto",
+        split_file: str | None = None,
+        split_index: Any = None,
+        split_ratio: Sequence[float] = (0.7, 0.1, 0.2),
+        split_seed: int = 0,
         drop_first: int | None = None,
         prompt_pairs: Sequence[Sequence[str]] = DEFAULT_PROMPT_PAIRS,
         logit_scale: float = 100.0,
@@ -91,6 +101,9 @@ class CLIPIQAProbe(TableProbe):
             )
         self.name_column = name_column
         self.split = split
+        self.split_rule = dict(split_column=split_column, preset_split=preset.split_column if preset else None,
+                               split_file=split_file, split_index=split_index, split_ratio=split_ratio,
+                               split_seed=split_seed)
         self.drop_first = int(drop_first if drop_first is not None else (preset.drop_first if preset else 0))
         self.prompt_pairs = [tuple(p) for p in prompt_pairs]
         bad = [p for p in self.prompt_pairs if len(p) != 2]
@@ -109,12 +122,12 @@ class CLIPIQAProbe(TableProbe):
         table = pd.read_csv(csv)
         name_column = self.name_column or pyiqa_column(table, 0, csv)
         score_column = self.score_column or pyiqa_column(table, 1, csv)
-        require_columns(table, [name_column, score_column] + (["split"] if self.split else []), csv)
-        table = table.iloc[self.drop_first:]
+        require_columns(table, [name_column, score_column], csv)
+        table = table.iloc[self.drop_first:].reset_index(drop=True)
         if self.split:
-            table = table[table["split"] == self.split]
+            table = table[split_labels(table, csv, **self.split_rule) == self.split]
             if table.empty:
-                raise ValueError(f"{csv}: no rows with split == {self.split!r}")
+                raise ValueError(f"{csv}: no rows of split {self.split!r}")
         table = table.iloc[select_items(len(table), self.max_items, self.seed)].reset_index(drop=True)
         self.names = table[name_column].astype(str).tolist()
         mos = torch.tensor(table[score_column].to_numpy(), dtype=torch.float64)

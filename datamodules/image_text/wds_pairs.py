@@ -7,7 +7,6 @@ import logging
 import math
 import os
 import random
-import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import IterableDataset
 
+from perceptlab.datamodules.base import tar_sample_count
 from perceptlab.datamodules.image_text.common import (
     CAPTION_KEYS,
     IMAGE_KEYS,
@@ -102,13 +102,7 @@ def count_samples(urls: Sequence[str]) -> int:
         if stats is not None and stats.is_file():
             total += int(json.loads(stats.read_text())["successes"])
             continue
-        keys = set()
-        with tarfile.open(path) as tar:
-            for member in tar:
-                base, _, ext = member.name.rpartition(".")
-                if member.isreg() and ext.lower() in IMAGE_KEYS:
-                    keys.add(base)
-        total += len(keys)
+        total += tar_sample_count(path, IMAGE_KEYS)
     return total
 
 

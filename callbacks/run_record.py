@@ -1,0 +1,322 @@
+"""The run record: what an alignment run leaves on disk, written and read in one place.
+
+A run directory (``runs/<experiment>/version_<n>/``, or ``perceptlab evaluate``'s) holds
+
+``alignment.jsonl`` (:data:`JSONL_NAME`)
+    one :class:`Evaluation` per line: ``{"epoch", "step", "trigger", "metrics": {name: value},
+    "ci": {name: [low, high]}, "seconds": {probe: s}, "items": "alignment_items/step=0000125.npz"}``
+    plus ``"model"`` from ``perceptlab evaluate``; undefined values are ``null``.
+``alignment_summary.json`` (:data:`SUMMARY_NAME`)
+    per metric a :class:`MetricSummary` (``perceptlab.callbacks.peaks``).
+``alignment_items/step=<step>.npz`` (:func:`items_path`)
+    every evaluation's per-item outputs, ``<group>/<field>`` arrays.
+``alignment_bootstrap.npz`` (:data:`BOOTSTRAP_NAME`)
+    bootstrap replicates: ``<metric>@peak``, ``@final``, ``@baseline`` ``(B,)`` and the whole
+    trajectory ``<metric>@trajectory`` ``(T, B)`` with its steps ``<metric>@steps`` ``(T,)``;
+    :data:`BOOTSTRAP_SEED_KEY` records the seed that fixed the resampled items.
+``config.yaml``, TensorBoard event files (``test/*`` scalars of perceptual-task runs).
+
+The writers replace a file atomically (a reader or a crash never sees half a file); the one
+reader is :func:`read_run`. The metric-name rules (family, reference lines, headline metric,
+benchmark headline numbers, chart) live here too, so the suite, the report and TensorBoard agree.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, TypedDict
+
+import numpy as np
+
+JSONL_NAME = "alignment.jsonl"
+SUMMARY_NAME = "alignment_summary.json"
+BOOTSTRAP_NAME = "alignment_bootstrap.npz"
+ITEMS_DIR = "alignment_items"
+PEAK_CHECKPOINT_NAME = "alignment-peak.ckpt"
+CONFIG_NAME = "config.yaml"
+BOOTSTRAP_SEED_KEY = "__bootstrap_seed__"
+TRIGGERS = ("baseline", "epoch", "step", "end", "model")
+
+
+class Evaluation(TypedDict, total=False):
+    """One line of ``alignment.jsonl``."""
+
+    epoch: int
+    step: int
+    trigger: str  # one of TRIGGERS
+    metrics: dict[str, float | None]
+    ci: dict[str, list[float] | None]
+    seconds: dict[str, float]
+    items: str  # relative path of the per-item outputs
+    model: str  # perceptlab evaluate: the model measured
+
+
+class MetricSummary(TypedDict, total=False):
+    """One metric of ``alignment_summary.json`` (see ``perceptlab.callbacks.peaks``)."""
+
+    direction: str  # "max" (higher is more human-like) or "min"
+    peak: float
+    peak_epoch: int
+    peak_step: int
+    final: float
+    final_epoch: int
+    final_step: int
+    drop: float  # the largest drop from any evaluation to the final one, >= 0
+    drop_ci: list[float] | None  # valid although the peak is picked after looking
+    drop_p: float | None
+    drop_significant: bool | None
+    baseline: float | None
+    evaluations: int
+    items: int | None  # items behind the metric's interval
+    peak_ci: list[float] | None
+    final_ci: list[float] | None
+    baseline_ci: list[float] | None
+    change: float | None
+    change_ci: list[float] | None
+    ci_reliable: bool | None
+    ci_note: str | None
+    checkpoint: str
+
+
+def items_path(step: int) -> str:
+    """Per-item outputs of the evaluation at ``step``, relative to the run directory."""
+    return f"{ITEMS_DIR}/step={int(step):07d}.npz"
+
+
+def finite(value: Any) -> float | None:
+    """``float(value)`` when finite, else ``None`` (JSON has no NaN)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+# ------------------------------------------------------------------------------------ writers
+def write_json_atomic(path: str | os.PathLike, obj: Any, lines: bool = False) -> None:
+    """Write JSON (or JSON lines from a list) to ``path`` via a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        if lines:
+            for record in obj:
+                f.write(json.dumps(record, allow_nan=False) + "\n")
+        else:
+            json.dump(obj, f, indent=2, allow_nan=False)
+            f.write("\n")
+    os.replace(tmp, path)
+
+
+def write_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
+    """Write numpy arrays to a compressed ``.npz`` at ``path`` via a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    os.replace(tmp, path)
+
+
+def write_evaluations(run_dir: str | os.PathLike, evaluations: Iterable[Evaluation]) -> None:
+    write_json_atomic(Path(run_dir) / JSONL_NAME, list(evaluations), lines=True)
+
+
+def write_summary(run_dir: str | os.PathLike, summary: Mapping[str, MetricSummary]) -> None:
+    write_json_atomic(Path(run_dir) / SUMMARY_NAME, dict(summary))
+
+
+def write_items(run_dir: str | os.PathLike, step: int, items: Mapping[str, Any]) -> str:
+    """Write one evaluation's per-item outputs; returns their relative path."""
+    relative = items_path(step)
+    write_npz_atomic(Path(run_dir) / relative, {k: np.asarray(v) for k, v in items.items()})
+    return relative
+
+
+def write_bootstrap(run_dir: str | os.PathLike, trajectories: Mapping[str, tuple[list[int], np.ndarray]],
+                    marks: Mapping[str, Mapping[str, int]], seed: int) -> None:
+    """``trajectories``: metric -> (steps, ``(T, B)`` replicates in evaluation order); ``marks``:
+    metric -> {"peak"|"final"|"baseline": row}. Writes the named rows and the whole trajectory."""
+    arrays: dict[str, np.ndarray] = {}
+    for name, (steps, reps) in trajectories.items():
+        reps = np.asarray(reps, dtype=np.float32)
+        arrays[f"{name}@trajectory"] = reps
+        arrays[f"{name}@steps"] = np.asarray(steps, dtype=np.int64)
+        for which, row in marks.get(name, {}).items():
+            arrays[f"{name}@{which}"] = reps[row]
+    if arrays:
+        arrays[BOOTSTRAP_SEED_KEY] = np.array(seed)
+        write_npz_atomic(Path(run_dir) / BOOTSTRAP_NAME, arrays)
+
+
+# ------------------------------------------------------------------------------------- reader
+@dataclass
+class RunRecord:
+    """Everything a run directory says about alignment (and perceptual-task test results)."""
+
+    path: Path
+    evaluations: list[Evaluation] = field(default_factory=list)
+    summary: dict[str, MetricSummary] = field(default_factory=dict)
+    replicates: dict[str, np.ndarray] = field(default_factory=dict)  # keys as in the bootstrap file
+    task_results: dict[str, float] = field(default_factory=dict)
+    seed: int | None = None
+
+    @property
+    def bootstrap_seed(self) -> int | None:
+        seed = self.replicates.get(BOOTSTRAP_SEED_KEY)
+        return None if seed is None else int(seed)
+
+    def replicate(self, metric: str, which: str) -> np.ndarray | None:
+        """``(B,)`` replicates of ``metric`` at its ``peak``, ``final`` or ``baseline`` evaluation."""
+        return self.replicates.get(f"{metric}@{which}")
+
+    def trajectory_replicates(self, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(steps ``(T,)``, replicates ``(T, B)``) of every evaluation of ``metric``, if written."""
+        reps, steps = self.replicates.get(f"{metric}@trajectory"), self.replicates.get(f"{metric}@steps")
+        return None if reps is None or steps is None else (steps, reps)
+
+    def items(self, evaluation: Evaluation) -> dict[str, np.ndarray]:
+        """The per-item outputs of one evaluation (``FileNotFoundError`` naming the file)."""
+        relative = evaluation.get("items") or items_path(evaluation["step"])
+        path = self.path / relative
+        if not path.is_file():
+            raise FileNotFoundError(f"per-item outputs not found: {path}")
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+
+
+def read_evaluations(path: str | os.PathLike) -> list[Evaluation]:
+    """The records of ``alignment.jsonl`` in a run directory ([] when there is none)."""
+    jsonl = Path(path) / JSONL_NAME
+    if not jsonl.is_file():
+        return []
+    out = []
+    for number, line in enumerate(jsonl.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{jsonl}:{number}: not a JSON record ({exc.msg})") from None
+    return out
+
+
+def read_run(path: str | os.PathLike, require: bool = True) -> RunRecord:
+    """Read a run directory. ``FileNotFoundError`` naming it when it is missing or (``require``)
+    holds no alignment record and no ``test/*`` scalars."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"run directory not found: {path}")
+    run = RunRecord(path=path, evaluations=read_evaluations(path))
+    summary = path / SUMMARY_NAME
+    if summary.is_file():
+        run.summary = json.loads(summary.read_text())
+    bootstrap = path / BOOTSTRAP_NAME
+    if bootstrap.is_file():
+        with np.load(bootstrap) as z:
+            run.replicates = {k: z[k] for k in z.files}
+    run.task_results = read_test_scalars(path)
+    run.seed = read_seed(path)
+    if require and not run.evaluations and not run.summary and not run.task_results:
+        raise FileNotFoundError(f"{path} has no {JSONL_NAME}, {SUMMARY_NAME} or test/* TensorBoard scalars")
+    return run
+
+
+def read_seed(path: Path) -> int | None:
+    """``seed_everything`` of the run's ``config.yaml`` (LightningCLI writes it), if any."""
+    config = Path(path) / CONFIG_NAME
+    if not config.is_file():
+        return None
+    import yaml
+
+    try:
+        seed = (yaml.safe_load(config.read_text()) or {}).get("seed_everything")
+    except yaml.YAMLError:
+        return None
+    return int(seed) if isinstance(seed, (int, float)) and not isinstance(seed, bool) else None
+
+
+def read_test_scalars(path: Path) -> dict[str, float]:
+    """Last value of every ``test/...`` scalar in the run's TensorBoard event files."""
+    events = sorted(Path(path).glob("events.out.tfevents.*"))
+    if not events:
+        return {}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, float] = {}
+    for event_file in events:
+        acc = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags().get("scalars", []):
+            if tag.startswith("test/"):
+                out[tag] = float(acc.Scalars(tag)[-1].value)
+    return out
+
+
+# ------------------------------------------------------------------------------ metric names
+BENCHMARK_FAMILIES = ("zeroshot", "retrieval")
+HEADLINE_SUFFIXES = ("", "/2afc", "/srcc", "/drop")
+CORRELATION_STATS = ("srcc", "plcc", "krcc")
+
+
+def family(metric: str) -> str:
+    """Probe family of a metric name: ``iqa_fr/tid2013/srcc`` -> ``iqa_fr``."""
+    return metric.split("/", 1)[0]
+
+
+def is_reference_line(metric: str) -> bool:
+    """Classical FR-IQA correlations (``iqa_fr/<dataset>/<psnr|ssim|...>/<stat>``): model-free,
+    constant over training, drawn as reference lines rather than tracked for peaks."""
+    parts = metric.split("/")
+    return parts[0] == "iqa_fr" and len(parts) == 4
+
+
+def is_benchmark_headline(metric: str) -> bool:
+    """Benchmark sets' headline numbers (top-1, recall@1); every metric of other families."""
+    if family(metric) not in BENCHMARK_FAMILIES:
+        return True
+    return metric.endswith(("/acc1", "/image_retrieval_recall@1", "/text_retrieval_recall@1", "/mean_recall@1"))
+
+
+def headline_metric(probe_name: str, metrics: Iterable[str], own: str | None = None) -> str | None:
+    """A probe's main metric among ``metrics``: its own ``headline`` when given, else the first of
+    ``<name>``, ``<name>/2afc``, ``<name>/srcc``, ``<name>/drop`` that exists."""
+    metrics = set(metrics)
+    for key in ((own,) if own else ()) + tuple(probe_name + s for s in HEADLINE_SUFFIXES):
+        if key in metrics:
+            return key
+    return None
+
+
+def interval_kind(metric: str) -> str:
+    """Which family of statistic a metric is, for the items its interval needs
+    (``perceptlab.core.uncertainty.MIN_RELIABLE_ITEMS``)."""
+    last = metric.rsplit("/", 1)[-1]
+    if last == "krcc":
+        return "kendall"
+    if last in ("srcc", "plcc"):
+        return "correlation"
+    if family(metric) == "shape_bias" and metric.count("/") <= 1:
+        return "shape_bias"
+    if family(metric) == "noise" and "drop" in last:
+        return "noise_drop"
+    return "mean"
+
+
+def owner(metric: str, probe_names: Iterable[str]) -> str | None:
+    """The probe that produced ``metric``: the longest probe name prefixing it."""
+    owners = [p for p in probe_names if metric == p or metric.startswith(p + "/")]
+    return max(owners, key=len) if owners else None
+
+
+def chart_of(metric: str, probe_names: Iterable[str] = ()) -> str:
+    """The chart a metric belongs to: its own for correlations (``iqa_fr/tid2013/srcc``), the
+    probe's for the rest (the longest probe name prefixing it), else its first two components;
+    reference lines get charts of their own (``iqa_fr/tid2013/reference/srcc``)."""
+    parts = metric.split("/")
+    if is_reference_line(metric):
+        return "/".join([parts[0], parts[1], "reference", parts[3]])
+    if parts[-1] in CORRELATION_STATS:
+        return metric
+    return owner(metric, probe_names) or "/".join(parts[:2])

@@ -1,0 +1,76 @@
+"""``perceptlab report``'s figures: one PNG per probe family, every arm's trajectory with its band."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from perceptlab.callbacks.run_record import family, is_benchmark_headline, is_reference_line
+from perceptlab.commands.report_arms import Arm, trajectory
+
+
+def plot_family(arms: list[Arm], fam: str, out: Path) -> Path | None:
+    """One PNG per probe family: a panel per metric, a line per run (the mean over seeds) with its
+    95 % band, the peak as a star (one run) ."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = sorted({m for a in arms for r in a.runs for e in r.evaluations for m in e["metrics"]
+                      if family(m) == fam and not is_reference_line(m) and is_benchmark_headline(m)})
+    if not metrics:
+        return None
+    cols = min(3, len(metrics))
+    rows = math.ceil(len(metrics) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        for arm in arms:
+            steps, values, low, high = trajectory(arm, metric)
+            if not steps:
+                continue
+            label = arm.name if len(arm.runs) == 1 else f"{arm.name} (mean of {len(arm.runs)})"
+            (line,) = ax.plot(steps, values, marker=".", label=label)
+            if low is not None:
+                ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.18, linewidth=0)
+            peak = arm.summary.get(metric) if len(arm.runs) == 1 else None
+            if peak and peak.get("peak_step") is not None:
+                ax.plot([peak["peak_step"]], [peak["peak"]], marker="*", markersize=13, color=line.get_color(),
+                        markeredgecolor="black")
+        _draw_reference_lines(ax, arms, metric)
+        ax.set_title(metric, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"{fam}: trajectories (band = 95% interval, star = peak)")
+    fig.tight_layout()
+    path = out / f"{fam.replace('/', '_')}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def reference_lines(arms: list[Arm]) -> dict[str, float]:
+    """Value of every classical reference metric (first evaluation that has it)."""
+    out: dict[str, float] = {}
+    for arm in arms:
+        for e in arm.evaluations:
+            for m, v in e["metrics"].items():
+                if is_reference_line(m):
+                    out.setdefault(m, v)
+    return out
+
+
+def _draw_reference_lines(ax, runs: list[Arm], metric: str) -> None:
+    parts = metric.split("/")
+    if parts[0] != "iqa_fr" or len(parts) != 3:
+        return
+    ds, stat = parts[1], parts[2]
+    for i, (m, v) in enumerate(sorted(reference_lines(runs).items())):
+        mp = m.split("/")
+        if mp[1] == ds and mp[3] == stat:
+            ax.axhline(v, linestyle=":", color=f"C{(i % 7) + 3}", linewidth=1)
+            ax.annotate(mp[2], (1.0, v), xycoords=("axes fraction", "data"), fontsize=6, ha="right", va="bottom")
+
+
