@@ -94,6 +94,13 @@ def finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def finite_interval(replicates, level: float = 0.95) -> list[float] | None:
+    """The record's ``ci`` entry: the percentile interval of the replicates."""
+    from perceptlab.core.uncertainty import percentile_interval
+
+    return percentile_interval(replicates, level)
+
+
 # ------------------------------------------------------------------------------------ writers
 def write_json_atomic(path: str | os.PathLike, obj: Any, lines: bool = False) -> None:
     """Write JSON (or JSON lines from a list) to ``path`` via a temporary file and a rename."""
@@ -293,10 +300,8 @@ def interval_kind(metric: str) -> str:
     """Which family of statistic a metric is, for the items its interval needs
     (``perceptlab.core.uncertainty.MIN_RELIABLE_ITEMS``)."""
     last = metric.rsplit("/", 1)[-1]
-    if last == "krcc":
-        return "kendall"
-    if last in ("srcc", "plcc"):
-        return "correlation"
+    if last in CORRELATION_STATS:
+        return last
     if family(metric) == "shape_bias" and metric.count("/") <= 1:
         return "shape_bias"
     if family(metric) == "noise" and "drop" in last:

@@ -27,6 +27,8 @@ commands:
   report     plots + Markdown over run directories
                                      perceptlab report runs/a/version_0 runs/b/version_0 --out report/
   demo       the whole toy-world study: synth, stage 1, stage 2 x2, task transfer, report
+  control    the peak machinery on a simulated trajectory with a planted early peak
+                                     perceptlab control --out runs/control --peak 0.08
   evaluate   the alignment suite on any model or a series of checkpoints
                                      perceptlab evaluate 'runs/x/version_0/checkpoints/*.ckpt' --config suite.yaml
   export     a checkpoint as open_clip or Hugging Face weights
@@ -232,7 +234,7 @@ def run_synth(args: list[str]) -> None:
 
 
 #: The commands of their own module, each a ``main(argv)``; imported when called (imports cost seconds).
-MODULE_COMMANDS = {name: f"perceptlab.commands.{name}" for name in ("report", "evaluate", "export", "predict", "demo")}
+MODULE_COMMANDS = {name: f"perceptlab.commands.{name}" for name in ("report", "evaluate", "export", "predict", "demo", "control")}
 
 
 def main(argv: list[str] | None = None) -> None:

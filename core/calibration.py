@@ -87,3 +87,59 @@ def error_rates(n: int, T: int, height: float, reps: int, drift: float = 0.5, re
     out = {"valid": valid / reps, "naive": naive / reps}
     out.update({f"{k}_se": math.sqrt(max(v * (1 - v), 1e-12) / reps) for k, v in list(out.items())})
     return out
+
+
+# ----------------------------------------------------------------- coverage of per-item intervals
+COVERAGE_KINDS = ("mean", "srcc", "plcc", "krcc", "shape_bias", "noise_drop")
+
+
+def _truth(kind: str, rho: float = 0.5) -> float:
+    if kind == "mean":
+        return 0.65
+    if kind == "plcc":
+        return rho
+    if kind == "srcc":
+        return 6 / math.pi * math.asin(rho / 2)
+    if kind == "krcc":
+        return 2 / math.pi * math.asin(rho)
+    if kind == "shape_bias":
+        return 0.3 / (0.3 + 0.2)
+    if kind == "noise_drop":
+        return 1 - (0.7 * 0.8 + 0.3 * 0.2) / 0.7
+    raise ValueError(f"unknown kind {kind!r}; expected one of {COVERAGE_KINDS}")
+
+
+def _replicates(kind: str, n: int, g: torch.Generator, idx: torch.Tensor, rho: float = 0.5) -> torch.Tensor:
+    """One sample of ``n`` items with a known truth and its bootstrap replicates, computed by the
+    same ``uncertainty`` functions the probes use."""
+    if kind == "mean":  # 2AFC / accuracy: each item right with probability 0.65
+        return uncertainty.mean((torch.rand(n, generator=g, dtype=torch.float64) < 0.65).double(), idx)
+    if kind in ("srcc", "plcc", "krcc"):  # model score vs human score, bivariate normal with correlation rho
+        x = torch.randn(n, generator=g, dtype=torch.float64)
+        y = rho * x + math.sqrt(1 - rho ** 2) * torch.randn(n, generator=g, dtype=torch.float64)
+        fn = {"srcc": uncertainty.spearman, "plcc": uncertainty.pearson, "krcc": uncertainty.kendall_b}[kind]
+        return fn(x, y, idx)
+    if kind == "shape_bias":  # each cue-conflict image: shape 0.3, texture 0.2, another class 0.5
+        u = torch.rand(n, generator=g, dtype=torch.float64)
+        shape, texture = (u < 0.3).double(), ((u >= 0.3) & (u < 0.5)).double()
+        s, t = shape[idx].sum(-1), texture[idx].sum(-1)
+        return s / (s + t)
+    if kind == "noise_drop":  # clean right 0.7; under noise right 0.8 if clean right, else 0.2
+        clean = (torch.rand(n, generator=g, dtype=torch.float64) < 0.7).double()
+        noisy = (torch.rand(n, generator=g, dtype=torch.float64) < torch.where(clean > 0, 0.8, 0.2)).double()
+        return 1 - uncertainty.mean(noisy, idx) / uncertainty.mean(clean, idx)
+    raise ValueError(f"unknown kind {kind!r}; expected one of {COVERAGE_KINDS}")
+
+
+def coverage(kind: str, n: int, reps: int, resamples: int = 500, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """Share of ``reps`` samples of ``n`` items whose percentile interval covers the true value."""
+    g = torch.Generator().manual_seed(seed)
+    truth, hits, defined = _truth(kind), 0, 0
+    for r in range(reps):
+        interval = uncertainty.percentile_interval(_replicates(kind, n, g, uncertainty.resample_indices(n, resamples, r, kind)), level)
+        if interval is None:
+            continue
+        defined += 1
+        hits += interval[0] <= truth <= interval[1]
+    rate = hits / max(defined, 1)
+    return {"coverage": rate, "se": math.sqrt(rate * (1 - rate) / max(defined, 1)), "defined": defined / reps}

@@ -1,0 +1,80 @@
+"""Calibration of the alignment statistics on simulated data with a known truth; prints JSON.
+
+Two parts (``core/calibration.py`` has the simulator and documents it):
+
+* ``drop``: for each cell of items n x evaluations T x drift x planted peak, the share of simulated
+  trajectories whose drop after the peak is called significant, by the test the tracker uses
+  (``uncertainty.peak_drop_test``, which includes the choice of the peak) and by the naive test it
+  replaced (the paired interval at the observed peak, as if the peak had been named in advance).
+  With no planted peak this is the false-positive rate (one-sided nominal 2.5 %), else the power.
+* ``coverage``: for each metric family and n, the share of samples whose 95 % percentile interval
+  covers the true value, and ``min_reliable_items``: the smallest n of the grid from which the
+  coverage is within 93-97 % there and at every larger n (``uncertainty.MIN_RELIABLE_ITEMS``).
+
+    python benchmarks/bench_drop_calibration.py                 # the grid of docs/calibration.md
+    python benchmarks/bench_drop_calibration.py --quick         # seconds
+    python benchmarks/bench_drop_calibration.py --part coverage --reps 1000
+
+Monte-Carlo standard errors come with every rate (``*_se``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from perceptlab.core.calibration import COVERAGE_KINDS, coverage, error_rates
+
+
+def drop_grid(ns, Ts, drifts, heights, reps, resamples):
+    rows = []
+    for n in ns:
+        for T in Ts:
+            for drift in drifts:
+                for height in heights:
+                    start = time.perf_counter()
+                    rates = error_rates(n, T, height, reps, drift=drift, resamples=resamples)
+                    rows.append({"n": n, "T": T, "drift": drift, "peak": height, "reps": reps, **rates,
+                                 "seconds": round(time.perf_counter() - start, 1)})
+                    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def coverage_grid(kinds, ns, reps, resamples):
+    rows, minimum = [], {}
+    for kind in kinds:
+        for n in ns:
+            rows.append({"kind": kind, "n": n, "reps": reps, **coverage(kind, n, reps, resamples)})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        good = [0.93 <= r["coverage"] <= 0.97 for r in rows if r["kind"] == kind]
+        ok_from = next((i for i in range(len(ns)) if all(good[i:])), None)
+        minimum[kind] = None if ok_from is None else ns[ok_from]
+    return rows, minimum
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=("drop", "coverage", "both"), default="both")
+    parser.add_argument("--quick", action="store_true", help="a small grid with few replications (seconds)")
+    parser.add_argument("--reps", type=int, default=None, help="simulated trajectories / samples per cell")
+    parser.add_argument("--resamples", type=int, default=500, help="bootstrap resamples per evaluation")
+    ns = parser.parse_args(argv)
+    out: dict = {}
+    if ns.part in ("drop", "both"):
+        if ns.quick:
+            grid = dict(ns=[200], Ts=[2, 12], drifts=[0.5], heights=[0.0, 0.08], reps=ns.reps or 40)
+        else:
+            grid = dict(ns=[50, 200, 1000, 2000], Ts=[2, 8, 30, 50], drifts=[0.25, 0.5, 1.0],
+                        heights=[0.0, 0.02, 0.05, 0.08, 0.10], reps=ns.reps or 200)
+        out["drop"] = drop_grid(grid["ns"], grid["Ts"], grid["drifts"], grid["heights"], grid["reps"], ns.resamples)
+    if ns.part in ("coverage", "both"):
+        sizes = [25, 50] if ns.quick else [25, 50, 100, 200, 400, 1000]
+        rows, minimum = coverage_grid(COVERAGE_KINDS, sizes, ns.reps or (40 if ns.quick else 1000), ns.resamples)
+        out["coverage"], out["min_reliable_items"] = rows, minimum
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()

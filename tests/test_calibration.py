@@ -1,0 +1,90 @@
+"""The drop test and the intervals, measured on simulated data with a known truth (the fast version
+of ``benchmarks/bench_drop_calibration.py``; ``core/calibration.py`` documents the simulation).
+
+Monte-Carlo tolerance: with R trajectories a rate's standard error is sqrt(p(1 - p) / R); at the
+nominal 2.5 % and R = 200 that is 1.1 points, so "at most 5 %" is 2.3 standard errors above nominal
+(the benchmark's grid uses more). Every draw is seeded: the tests are deterministic.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from perceptlab.core import calibration, uncertainty
+
+
+@pytest.mark.parametrize("T", [2, 12, 50])
+def test_flat_trajectories_are_called_dropped_at_most_at_the_nominal_rate(T):
+    rates = calibration.error_rates(n=100, T=T, height=0.0, reps=200 if T < 50 else 120, resamples=200, seed=T)
+    assert rates["valid"] <= 0.05
+    if T == 50:
+        # the test it replaces, on the same trajectories: the winner's curse inflates it
+        assert rates["naive"] > 0.1 > rates["valid"]
+
+
+def test_a_planted_early_peak_is_found():
+    """+0.08 at n = 1,000 items and T = 12 evaluations: found at least 80 % of the time."""
+    rates = calibration.error_rates(n=1000, T=12, height=0.08, reps=50, resamples=200, seed=7)
+    assert rates["valid"] >= 0.8
+
+
+def test_peak_drop_test_on_constructed_values():
+    # two evaluations: no selection, the interval is the paired percentile interval of peak - final
+    reps = torch.stack([torch.linspace(0.6, 0.8, 101), torch.linspace(0.5, 0.6, 101)])
+    test = uncertainty.peak_drop_test([0.7, 0.55], reps)
+    assert test.drop == pytest.approx(0.15) and test.peak == 0 and test.significant is True
+    assert 0 < test.interval[0] < 0.15 < test.interval[1] and test.p < 0.025
+    # the final evaluation is the best: no drop, the largest-drop interval starts at zero
+    flat = uncertainty.peak_drop_test([0.55, 0.7], reps.flip(0))
+    assert flat.drop == 0 and flat.interval[0] == 0 and flat.significant is False
+
+
+def test_seed_drop_test_holds_its_rate_and_finds_a_consistent_drop():
+    g = torch.Generator().manual_seed(0)
+    false = sum(bool(uncertainty.seed_drop_test(torch.randn(5, 8, generator=g)).significant) for _ in range(400))
+    assert false / 400 <= 0.05
+    drop = torch.tensor([0, 3, 2, 1, 0, 0, 0, 0.0]) + 0.1 * torch.randn(5, 8, generator=g)
+    test = uncertainty.seed_drop_test(drop)
+    assert test.significant and test.peak == 1 and test.interval[0] > 1
+
+
+@pytest.mark.parametrize("kind,n", [("mean", 100), ("srcc", 50), ("shape_bias", 100)])
+def test_per_item_intervals_cover_the_truth(kind, n):
+    result = calibration.coverage(kind, n, reps=400, resamples=200, seed=1)
+    assert 0.93 <= result["coverage"] <= 0.97, result
+
+
+def test_planning_numbers_match_the_textbook():
+    # paired t-test, two-sided 5 %, 80 % power: d = 0.5 needs 34 pairs, d = 1 needs 10 (Cohen 1988)
+    assert uncertainty.seeds_for_power(0.5, 1.0) == 34
+    assert uncertainty.seeds_for_power(1.0, 1.0) == 10
+    resolvable = uncertainty.resolvable_difference(1.0, 10)
+    assert 0.9 < resolvable <= 1.0 and uncertainty.seeds_for_power(resolvable, 1.0) == 10
+
+
+def test_interval_notes_mark_small_and_degenerate_intervals():
+    assert uncertainty.interval_note([1.0, 1.0], 1280, "shape_bias").startswith("degenerate")
+    small = uncertainty.MIN_RELIABLE_ITEMS["noise_drop"] - 1
+    assert uncertainty.MIN_RELIABLE_ITEMS["plcc"] > uncertainty.MIN_RELIABLE_ITEMS["srcc"]  # measured: PLCC undercovers longer
+    assert uncertainty.interval_note([0.1, 0.2], small, "noise_drop").startswith("unreliable")
+    assert uncertainty.interval_note([0.1, 0.2], 5000, "mean") is None
+
+
+def test_control_command_finds_a_planted_peak_and_writes_a_run_record(tmp_path):
+    from perceptlab.callbacks.run_record import read_run
+    from perceptlab.commands.control import control
+
+    result = control(str(tmp_path / "run"), peak=0.1, items=1000, evaluations=8, resamples=300, seed=3)
+    run = read_run(tmp_path / "run")
+    summary = run.summary["control/2afc"]
+    assert summary == result["summary"] and summary["drop_significant"] is True
+    assert [e["step"] for e in run.evaluations] == [25 * t for t in range(8)]
+    steps, reps = run.trajectory_replicates("control/2afc")
+    assert reps.shape == (8, 300)
+    # the record reads back to the same verdict
+    again = uncertainty.peak_drop_test([e["metrics"]["control/2afc"] for e in run.evaluations], reps)
+    assert again.interval == pytest.approx(summary["drop_ci"]) and math.isclose(again.p, summary["drop_p"])
+    items = run.items(run.evaluations[2])
+    assert items["control/correct"].mean() == pytest.approx(run.evaluations[2]["metrics"]["control/2afc"])
