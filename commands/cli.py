@@ -96,7 +96,14 @@ def make_cli_class():
                 callbacks.append(RichProgressBar(leave=True))
             if config["logger"] and not any(isinstance(c, LearningRateMonitor) for c in given):
                 callbacks.append(LearningRateMonitor(logging_interval="step"))
-            return super()._instantiate_trainer(config, callbacks)
+            saved = self.save_config_callback
+            if not config["logger"]:
+                # No run directory without a logger: the config would land in the working directory.
+                self.save_config_callback = None
+            try:
+                return super()._instantiate_trainer(config, callbacks)
+            finally:
+                self.save_config_callback = saved
 
     return PerceptLabCLI
 
@@ -182,23 +189,35 @@ def run_lightning(args: list[str]) -> None:
     )
 
 
-def run_function(fn, argv: list[str] | None, prog: str):
-    """Parse ``argv`` into ``fn``'s typed signature and call it: every flag, its type, default and
-    help (from the ``Args:`` docstring) come from the function, in LightningCLI's ``--snake_case``
-    style; a required ``list`` parameter is a positional taking one or more values."""
+def run_function(fn, argv: list[str] | None, prog: str, positional: tuple[str, ...] = ()):
+    """Parse ``argv`` into ``fn``'s typed signature and call it.
+
+    Every flag, its type, default and help (from the ``Args:`` docstring) come from the function, in
+    LightningCLI's ``--snake_case`` style (jsonargparse, as LitGPT's commands): a required ``list``
+    parameter is a positional taking one or more values, the parameters named in ``positional``
+    are positionals, and a ``bool`` is a switch (``--quick`` / ``--no_quick``).
+    """
     import inspect
     import typing
 
-    from jsonargparse import ArgumentParser
+    from jsonargparse import ActionYesNo, ArgumentParser
 
     doc = inspect.getdoc(fn) or ""
     parser = ArgumentParser(prog=prog, description=doc.split("\n\n")[0], exit_on_error=True)
-    positional = [name for name, p in inspect.signature(fn).parameters.items()
-                  if p.default is inspect.Parameter.empty and typing.get_origin(p.annotation if not isinstance(p.annotation, str)
-                                                                                   else eval(p.annotation, fn.__globals__)) is list]
-    for name in positional:
-        parser.add_argument(name, nargs="+", help=_arg_help(doc, name))
-    parser.add_function_arguments(fn, skip=set(positional), as_positional=False)
+    hints = typing.get_type_hints(fn)
+    own = set()
+    for name, p in inspect.signature(fn).parameters.items():
+        hint = hints.get(name)
+        if p.default is inspect.Parameter.empty and typing.get_origin(hint) is list:
+            parser.add_argument(name, nargs="+", help=_arg_help(doc, name))
+        elif name in positional:
+            parser.add_argument(name, type=hint, help=_arg_help(doc, name))
+        elif hint is bool:
+            parser.add_argument(f"--{name}", action=ActionYesNo, default=p.default, help=_arg_help(doc, name))
+        else:
+            continue
+        own.add(name)
+    parser.add_function_arguments(fn, skip=own, as_positional=False)
     cfg = parser.parse_args(argv)
     return fn(**cfg.as_dict())
 

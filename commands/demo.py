@@ -18,7 +18,6 @@ The configs read the toy world from ``data/toyworld`` relative to the working di
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
@@ -162,16 +161,23 @@ class Demo:
         return report_dir
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="perceptlab demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="runs/demo", help="where the runs and the report go")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--seeds", type=int, default=1,
-                        help="training seeds per arm (seed, seed + 1, ...); the report gives intervals over them")
-    parser.add_argument("--quick", action="store_true", help="tiny world, two batches per stage: a smoke test in seconds")
-    ns = parser.parse_args(argv)
-    if ns.seeds < 1:
-        parser.error(f"--seeds must be at least 1, got {ns.seeds}")
-    plan = DemoPlan.quick(ns.seed, ns.seeds) if ns.quick else DemoPlan(seed=ns.seed, seeds=ns.seeds)
+def demo(out: str = "runs/demo", seed: int = 0, seeds: int = 1, quick: bool = False) -> Path:
+    """The whole toy-world study, end to end, on a CPU: synth, stage 1, stage 2 twice, task transfer, report.
+
+    Args:
+        out: where the runs and the report go.
+        seed: the toy world's seed and the first training seed.
+        seeds: training seeds per arm (seed, seed + 1, ...); the report gives intervals over them.
+        quick: tiny world, two batches per stage: a smoke test in seconds.
+    """
+    if seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    plan = DemoPlan.quick(seed, seeds) if quick else DemoPlan(seed=seed, seeds=seeds)
     # The toy configs read data/toyworld relative to the working directory.
-    return Demo(Path(ns.out), Path("data/toyworld"), plan).run()
+    return Demo(Path(out), Path("data/toyworld"), plan).run()
+
+
+def main(argv: list[str] | None = None) -> Path:
+    from perceptlab.commands.cli import run_function
+
+    return run_function(demo, argv, prog="perceptlab demo")

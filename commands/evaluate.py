@@ -52,7 +52,15 @@ def run_dir_for(out: str | None, runs_dir: str, name: str, new_version: bool) ->
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="perceptlab evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="perceptlab evaluate", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The alignment suite on any model, or on a series of checkpoints.",
+        epilog="Lightning's options pass through as --trainer.<key>=<value> (e.g. --trainer.accelerator=cpu,\n"
+               "--trainer.devices=8, --trainer.precision=bf16-mixed), the suite's as\n"
+               "--trainer.callbacks.init_args.<key>=<value>. Examples:\n\n"
+               "  perceptlab evaluate runs/pretrain_pi/version_0/checkpoints/last.ckpt \\\n"
+               "      --config experiments/toy/alignment_suite.yaml\n"
+               "  perceptlab evaluate '/runs/openclip/checkpoints/epoch_*.pt' --model_name ViT-B-32 --config my_suite.yaml")
     parser.add_argument("models", nargs="+", help="checkpoints, visual.pt files, folders, open_clip tags or globs")
     parser.add_argument("--config", action="append", required=True,
                         help="a config with the AlignmentSuite (trainer.callbacks); repeatable")

@@ -13,12 +13,19 @@ console).
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+from typing import Literal
 
 
-def export(source: str, to: str, out: str, model_name: str | None = None) -> Path:
-    """Write ``source``'s model to ``out`` in the ``to`` format (``open_clip`` or ``hf``); returns ``out``."""
+def export(source: str, to: Literal["open_clip", "hf"], out: str, model_name: str | None = None) -> Path:
+    """Write a checkpoint's model as open_clip or Hugging Face weights; returns the path written.
+
+    Args:
+        source: a Lightning checkpoint of any stage, a visual.pt or an open_clip state dict.
+        to: open_clip (a state dict file) or hf (a transformers CLIPModel folder).
+        out: open_clip: the .pt file to write; hf: the folder to write.
+        model_name: the architecture, where the file does not record it.
+    """
     import open_clip
     import torch
 
@@ -44,10 +51,6 @@ def export(source: str, to: str, out: str, model_name: str | None = None) -> Pat
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="perceptlab export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="a Lightning checkpoint of any stage, a visual.pt or an open_clip state dict")
-    parser.add_argument("--to", required=True, choices=("open_clip", "hf"))
-    parser.add_argument("--out", required=True, help="open_clip: the .pt file to write; hf: the folder to write")
-    parser.add_argument("--model_name", default=None, help="architecture, where the file does not record it")
-    ns = parser.parse_args(argv)
-    return export(ns.checkpoint, ns.to, ns.out, ns.model_name)
+    from perceptlab.commands.cli import run_function
+
+    return run_function(export, argv, prog="perceptlab export", positional=("source",))

@@ -14,8 +14,8 @@ image averaged (default: the config's ``data.init_args.test_crops`` when ``--con
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+from typing import Literal
 
 
 def load_task_model(model: str, merge_lora: bool = False):
@@ -47,9 +47,25 @@ def class_names(module, config: dict | None, given: list[str] | None) -> list[st
 
 
 def predict(model: str, images: str, out: str = "predictions.csv", column: str | None = None,
-            config: str | None = None, crops: int | None = None, batch_size: int = 32, num_workers: int = 4,
-            accelerator: str = "auto", devices: str | int = "auto", classes: list[str] | None = None,
+            config: str | None = None, crops: Literal[1, 5, 10] | None = None, batch_size: int = 32, num_workers: int = 4,
+            accelerator: str = "auto", devices: int | str = "auto", classes: list[str] | None = None,
             merge_lora: bool = False) -> Path:
+    """Score images with a task model or a PerceptCLIP release; writes a CSV.
+
+    Args:
+        model: a PerceptualTaskModule checkpoint, or a PerceptCLIP release file.
+        images: an image folder, a list file (one path a line) or a CSV.
+        out: the CSV to write.
+        column: the CSV's image-path column (default: the first).
+        config: the task's YAML (test_crops, test_resize_ratio, class names).
+        crops: fixed crops per image, averaged (default: the config's, else 1).
+        batch_size: images per forward pass.
+        num_workers: image-decoding workers.
+        accelerator: Lightning's accelerator (auto, cpu, gpu).
+        devices: Lightning's devices.
+        classes: class names of a classification head, e.g. --classes '[amusement, awe]'.
+        merge_lora: fold a release's LoRA adapters into the tower.
+    """
     import lightning.pytorch as pl
     import pandas as pd
     import torch
@@ -123,20 +139,6 @@ def predict(model: str, images: str, out: str = "predictions.csv", column: str |
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="perceptlab predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", help="a PerceptualTaskModule checkpoint, or a PerceptCLIP release file")
-    parser.add_argument("--images", required=True, help="an image folder, a list file (one path a line) or a CSV")
-    parser.add_argument("--out", default="predictions.csv")
-    parser.add_argument("--column", default=None, help="the CSV's image-path column (default: the first)")
-    parser.add_argument("--config", default=None, help="the task's YAML: test_crops, test_resize_ratio, class names")
-    parser.add_argument("--crops", type=int, choices=(1, 5, 10), default=None, help="fixed crops per image, averaged")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--num_workers", type=int, default=4)
-    parser.add_argument("--accelerator", default="auto")
-    parser.add_argument("--devices", default="auto")
-    parser.add_argument("--classes", default=None, help="comma-separated class names (classification)")
-    parser.add_argument("--merge_lora", action="store_true", help="fold a release's LoRA adapters into the tower")
-    ns = parser.parse_args(argv)
-    devices = int(ns.devices) if str(ns.devices).isdigit() else ns.devices
-    return predict(ns.model, ns.images, ns.out, ns.column, ns.config, ns.crops, ns.batch_size, ns.num_workers,
-                   ns.accelerator, devices, ns.classes.split(",") if ns.classes else None, ns.merge_lora)
+    from perceptlab.commands.cli import run_function
+
+    return run_function(predict, argv, prog="perceptlab predict", positional=("model",))

@@ -311,8 +311,9 @@ class CLIPBackbone(nn.Module):
             elif not path.is_file():
                 raise FileNotFoundError(f"visual weights not found: {path}")
             else:
-                source = read_hf_clip(path)[1] if path.suffix == ".safetensors" else \
-                    torch.load(path, map_location="cpu", weights_only=False)
+                from perceptlab.core.checkpoints import load_file
+
+                source = read_hf_clip(path)[1] if path.suffix == ".safetensors" else load_file(path, mmap=False)
         inner = source["state_dict"] if isinstance(source.get("state_dict"), Mapping) else source
         if is_hf_clip_source(inner):  # transformers CLIP keys: open_clip's first
             source = open_clip_state_from_hf(inner)
@@ -407,7 +408,9 @@ def open_clip_model_from_checkpoint(source: str | os.PathLike, model_name: str |
     path = Path(source).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    raw = torch.load(path, map_location="cpu", weights_only=False)
+    from perceptlab.core.checkpoints import load_file
+
+    raw = load_file(path, mmap=False)
     recorded = (raw.get("hyper_parameters") or {}).get("model_name") or raw.get("model_name")
     model_name = model_name or recorded
     if not model_name:

@@ -97,13 +97,27 @@ class ModelSource:
         return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
-def _load(path: Path) -> Any:
+def load_file(path: str | Path, mmap: bool = True) -> Any:
+    """``torch.load`` of a weights or checkpoint file on the CPU; a missing file is a
+    ``FileNotFoundError`` and a truncated or foreign one a ``ValueError``, each naming the file
+    (the one loader of model files, so every command reports them the same way)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except RuntimeError:  # an old (non-zip) serialisation cannot be memory-mapped
-        return torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            # an old (non-zip) serialisation cannot be memory-mapped
+            return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exn:  # noqa: BLE001  named, with the file, before any work starts
-        raise ValueError(f"model {str(path)!r}: unreadable ({type(exn).__name__}: {exn})") from exn
+        first = str(exn).strip().splitlines()[0] if str(exn).strip() else ""
+        raise ValueError(f"{path}: not a readable model file ({type(exn).__name__}: {first})") from exn
+
+
+_load = load_file
 
 
 def expand_sources(specs: list[str], model_name: str | None = None) -> list[ModelSource]:

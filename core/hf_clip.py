@@ -73,7 +73,9 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    from perceptlab.core.checkpoints import load_file
+
+    state = load_file(path, mmap=False)
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 

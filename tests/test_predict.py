@@ -64,6 +64,10 @@ def test_an_emotion_model_on_a_csv_writes_class_probabilities(tiny_world, tmp_pa
     assert pd.read_csv(tmp_path / "emotions.unreadable.csv")["path"].tolist() == [str(tmp_path / "missing.png")]
 
 
-def test_a_bad_images_argument_is_named_before_any_model_is_loaded(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+def test_a_bad_images_argument_is_named_before_any_model_is_loaded(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
         perceptlab(["predict", str(tmp_path / "no-model.ckpt"), "--images", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "nowhere" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(FileNotFoundError, match="nowhere"):  # --debug shows the exception itself
+        perceptlab(["predict", str(tmp_path / "no-model.ckpt"), "--images", str(tmp_path / "nowhere"), "--debug"])

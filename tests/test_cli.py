@@ -1,0 +1,58 @@
+"""The command line: one table, typed flags, one line per user error (exit 2), nothing left in the
+working directory that was not asked for."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from perceptlab.commands.cli import MODULE_COMMANDS, main
+
+
+@pytest.mark.parametrize("command", ["synth", *MODULE_COMMANDS])
+def test_every_command_has_help_from_its_signature(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and f"perceptlab {command}" in out
+    assert "--image-size" not in out and "``" not in out  # one flag style; help that renders
+
+
+def test_a_missing_checkpoint_is_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-P", "-m", "perceptlab", "evaluate", str(tmp_path / "missing.ckpt"),
+                           "--config", "experiments/toy/alignment_suite.yaml"], capture_output=True, text=True,
+                          cwd=str(Path(__file__).resolve().parent.parent))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert lines[-1].startswith("perceptlab evaluate: error:") and "missing.ckpt" in lines[-1]
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_truncated_checkpoint_is_one_line_and_exit_2(tmp_path, capsys):
+    bad = tmp_path / "epoch_3.pt"
+    bad.write_bytes(b"PK\x03\x04 not a whole file")
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", str(bad), "--to", "open_clip", "--out", str(tmp_path / "x.pt")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "epoch_3.pt" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_unknown_flag_is_named(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", "runs/x", "--out", "o", "--bogus_flag", "1"])
+    assert exit_.value.code == 2 and "bogus_flag" in capsys.readouterr().err
+
+
+def test_validate_without_a_logger_writes_nothing_into_the_working_directory(tmp_path, monkeypatch, tiny_world):
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parent.parent / "experiments" / "toy" / "pi_nights.yaml"
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    main(["validate", "--config", str(config), f"--data.init_args.root={tiny_world / 'nights'}",
+          "--trainer.logger=false", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
+          "--data.init_args.num_workers=0"])
+    assert sorted(p.name for p in work.iterdir()) == []
