@@ -77,7 +77,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from perceptlab.callbacks import run_record
-from perceptlab.callbacks.peaks import PeakTracker, custom_scalars_layout, trajectory_figure
+from perceptlab.callbacks.peaks import PeakTracker, custom_scalars_layout, interval_tags, trajectory_figure
 from perceptlab.callbacks.probes.base import Probe, ProbeContext
 from perceptlab.callbacks.run_record import JSONL_NAME, PEAK_CHECKPOINT_NAME, SUMMARY_NAME, finite  # noqa: F401
 from perceptlab.core import uncertainty
@@ -464,13 +464,18 @@ class AlignmentSuite(Callback):
             return
         scalars = {f"{self.prefix}/{k}": v for k, v in record["metrics"].items() if v is not None}
         scalars[f"{self.prefix}/seconds"] = sum(record["seconds"].values())
+        for k, interval in (record.get("ci") or {}).items():
+            if interval is not None and record["metrics"].get(k) is not None:
+                scalars.update(zip(interval_tags(k, self.prefix), interval))
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=record["step"])
             if isinstance(logger, TensorBoardLogger):
                 writer = logger.experiment
                 names = [p.name for p in self.active]
                 if not self._layout_written:
-                    writer.add_custom_scalars(custom_scalars_layout(record["metrics"], names, self.prefix))
+                    intervals = [k for k, v in (record.get("ci") or {}).items() if v is not None]
+                    writer.add_custom_scalars(custom_scalars_layout(record["metrics"], names, self.prefix,
+                                                                    self.headline_metrics(record["metrics"]), intervals))
                     self._layout_written = True
                 if self.tensorboard_figure:
                     fig = trajectory_figure(self.history, self.tracker.summary(), names, title=self.prefix)

@@ -196,21 +196,33 @@ class PeakTracker:
 
 
 # ------------------------------------------------------------------------------- TensorBoard
-def custom_scalars_layout(metrics: Iterable[str], probe_names: Iterable[str] = (), prefix: str = "alignment") -> dict:
-    """TensorBoard custom-scalars layout: one category per probe family, one multi-line chart per
-    probe holding all its metrics (e.g. SRCC, PLCC, KRCC and the classical reference lines)."""
-    probe_names = list(probe_names)
-    charts: dict[str, dict[str, list[str]]] = {}
+def interval_tags(metric: str, prefix: str = "alignment") -> tuple[str, str]:
+    """The logger tags of a metric's interval ends (``alignment_ci/<metric>/low`` and ``/high``)."""
+    return f"{prefix}_ci/{metric}/low", f"{prefix}_ci/{metric}/high"
+
+
+def custom_scalars_layout(metrics: Iterable[str], probe_names: Iterable[str] = (), prefix: str = "alignment",
+                          headlines: Iterable[str] = (), intervals: Iterable[str] = ()) -> dict:
+    """TensorBoard custom-scalars layout: one category per probe family; in it one chart per
+    headline metric, drawn with its interval band (a ``Margin`` chart) when it has one, and one
+    chart per remaining metric group (``run_record.chart_of``: each correlation on its own, the
+    classical reference lines of a data set and statistic together, a probe's other metrics together)."""
+    probe_names, headlines, intervals = list(probe_names), set(headlines), set(intervals)
+    charts: dict[str, dict[str, list]] = {}
     for metric in sorted(metrics):
+        family = metric.split("/")[0]
+        tag = f"{prefix}/{metric}"
+        if metric in headlines:
+            entry = ["Margin", [tag, *interval_tags(metric, prefix)]] if metric in intervals else \
+                ["Multiline", [f"^{re.escape(tag)}$"]]
+            charts.setdefault(family, {})[metric] = entry
+            continue
         chart = chart_of(metric, probe_names)
-        charts.setdefault(chart.split("/")[0], {}).setdefault(chart, []).append(metric)
-    return {
-        f"{prefix}: {family}": {
-            chart: ["Multiline", [f"^{re.escape(f'{prefix}/{m}')}$" for m in names]]
-            for chart, names in sorted(by_chart.items())
-        }
-        for family, by_chart in sorted(charts.items())
-    }
+        if chart in headlines:  # a probe's headline has its own chart; its siblings share another
+            chart = f"{chart} (more)"
+        entry = charts.setdefault(family, {}).setdefault(chart, ["Multiline", []])
+        entry[1].append(f"^{re.escape(tag)}$")
+    return {f"{prefix}: {family}": dict(sorted(by_chart.items())) for family, by_chart in sorted(charts.items())}
 
 
 def trajectory_figure(history: list[Mapping], summary: Mapping[str, Mapping], probe_names: Iterable[str] = (),

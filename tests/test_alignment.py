@@ -156,6 +156,12 @@ def test_three_epoch_run_writes_every_probe_at_every_epoch_and_a_consistent_summ
     assert len({r["metrics"]["iqa_fr/tid2013/psnr/srcc"] for r in records}) == 1
 
     summary = json.loads((run / SUMMARY_NAME).read_text())
+    # the one reader gives back what the suite holds (a JSON round trip)
+    from perceptlab.callbacks.run_record import read_run
+
+    record = read_run(run)
+    assert record.evaluations == json.loads(json.dumps(suite.history)) and record.summary == summary
+    assert summary == json.loads(json.dumps(suite.summary()))
     # null = undefined at that evaluation (e.g. shape bias of a model hitting neither cue): not a peak.
     assert set(summary) == {n for n in names if any(r["metrics"][n] is not None for r in records)}
     for name, s in summary.items():
