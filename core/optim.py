@@ -1,8 +1,11 @@
 """Optimiser and schedule shared by the stage modules.
 
 AdamW with open_clip's weight-decay exclusions and a cosine schedule with linear warm-up counted
-in optimiser steps. Written here (not taken from open_clip) because open_clip's training helpers
-live in its training script, not in the installed library, and expect its argparse namespace.
+in optimiser steps. The schedule's formula is open_clip_train's own (``open_clip_train.scheduler.
+cosine_lr``, installed with the open_clip wheel); what is ours is the wrapping: ``cosine_lr``
+returns a function that writes the lr into the optimiser at each step, while Lightning steps and
+checkpoints a ``torch.optim.lr_scheduler`` object, so the factor is served through ``LambdaLR``
+(with a floor ``min_lr_ratio`` and held at its last value past ``total_steps``).
 """
 from __future__ import annotations
 
@@ -45,15 +48,19 @@ def param_groups(
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0):
     """LambdaLR: linear warm-up from ~0 to the base lr over ``warmup_steps``, then cosine to
     ``min_lr_ratio`` x base lr at ``total_steps``."""
+    from open_clip_train.scheduler import cosine_lr
+
     warmup_steps = max(0, int(warmup_steps))
-    total_steps = max(1, int(total_steps))
+    total_steps = max(warmup_steps + 1, int(total_steps))
+
+    class _Sink:  # cosine_lr writes the lr it computes into an optimiser's groups: give it a scratch one
+        param_groups = [{}]
+
+    open_clip_factor = cosine_lr(_Sink(), 1.0, warmup_steps, total_steps)
 
     def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        span = max(1, total_steps - warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / span)
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        f = open_clip_factor(min(step, total_steps))
+        return f if step < warmup_steps else min_lr_ratio + (1 - min_lr_ratio) * f
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

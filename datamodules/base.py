@@ -147,3 +147,10 @@ def tar_sample_count(path, image_extensions) -> int:
                 keys.add(key)
     return len(keys)
 
+
+def name_some(items, shown: int = 5) -> str:
+    """The first ``shown`` items, comma-separated, and how many more (for error messages)."""
+    items = [str(i) for i in items]
+    more = len(items) - shown
+    return ", ".join(items[:shown]) + (f" (and {more} more)" if more > 0 else "")
+

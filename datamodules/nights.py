@@ -39,7 +39,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from perceptlab.datamodules.base import BackboneDataModule
+from perceptlab.datamodules.base import BackboneDataModule, name_some
 
 SPLITS = ("train", "val", "test", "test_imagenet", "test_no_imagenet")
 REQUIRED_COLUMNS = ("id", "right_vote", "votes", "ref_path", "left_path", "right_path", "split", "is_imagenet")
@@ -62,10 +62,6 @@ def _as_bool(values: pd.Series, column: str, csv: Path) -> pd.Series:
     return text.isin(_TRUE)
 
 
-def _name_some(items: Sequence[str]) -> str:
-    shown = ", ".join(items[:_SHOWN])
-    more = len(items) - _SHOWN
-    return shown + (f" (and {more} more)" if more > 0 else "")
 
 
 def load_nights_table(root: str | os.PathLike, split: str, min_votes: int = 6) -> pd.DataFrame:
@@ -113,7 +109,7 @@ def load_nights_table(root: str | os.PathLike, split: str, min_votes: int = 6) -
     out_of_range = rows[(rows["right_vote"] < 0) | (rows["right_vote"] > 1) | rows["right_vote"].isna()]
     if not out_of_range.empty:
         ids = [f"id={i} ({v})" for i, v in zip(out_of_range["id"], out_of_range["right_vote"])]
-        raise ValueError(f"{csv}: 'right_vote' must be a share of people in [0, 1]; bad rows: {_name_some(ids)}")
+        raise ValueError(f"{csv}: 'right_vote' must be a share of people in [0, 1]; bad rows: {name_some(ids)}")
 
     missing = [
         f"{rel} (id={row_id}, {col})"
@@ -124,7 +120,7 @@ def load_nights_table(root: str | os.PathLike, split: str, min_votes: int = 6) -
     if missing:
         raise FileNotFoundError(
             f"NIGHTS split {split!r} under {root}: {len(missing)} referenced image file(s) missing: "
-            + _name_some(missing)
+            + name_some(missing)
         )
     return rows
 
@@ -149,7 +145,7 @@ def check_images_readable(root: str | os.PathLike, table: pd.DataFrame, workers:
     with ThreadPoolExecutor(max_workers=workers) as pool:  # file-system latency bound, not CPU
         bad = [msg for msg in pool.map(_unreadable, paths) if msg]
     if bad:
-        raise OSError(f"{len(bad)} unreadable NIGHTS image(s): {_name_some(bad)}")
+        raise OSError(f"{len(bad)} unreadable NIGHTS image(s): {name_some(bad)}")
 
 
 class NightsTriplets(Dataset):

@@ -55,8 +55,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision import transforms as T
 
-from perceptlab.datamodules.base import BackboneDataModule
-from perceptlab.datamodules.iqa import PHASES, iqa_preset, pyiqa_column, split_labels
+from perceptlab.datamodules.base import BackboneDataModule, name_some
+from perceptlab.datamodules.iqa import PHASES, IQASet, iqa_preset, pyiqa_column, read_iqa_set, split_labels  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +68,12 @@ LAMEM_SPLITS = ("train", "val", "test")
 _SHOWN = 5
 
 
-def _name_some(items: Sequence[str]) -> str:
-    more = len(items) - _SHOWN
-    return ", ".join(items[:_SHOWN]) + (f" (and {more} more)" if more > 0 else "")
 
 
 def _check_files(paths: Sequence[str], what: str) -> None:
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} {what} image file(s) missing: {_name_some(missing)}")
+        raise FileNotFoundError(f"{len(missing)} {what} image file(s) missing: {name_some(missing)}")
 
 
 # ------------------------------------------------------------------------------------ readers
@@ -145,162 +142,6 @@ def read_emoset_split(
     return pd.DataFrame(rows, columns=["emotion", "label", "path", "annotation"])
 
 
-@dataclass
-class IQASet:
-    """One IQA data set given by a pyiqa meta-info CSV.
-
-    Args:
-        name: the set's name in logs (``test/<name>/srcc``).
-        root: folder that relative ``meta_info_file`` and ``image_dir`` are resolved against.
-        meta_info_file: the CSV (default: the preset's file name, in ``root``).
-        image_dir: folder of the images named in ``name_column`` (relative to ``root``).
-        preset: a pyiqa dataset name (``koniq10k``, ``livec``, ``spaq``, ``kadid10k``,
-            ``tid2013``, ...) whose registry entry supplies ``mos_range``, ``lower_better``, the
-            meta-info file name, the split column and LIVE-C's ``drop_first=7``; explicit
-            fields win.
-        name_column: image file column, by name (default: with a preset, pyiqa's position -- the
-            first column, the second (distorted image) for full-reference sets; else ``img_name``).
-        mos_column: score column, by name (default: with a preset, pyiqa's position -- the second
-            column, the third for full-reference sets; else ``mos``).
-        lower_better: MOS direction of this set; required (here or by ``preset``), never guessed.
-        mos_range: the MOS scale ``[lo, hi]`` for ``range`` normalisation (default: preset's, else
-            the CSV's min and max).
-        mos_normalize: ``range`` -> ``(mos - lo) / (hi - lo)`` (pyiqa's; in [0, 1]); ``zscore`` ->
-            ``(mos - mean) / std`` over the set's training rows (all rows if it has no split);
-            ``none`` -> the MOS itself. Lower-better sets are flipped in every mode so that the
-            target is always higher-is-better.
-        split_column: ``auto`` (preset's split column, else ``official_split`` or ``split`` if
-            present, else a seeded ratio split), a column name (values train/val/test), or
-            ``null`` for a seeded ratio split.
-        split_ratio: train/val/test fractions of the seeded ratio split.
-        split_seed: seed of the ratio split.
-        split_file: a pyiqa split pickle ``{index: {"train": [rows], "val": [...], "test": [...]}}``;
-            overrides ``split_column``.
-        split_index: key in ``split_file``.
-        drop_first: rows dropped from the top of the CSV before splitting (pyiqa drops 7 for LIVE-C).
-        subset: ``split`` -> a phase gets its split's rows; ``all`` -> every row (cross-dataset tests).
-    """
-
-    name: str
-    root: str
-    meta_info_file: str | None = None
-    image_dir: str = "images"
-    preset: str | None = None
-    name_column: str | None = None
-    mos_column: str | None = None
-    lower_better: bool | None = None
-    mos_range: tuple[float, float] | None = None
-    mos_normalize: Literal["range", "zscore", "none"] = "range"
-    split_column: str | None = "auto"
-    split_ratio: tuple[float, float, float] = (0.7, 0.1, 0.2)
-    split_seed: int = 0
-    split_file: str | None = None
-    split_index: int | str = 1
-    drop_first: int | None = None
-    subset: Literal["split", "all"] = "split"
-
-
-def _resolved(cfg: IQASet) -> dict[str, Any]:
-    """``cfg`` with the pyiqa preset filled in where fields were left unset."""
-    out = dict(vars(cfg))
-    preset = None
-    if cfg.preset:
-        try:
-            preset = iqa_preset(cfg.preset)
-        except ValueError as exc:
-            raise ValueError(f"IQA set {cfg.name!r}: {exc}") from None
-    if out["meta_info_file"] is None:
-        if preset is None or not preset.meta_info_file:
-            raise ValueError(f"IQA set {cfg.name!r}: give meta_info_file (or a pyiqa preset that names one)")
-        out["meta_info_file"] = preset.meta_info_file
-    if out["lower_better"] is None:
-        if preset is None or preset.lower_better is None:
-            raise ValueError(
-                f"IQA set {cfg.name!r}: set lower_better (the MOS direction is configuration, not a guess) "
-                "or a pyiqa preset"
-            )
-        out["lower_better"] = preset.lower_better
-    if out["mos_range"] is None and preset is not None:
-        out["mos_range"] = preset.mos_range
-    if out["drop_first"] is None:
-        out["drop_first"] = preset.drop_first if preset is not None else 0
-    out["preset_split"] = preset.split_column if preset is not None else None
-    # Unnamed columns: pyiqa's positions with a preset (name, score; FR: reference, distorted,
-    # score), else the usual names.
-    out["name_position"] = preset.name_position if preset is not None and out["name_column"] is None else None
-    out["mos_position"] = preset.score_position if preset is not None and out["mos_column"] is None else None
-    out["name_column"] = out["name_column"] or "img_name"
-    out["mos_column"] = out["mos_column"] or "mos"
-    return out
-
-
-def read_iqa_set(cfg: IQASet, phase: str) -> pd.DataFrame:
-    """Rows of one phase (``train``/``val``/``test``) of an IQA set: ``file, path, mos, score``.
-
-    ``mos`` is the CSV value, ``score`` the normalised higher-is-better target (see
-    :class:`IQASet`). Raises ``FileNotFoundError`` naming the CSV and ``ValueError`` naming a
-    missing column (with the columns found) or a split value outside train/val/test.
-    """
-    if phase not in PHASES:
-        raise ValueError(f"unknown phase {phase!r}; expected one of {', '.join(PHASES)}")
-    c = _resolved(cfg)
-    root = Path(c["root"]).expanduser()
-    csv = Path(c["meta_info_file"]).expanduser()
-    csv = csv if csv.is_absolute() else root / csv
-    if not csv.is_file():
-        raise FileNotFoundError(f"IQA set {cfg.name!r}: meta-info CSV not found: {csv}")
-    table = pd.read_csv(csv)
-    for key in ("name", "mos"):
-        if c[f"{key}_position"] is not None:
-            c[f"{key}_column"] = pyiqa_column(table, c[f"{key}_position"], csv)
-    for role, col in (("image name", c["name_column"]), ("MOS", c["mos_column"])):
-        if col not in table.columns:
-            raise ValueError(
-                f"{csv}: no {role} column {col!r} (set {role.split()[-1].lower()}_column of IQA set {cfg.name!r}); "
-                f"columns: {', '.join(map(str, table.columns))}"
-            )
-    if not pd.api.types.is_numeric_dtype(table[c["mos_column"]]):
-        raise ValueError(f"{csv}: MOS column {c['mos_column']!r} is not numeric")
-    table = table.iloc[int(c["drop_first"]):].reset_index(drop=True)
-
-    split = split_labels(table, csv, c["split_column"], c["preset_split"], c["split_file"], c["split_index"],
-                         c["split_ratio"], c["split_seed"])
-    mos = table[c["mos_column"]].astype(float).to_numpy()
-    fit_rows = split == "train" if (split == "train").any() else np.ones(len(table), bool)
-    score = _normalize(mos, c, fit_rows)
-    keep = np.ones(len(table), bool) if c["subset"] == "all" else split == phase
-    if not keep.any():
-        raise ValueError(f"IQA set {cfg.name!r}: no rows for phase {phase!r} in {csv}")
-    image_dir = Path(c["image_dir"]).expanduser()
-    image_dir = image_dir if image_dir.is_absolute() else root / image_dir
-    files = table[c["name_column"]].astype(str).to_numpy()[keep]
-    return pd.DataFrame({
-        "file": files,
-        "path": [str(image_dir / f) for f in files],
-        "mos": mos[keep],
-        "score": score[keep],
-    })
-
-
-def _normalize(mos: np.ndarray, c: dict, fit_rows: np.ndarray) -> np.ndarray:
-    mode = c["mos_normalize"]
-    sign = -1.0 if c["lower_better"] else 1.0
-    if mode == "none":
-        return sign * mos
-    if mode == "zscore":
-        ref = mos[fit_rows]
-        std = ref.std()
-        return sign * (mos - ref.mean()) / (std if std > 0 else 1.0)
-    if mode != "range":
-        raise ValueError(f"unknown mos_normalize {mode!r}; expected range, zscore or none")
-    lo, hi = c["mos_range"] if c["mos_range"] is not None else (float(mos.min()), float(mos.max()))
-    if hi <= lo:
-        raise ValueError(f"mos_range must be [lo, hi] with lo < hi, got {[lo, hi]}")
-    x = (mos - lo) / (hi - lo)
-    return 1.0 - x if c["lower_better"] else x
-
-
-# ------------------------------------------------------------------------------------ dataset
 class ImageTargets(Dataset):
     """Map-style dataset of ``{"image": transform(PIL RGB), "target": float | int64}``."""
 
