@@ -66,36 +66,25 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from perceptlab.callbacks import run_record
-from perceptlab.callbacks.peaks import PeakTracker, custom_scalars_layout, interval_tags, trajectory_figure
+from perceptlab.callbacks.alignment_views import describe, log_record
+from perceptlab.callbacks.peaks import PeakTracker, trajectory_figure
 from perceptlab.callbacks.probes.base import Probe, ProbeContext
-from perceptlab.callbacks.run_record import JSONL_NAME, PEAK_CHECKPOINT_NAME, SUMMARY_NAME, finite  # noqa: F401
+from perceptlab.callbacks.probes.runner import Measurement, measure
+from perceptlab.callbacks.run_record import PEAK_CHECKPOINT_NAME, finite
 from perceptlab.core import uncertainty
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 2  # 2: the replicates of every evaluation (the drop test needs them all)
-
-
-@dataclass
-class Measurement:
-    """One evaluation of the active probes."""
-
-    metrics: dict[str, float] = field(default_factory=dict)
-    items: dict[str, torch.Tensor] = field(default_factory=dict)  # "<group>/<field>" -> per-item values
-    replicates: dict[str, torch.Tensor] = field(default_factory=dict)  # metric -> (B,) bootstrap values
-    seconds: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)  # metric -> items behind it
 
 
 class AlignmentSuite(Callback):
@@ -316,36 +305,10 @@ class AlignmentSuite(Callback):
         )
 
     def run_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Measurement:
-        """Evaluate every active probe on the model as it is: metrics, per-item outputs, bootstrap
-        replicates and seconds per probe."""
-        ctx = self._context(trainer, pl_module)
-        modes = {m: m.training for m in pl_module.modules()}
-        pl_module.eval()
-        out = Measurement()
-        try:
-            with torch.inference_mode():
-                for probe in self.active:
-                    start = time.perf_counter()
-                    items = probe.measure(ctx)
-                    scored = probe.score(items)
-                    out.metrics.update(scored)
-                    n_items = max((len(next(iter(f.values()))) for f in items.values() if f), default=0)
-                    out.counts.update({k: n_items for k in scored})
-                    out.items.update({f"{group}/{k}": v for group, fields in items.items() for k, v in fields.items()})
-                    out.seconds[probe.name] = round(time.perf_counter() - start, 4)
-                    if self.bootstrap_resamples:
-                        start = time.perf_counter()
-                        idx = {group: uncertainty.resample_indices(len(next(iter(fields.values()))),
-                                                                   self.bootstrap_resamples, self.bootstrap_seed, group)
-                               for group, fields in items.items()}
-                        out.replicates.update({k: v.float() for k, v in probe.resampled(items, idx).items()})
-                        out.seconds["bootstrap"] = round(out.seconds.get("bootstrap", 0) + time.perf_counter() - start, 4)
-                    if self.verbose and getattr(pl_module, "evaluates_checkpoints", False):
-                        rank_zero_info(f"  {probe.name}: {out.seconds[probe.name]:.1f} s")  # progress, probe by probe
-        finally:
-            for module, training in modes.items():
-                module.train(training)
-        return out
+        """Every active probe on the model as it is (``probes.runner.measure``)."""
+        progress = self.verbose and getattr(pl_module, "evaluates_checkpoints", False)
+        return measure(self.active, self._context(trainer, pl_module), pl_module, self.bootstrap_resamples,
+                       self.bootstrap_seed, progress=rank_zero_info if progress else None)
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, trigger: str, epoch: int,
                  step: int | None = None, extra: dict | None = None) -> dict | None:
@@ -404,28 +367,8 @@ class AlignmentSuite(Callback):
         return out
 
     def describe(self, record: dict, surpassed: set[str] | list[str] = (), beyond_noise: set[str] | list[str] = ()) -> str:
-        """One console line for an evaluation, e.g. ``alignment at step 25 (epoch 0, step) in
-        12.3 s: nights/2afc 0.6823 [0.651, 0.712]*, ...``: of the metrics that beat their previous
-        peak (``surpassed``), ``*`` marks those ``beyond_noise``, ``~`` the others; without
-        intervals ``*`` marks every one."""
-        headline = self.headline_metrics(record["metrics"])
-        ci = record.get("ci") or {}
-
-        def mark(k: str) -> str:
-            if k not in surpassed:
-                return ""
-            return "*" if k in beyond_noise or not ci else "~"
-
-        def interval(k: str) -> str:
-            return "" if ci.get(k) is None else f" [{ci[k][0]:.3f}, {ci[k][1]:.3f}]"
-
-        parts = [f"{k} {'n/a' if v is None else f'{v:.4f}'}{interval(k)}{mark(k)}" for k, v in headline.items()]
-        legend = ""
-        if any(mark(k) for k in headline):
-            legend = "   (* new peak beyond noise, ~ new best within noise)" if ci else "   (* new peak)"
-        where = f"of {record['model']} " if "model" in record else ""
-        return (f"alignment {where}at step {record['step']} (epoch {record['epoch']}, {record['trigger']}) in "
-                f"{sum(record['seconds'].values()):.1f} s: " + ", ".join(parts) + legend)
+        """One console line for an evaluation (``alignment_views.describe``)."""
+        return describe(record, self.headline_metrics(record["metrics"]), surpassed, beyond_noise)
 
     # ---------------------------------------------------------------------------- outputs
     def run_dir(self, trainer: pl.Trainer) -> Path:
@@ -462,25 +405,12 @@ class AlignmentSuite(Callback):
     def _log(self, trainer: pl.Trainer, record: dict) -> None:
         if not trainer.is_global_zero:
             return
-        scalars = {f"{self.prefix}/{k}": v for k, v in record["metrics"].items() if v is not None}
-        scalars[f"{self.prefix}/seconds"] = sum(record["seconds"].values())
-        for k, interval in (record.get("ci") or {}).items():
-            if interval is not None and record["metrics"].get(k) is not None:
-                scalars.update(zip(interval_tags(k, self.prefix), interval))
-        for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=record["step"])
-            if isinstance(logger, TensorBoardLogger):
-                writer = logger.experiment
-                names = [p.name for p in self.active]
-                if not self._layout_written:
-                    intervals = [k for k, v in (record.get("ci") or {}).items() if v is not None]
-                    writer.add_custom_scalars(custom_scalars_layout(record["metrics"], names, self.prefix,
-                                                                    self.headline_metrics(record["metrics"]), intervals))
-                    self._layout_written = True
-                if self.tensorboard_figure:
-                    fig = trajectory_figure(self.history, self.tracker.summary(), names, title=self.prefix)
-                    writer.add_figure(f"{self.prefix}/trajectories", fig, global_step=record["step"])
-                writer.flush()
+        first = not self._layout_written
+        self._layout_written = True
+        log_record(trainer.loggers, record, self.prefix, [p.name for p in self.active],
+                   self.headline_metrics(record["metrics"]), layout=first,
+                   figure=(lambda: trajectory_figure(self.history, self.tracker.summary(), [p.name for p in self.active],
+                                                     title=self.prefix)) if self.tensorboard_figure else None)
 
     # ------------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:

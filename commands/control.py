@@ -31,8 +31,6 @@ def control(out: str, peak: float = 0.08, items: int = 1000, evaluations: int = 
         repeats: draws to run; more than one prints how often the drop is found.
         metric: the metric's name in the run record.
     """
-    import torch
-
     from perceptlab.callbacks import run_record
     from perceptlab.callbacks.peaks import PeakTracker
     from perceptlab.core.calibration import simulate

@@ -77,7 +77,7 @@ def difference_section(arms: list[Arm], reference: str) -> list[str]:
                 f"{_with_interval(d['final_diff'], d['final_diff_ci'])} | {d['final_resolved']} |")
         if seeded:
             needed = "–" if d["final_resolved"].startswith("yes") else (
-                f"> 1000" if d["seeds_needed"] is None and d["resolvable"] is not None else _fmt(d["seeds_needed"]))
+                "> 1000" if d["seeds_needed"] is None and d["resolvable"] is not None else _fmt(d["seeds_needed"]))
             line += f" {needed} | {_fmt(d['resolvable'])} |"
         lines.append(line)
     return lines + [""]
