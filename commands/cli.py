@@ -219,7 +219,14 @@ def run_function(fn, argv: list[str] | None, prog: str, positional: tuple[str, .
         own.add(name)
     parser.add_function_arguments(fn, skip=own, as_positional=False)
     cfg = parser.parse_args(argv)
+    if parse_only():
+        return None
     return fn(**cfg.as_dict())
+
+
+def parse_only() -> bool:
+    """``PERCEPTLAB_PARSE_ONLY=1``: commands parse their arguments and stop (the docs' command test)."""
+    return os.environ.get("PERCEPTLAB_PARSE_ONLY", "") not in ("", "0")
 
 
 def _arg_help(doc: str, name: str) -> str | None:

@@ -73,6 +73,13 @@ def main(argv: list[str] | None = None) -> Path:
     bad = [o for o in overrides if not o.startswith("--trainer.")]
     if bad:
         parser.error(f"unknown arguments {bad} (Lightning options go as --trainer.<key>=<value>)")
+    from perceptlab.commands.cli import parse_only
+
+    missing = [c for c in ns.config if not Path(c).is_file()]
+    if missing:
+        raise FileNotFoundError(f"--config not found: {', '.join(missing)}")
+    if parse_only():
+        return Path(ns.out or ".")
 
     from perceptlab.callbacks.alignment import AlignmentSuite
     from perceptlab.callbacks.run_record import JSONL_NAME, read_evaluations
