@@ -316,6 +316,10 @@ def quiet_third_party() -> None:
     the hub-offline chatter of optional kernels that pyiqa's import of bitsandbytes triggers says
     nothing about the run (no hub is used at run time)."""
     import logging
+    import warnings
+
+    for pattern in ("kernels-community", "offline mode is enabled"):
+        warnings.filterwarnings("ignore", message=f".*{pattern}.*")
 
     class _Drop(logging.Filter):
         PATTERNS = ("No pretrained weights loaded for model", "kernels-community", "offline mode is enabled",

@@ -56,3 +56,28 @@ def test_validate_without_a_logger_writes_nothing_into_the_working_directory(tmp
           "--trainer.logger=false", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
           "--data.init_args.num_workers=0"])
     assert sorted(p.name for p in work.iterdir()) == []
+
+
+def test_no_false_random_initialisation_warning_when_weights_come_from_a_file(tmp_path, caplog):
+    """open_clip warns "No pretrained weights loaded ... initialized randomly" when it builds the
+    model; the weights are loaded from the file right after, so the command keeps that line out."""
+    import logging
+
+    import torch
+
+    from perceptlab.core.backbone import CLIPBackbone
+
+    torch.save(CLIPBackbone("perceptlab-vit-tiny-64").model.state_dict(), tmp_path / "weights.pt")
+    caplog.clear()  # building the model above warns, as it should: nothing is loaded there
+    with caplog.at_level(logging.WARNING):
+        main(["export", str(tmp_path / "weights.pt"), "--to", "open_clip", "--out", str(tmp_path / "out.pt"),
+              "--model_name", "perceptlab-vit-tiny-64"])
+    assert (tmp_path / "out.pt").is_file() and "No pretrained weights" not in caplog.text
+
+
+def test_a_gpu_config_on_a_machine_without_one_says_what_to_pass(capsys):
+    config = Path(__file__).resolve().parent.parent / "experiments" / "toy" / "pi_nights.yaml"
+    with pytest.raises(SystemExit) as exit_:
+        main(["validate", "--config", str(config), "--trainer.accelerator=gpu", "--trainer.logger=false"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and "--trainer.accelerator=cpu" in err[-1] and not any("Traceback" in l for l in err)
