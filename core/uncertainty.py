@@ -178,7 +178,7 @@ def peak_drop_test(values, replicates, level: float = 0.95) -> DropTest:
     looking (``T = 2``) this is the paired bootstrap of peak minus final.
 
     The price of validity is power: the critical value grows slowly with the number of evaluations
-    (about that of the maximum of ``T - 1`` correlated normals); ``benchmarks/bench_drop_calibration.py``
+    (about that of the maximum of ``T - 1`` correlated normals); ``benchmarks/calibrate_statistics.py``
     measures false-positive rate and power over items, evaluations and drift.
     """
     v = torch.as_tensor(values, dtype=torch.float64).flatten()
@@ -328,7 +328,7 @@ def resolvable_difference(spread: float, seeds: int, level: float = 0.95, power:
 # ------------------------------------------------------------------ when intervals hold
 #: Smallest number of items from which the 95 % percentile interval of each metric family covered
 #: its true value 93-97 % of the time at every size of the grid 25, 50, 100, 200, 400, 1000
-#: (``benchmarks/bench_drop_calibration.py --part coverage``; docs/calibration.md has the table).
+#: (``benchmarks/calibrate_statistics.py --part coverage``; docs/calibration.md has the table).
 #: Below it an interval is marked unreliable. PLCC undercovers (91 % at 25-50 items, 93 % at 100).
 MIN_RELIABLE_ITEMS = {"mean": 25, "srcc": 25, "plcc": 200, "krcc": 25, "shape_bias": 50, "noise_drop": 100}
 

@@ -130,3 +130,16 @@ def test_bench_vs_open_clip_reads_both_trainers_steps_and_losses(tiny_world, tmp
     for side in (ours, theirs):
         assert side["samples_per_s"] > 0 and len(side["losses"]) == 6
         assert all(1.0 < v < 10.0 for v in side["losses"])  # ln(16) = 2.77 at the start
+
+
+def test_calibration_script_quick_grid_reports_rates_and_coverage():
+    """benchmarks/calibrate_statistics.py --quick: every cell has the valid and the naive test's
+    rates with Monte-Carlo errors; the naive test never calls fewer drops than the valid one (its
+    critical value is the smaller, up to one draw at T = 2), and every metric family gets a coverage row per size."""
+    bench = load_benchmark("calibrate_statistics")
+    out = bench.main(["--quick"])
+    assert {(r["T"], r["peak"]) for r in out["drop"]} == {(2, 0.0), (2, 0.08), (12, 0.0), (12, 0.08)}
+    # (at T = 2 the two differ only by percentile vs studentized bounds: one draw either way)
+    assert all(r["naive"] >= r["valid"] - 0.05 and r["valid_se"] >= 0 for r in out["drop"])
+    assert {r["kind"] for r in out["coverage"]} == set(out["min_reliable_items"])
+    assert all(0 <= r["coverage"] <= 1 for r in out["coverage"])

@@ -1,5 +1,5 @@
 """The drop test and the intervals, measured on simulated data with a known truth (the fast version
-of ``benchmarks/bench_drop_calibration.py``; ``core/calibration.py`` documents the simulation).
+of ``benchmarks/calibrate_statistics.py``; ``core/calibration.py`` documents the simulation).
 
 Monte-Carlo tolerance: with R trajectories a rate's standard error is sqrt(p(1 - p) / R); at the
 nominal 2.5 % and R = 200 that is 1.1 points, so "at most 5 %" is 2.3 standard errors above nominal

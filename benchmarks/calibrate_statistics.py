@@ -11,9 +11,10 @@ Two parts (``core/calibration.py`` has the simulator and documents it):
   covers the true value, and ``min_reliable_items``: the smallest n of the grid from which the
   coverage is within 93-97 % there and at every larger n (``uncertainty.MIN_RELIABLE_ITEMS``).
 
-    python benchmarks/bench_drop_calibration.py                 # the grid of docs/calibration.md
-    python benchmarks/bench_drop_calibration.py --quick         # seconds
-    python benchmarks/bench_drop_calibration.py --part coverage --reps 1000
+    python benchmarks/calibrate_statistics.py                 # the grid of docs/calibration.md
+    python benchmarks/calibrate_statistics.py --quick         # seconds
+    python benchmarks/calibrate_statistics.py --part coverage --reps 1000
+    python benchmarks/calibrate_statistics.py --part detectable --items 400 1280 2120 --evaluations 8 30
 
 Monte-Carlo standard errors come with every rate (``*_se``).
 """
@@ -53,9 +54,29 @@ def coverage_grid(kinds, ns, reps, resamples):
     return rows, minimum
 
 
+def smallest_detectable(ns, Ts, reps, resamples, power=0.8, lo=0.005, hi=0.15, steps=5):
+    """Per (n, T): the smallest planted drop found with probability >= ``power`` (bisection on
+    the drop's size, ``reps`` trajectories per probe; flat-model drift 0.5)."""
+    rows = []
+    for n in ns:
+        for T in Ts:
+            a, b = lo, hi
+            for _ in range(steps):
+                mid = (a + b) / 2
+                if error_rates(n, T, mid, reps, resamples=resamples, seed=17)["valid"] >= power:
+                    b = mid
+                else:
+                    a = mid
+            rows.append({"n": n, "T": T, "smallest_drop_80": round(b, 3), "bracket": [round(a, 3), round(b, 3)], "reps": reps})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("drop", "coverage", "both"), default="both")
+    parser.add_argument("--part", choices=("drop", "coverage", "detectable", "both"), default="both")
+    parser.add_argument("--items", type=int, nargs="*", default=None, help="--part detectable: probe sizes")
+    parser.add_argument("--evaluations", type=int, nargs="*", default=None, help="--part detectable: evaluations")
     parser.add_argument("--quick", action="store_true", help="a small grid with few replications (seconds)")
     parser.add_argument("--reps", type=int, default=None, help="simulated trajectories / samples per cell")
     parser.add_argument("--resamples", type=int, default=500, help="bootstrap resamples per evaluation")
@@ -65,9 +86,11 @@ def main(argv=None) -> dict:
         if ns.quick:
             grid = dict(ns=[200], Ts=[2, 12], drifts=[0.5], heights=[0.0, 0.08], reps=ns.reps or 40)
         else:
-            grid = dict(ns=[50, 200, 1000, 2000], Ts=[2, 8, 30, 50], drifts=[0.25, 0.5, 1.0],
+            grid = dict(ns=[50, 200, 1000, 2000], Ts=[2, 8, 12, 30, 50], drifts=[0.5],
                         heights=[0.0, 0.02, 0.05, 0.08, 0.10], reps=ns.reps or 200)
         out["drop"] = drop_grid(grid["ns"], grid["Ts"], grid["drifts"], grid["heights"], grid["reps"], ns.resamples)
+    if ns.part == "detectable":
+        out["detectable"] = smallest_detectable(ns.items or [1000], ns.evaluations or [8], ns.reps or 60, ns.resamples)
     if ns.part in ("coverage", "both"):
         sizes = [25, 50] if ns.quick else [25, 50, 100, 200, 400, 1000]
         rows, minimum = coverage_grid(COVERAGE_KINDS, sizes, ns.reps or (40 if ns.quick else 1000), ns.resamples)
