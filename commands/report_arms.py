@@ -167,18 +167,23 @@ def trajectory(arm: Arm, metric: str) -> tuple[list[int], list[float], list[floa
     return steps, values, (low if banded else None), (high if banded else None)
 
 
-def seeds_drop(arm: Arm, metric: str) -> tuple[int | None, uncertainty.DropTest | None]:
+def seeds_drop(arm: Arm, metric: str) -> tuple[int | None, uncertainty.DropTest | None, float | None]:
     """The drop after the peak over seeds (``uncertainty.seed_drop_test``) at the steps every seed
-    evaluated: the mean trajectory's peak step and the test, which accounts for choosing it."""
+    evaluated: the mean trajectory's peak step, the test (which accounts for choosing it), and the
+    drop these seeds would find 80 % of the time given the spread of the seeds' drops at that step
+    (``uncertainty.seed_drop_detectable``)."""
     directions = {r.summary.get(metric, {}).get("direction", "max") for r in arm.runs}
     sign = -1.0 if directions == {"min"} else 1.0
     per_run = [{e["step"]: e["metrics"].get(metric) for e in r.evaluations if e["metrics"].get(metric) is not None}
                for r in arm.runs]
     steps = sorted(set.intersection(*(set(p) for p in per_run))) if per_run else []
     if len(steps) < 2:
-        return None, None
-    test = uncertainty.seed_drop_test([[sign * p[s] for s in steps] for p in per_run])
-    return steps[test.peak], test
+        return None, None, None
+    values = [[sign * p[s] for s in steps] for p in per_run]
+    test = uncertainty.seed_drop_test(values)
+    drops = [v[test.peak] - v[-1] for v in values]
+    detectable = uncertainty.seed_drop_detectable(statistics.stdev(drops), len(drops), len(steps)) if len(drops) > 1 else None
+    return steps[test.peak], test, detectable
 
 
 def peak_table(arms: list[Arm]) -> list[dict]:
@@ -197,11 +202,11 @@ def peak_table(arms: list[Arm]) -> list[dict]:
                        **{k: s.get(k) for k in ("peak_epoch", "peak_step", "peak", "peak_ci", "final",
                                                 "final_ci", "drop", "drop_ci", "drop_p")}}
             else:
-                step, test = seeds_drop(arm, metric)
+                step, test, detectable = seeds_drop(arm, metric)
                 row = {"run": arm.name, "metric": metric, "seeds": len(summaries), "peak_epoch": None,
                        "peak_step": f"{step} ({', '.join(str(s.get('peak_step')) for s in summaries)})",
                        "drop": None if test is None else test.drop, "drop_ci": None if test is None else test.interval,
-                       "drop_p": None if test is None else test.p, "ci_note": None}
+                       "drop_p": None if test is None else test.p, "ci_note": None, "drop_detectable": detectable}
                 for key in ("peak", "final"):
                     row[key], row[f"{key}_ci"] = seed_interval([s.get(key) for s in summaries])
                 row["significant_seeds"] = sum(bool(s.get("drop_significant")) for s in summaries)

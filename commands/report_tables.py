@@ -40,8 +40,8 @@ def peak_section(arms: list[Arm]) -> list[str]:
     seeded = any(r["seeds"] > 1 for r in rows)
     lines = ["## Peaks", "",
              "| run | metric | seeds | peak step | peak | final | drop | drop p | drop resolved |"
-             + (" drop significant (seeds) |" if seeded else ""),
-             "|---|---|---:|---:|---:|---:|---:|---:|---|" + ("---:|" if seeded else "")]
+             + (" drop significant (seeds) | detectable (80 %) |" if seeded else ""),
+             "|---|---|---:|---:|---:|---:|---:|---:|---|" + ("---:|---:|" if seeded else "")]
     notes = []
     for r in rows:
         mark = ""
@@ -52,9 +52,12 @@ def peak_section(arms: list[Arm]) -> list[str]:
                 f"{_with_interval(r['peak'], r.get('peak_ci'))} | {_with_interval(r['final'], r.get('final_ci'))} | "
                 f"{_with_interval(r['drop'], r.get('drop_ci'))} | {_p(r.get('drop_p'))} | {r['drop_resolved']} |")
         if seeded:
-            line += f" {r['significant_seeds']} of {r['seeds']} |" if r["seeds"] > 1 else " – |"
+            line += f" {r['significant_seeds']} of {r['seeds']} | {_fmt(r.get('drop_detectable'))} |" if r["seeds"] > 1 else " – | – |"
         lines.append(line)
     lines.append("")
+    if seeded:
+        lines += ["*Detectable (80 %)*: the drop these seeds would find 80 % of the time, given the observed",
+                  "spread of the seeds' drops (value at the peak step minus final; `uncertainty.seed_drop_detectable`).", ""]
     if notes:
         lines += ["† intervals not to be trusted:", ""] + [f"- {n}" for n in notes] + [""]
     return lines

@@ -34,7 +34,7 @@ __all__ = [
     "DEFAULT_RESAMPLES", "resample_indices", "percentile_interval", "intervals", "significant",
     "mean", "pearson", "spearman", "kendall_b", "resampled_ranks", "correlations",
     "DropTest", "peak_drop_test", "beats_every_earlier", "seed_interval", "seed_drop_test",
-    "seeds_for_power", "resolvable_difference", "MIN_RELIABLE_ITEMS", "interval_note",
+    "seeds_for_power", "resolvable_difference", "seed_drop_detectable", "MIN_RELIABLE_ITEMS", "interval_note",
 ]
 
 DEFAULT_RESAMPLES = 1000
@@ -318,6 +318,29 @@ def resolvable_difference(spread: float, seeds: int, level: float = 0.95, power:
         nc = effect * math.sqrt(seeds)
         achieved = nct.sf(q, seeds - 1, nc) + nct.cdf(-q, seeds - 1, nc)
         return (1.0 if math.isnan(achieved) else achieved) - power  # NaN only far past any power asked
+
+    top = 1.0
+    while gap(top) < 0 and top < 1e4:
+        top *= 2
+    return brentq(gap, 1e-9, top) * spread if gap(top) >= 0 else None
+
+
+def seed_drop_detectable(spread: float, seeds: int, evaluations: int, level: float = 0.95,
+                         power: float = 0.8) -> float | None:
+    """The smallest drop :func:`seed_drop_test` finds with probability ``power`` when the per-seed
+    drops (value at the true peak step minus final) spread with standard deviation ``spread``: the
+    one-sided t-test at ``alpha / (evaluations - 1)`` at the true peak step (noncentral t); the other
+    steps can only add detections, so this is what a planner can count on."""
+    from scipy.optimize import brentq
+    from scipy.stats import nct, t
+
+    if seeds < 2 or evaluations < 2 or not spread > 0:
+        return None
+    q = t.ppf(1 - (1 - level) / 2 / (evaluations - 1), seeds - 1)
+
+    def gap(effect: float) -> float:
+        achieved = nct.sf(q, seeds - 1, effect * math.sqrt(seeds))
+        return (1.0 if math.isnan(achieved) else achieved) - power
 
     top = 1.0
     while gap(top) < 0 and top < 1e4:

@@ -88,3 +88,22 @@ def test_control_command_finds_a_planted_peak_and_writes_a_run_record(tmp_path):
     assert again.interval == pytest.approx(summary["drop_ci"]) and math.isclose(again.p, summary["drop_p"])
     items = run.items(run.evaluations[2])
     assert items["control/correct"].mean() == pytest.approx(run.evaluations[2]["metrics"]["control/2afc"])
+
+
+def test_the_seed_level_detectable_drop_is_found_at_least_80_percent_of_the_time():
+    """seed_drop_detectable's drop, planted at one step of 8 over 5 seeds whose per-seed drops
+    spread with standard deviation 1, is found by seed_drop_test 80 % of the time or more (the
+    other steps can only add), and a quarter of it rarely."""
+    g = torch.Generator().manual_seed(11)
+    size = uncertainty.seed_drop_detectable(1.0, seeds=5, evaluations=8)
+
+    def found(height: float, reps: int = 300) -> float:
+        bump = torch.zeros(8)
+        bump[2] = height
+        hits = 0
+        for _ in range(reps):
+            x = bump + torch.randn(5, 8, generator=g) / math.sqrt(2)  # per-seed drop spread: 1
+            hits += bool(uncertainty.seed_drop_test(x).significant)
+        return hits / reps
+
+    assert 0.78 <= found(size) <= 0.95 and found(size / 4) < 0.2
