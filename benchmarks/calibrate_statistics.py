@@ -84,11 +84,15 @@ def main(argv=None) -> dict:
     out: dict = {}
     if ns.part in ("drop", "both"):
         if ns.quick:
-            grid = dict(ns=[200], Ts=[2, 12], drifts=[0.5], heights=[0.0, 0.08], reps=ns.reps or 40)
+            out["drop"] = drop_grid([200], [2, 12], [0.5], [0.0, 0.08], ns.reps or 40, ns.resamples)
         else:
-            grid = dict(ns=[50, 200, 1000, 2000], Ts=[2, 8, 12, 30, 50], drifts=[0.5],
-                        heights=[0.0, 0.02, 0.05, 0.08, 0.10], reps=ns.reps or 200)
-        out["drop"] = drop_grid(grid["ns"], grid["Ts"], grid["drifts"], grid["heights"], grid["reps"], ns.resamples)
+            reps = ns.reps or 200
+            # false positives at every size and number of evaluations; drift moved at one size;
+            # power where a planner needs it (half the replications: power is far from 0 or 1)
+            out["drop"] = (drop_grid([50, 200, 1000, 2000], [2, 8, 12, 30, 50], [0.5], [0.0], reps, ns.resamples)
+                           + drop_grid([1000], [12, 50], [0.25, 1.0], [0.0], reps, ns.resamples)
+                           + drop_grid([200, 1000, 2000], [8, 12, 30], [0.5], [0.02, 0.05, 0.08, 0.10],
+                                       max(reps // 2, 1), ns.resamples))
     if ns.part == "detectable":
         out["detectable"] = smallest_detectable(ns.items or [1000], ns.evaluations or [8], ns.reps or 60, ns.resamples)
     if ns.part in ("coverage", "both"):

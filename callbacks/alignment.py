@@ -426,6 +426,34 @@ class AlignmentSuite(Callback):
                                                 level=self.confidence, items=state_dict.get("items"))
         self._restored = True
 
+    def replay(self, run_dir: str | Path) -> PeakTracker:
+        """The peak tracker recomputed post hoc from a run's per-item outputs (``alignment_items/``):
+        each evaluation's replicates re-derived by the probes' own statistics over the same
+        resampled items (``bootstrap_seed``, ``bootstrap_resamples``), in step order. Needs only
+        this suite's probe settings, not their data. ``FileNotFoundError`` names a missing file."""
+        record = run_record.read_run(run_dir)
+        if not record.evaluations:
+            raise FileNotFoundError(f"{Path(run_dir) / run_record.JSONL_NAME}: no evaluations to replay")
+        self.history = [dict(r) for r in record.evaluations]
+        tracker = PeakTracker(self.confidence)
+        for evaluation in sorted(record.evaluations, key=lambda r: r["step"]):
+            groups = run_record.grouped(record.items(evaluation))
+            replicates, counts = {}, {}
+            for probe in self.probes:
+                own = {g: f for g, f in groups.items() if g == probe.name or g.startswith(probe.name + "/")}
+                if not own:
+                    continue
+                items = {g: {k: torch.as_tensor(v) for k, v in f.items()} for g, f in own.items()}
+                idx = {g: uncertainty.resample_indices(len(next(iter(f.values()))), self.bootstrap_resamples,
+                                                       self.bootstrap_seed, g) for g, f in items.items()}
+                reps = {k: v.float() for k, v in probe.resampled(items, idx).items()}
+                replicates.update(reps)
+                n_items = max(len(next(iter(f.values()))) for f in items.values())
+                counts.update({k: n_items for k in reps})
+            tracker.update(evaluation["epoch"], evaluation["step"], evaluation["metrics"], self.directions(),
+                           baseline=evaluation.get("trigger") == "baseline", replicates=replicates or None, items=counts)
+        return tracker
+
     def set_run_dir(self, path: str | Path) -> None:
         """Write into ``path`` instead of the trainer's log directory (``perceptlab evaluate --out``)."""
         self._run_dir = Path(path)

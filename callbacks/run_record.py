@@ -194,6 +194,16 @@ class RunRecord:
             return {k: z[k] for k in z.files}
 
 
+def grouped(items: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{"<group>/<field>": values}`` (an items file) -> ``{group: {field: values}}``; a group may
+    hold slashes (``iqa_fr/tid2013``), a field does not."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, values in items.items():
+        group, _, name = key.rpartition("/")
+        out.setdefault(group, {})[name] = values
+    return out
+
+
 def read_evaluations(path: str | os.PathLike) -> list[Evaluation]:
     """The records of ``alignment.jsonl`` in a run directory ([] when there is none)."""
     jsonl = Path(path) / JSONL_NAME

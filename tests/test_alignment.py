@@ -163,6 +163,9 @@ def test_three_epoch_run_writes_every_probe_at_every_epoch_and_a_consistent_summ
     record = read_run(run)
     assert record.evaluations == json.loads(json.dumps(suite.history)) and record.summary == summary
     assert summary == json.loads(json.dumps(suite.summary()))
+    # ... and the tracker recomputed post hoc from the per-item files alone gives the same summary
+    replayed = AlignmentSuite(probes=suite.probes, bootstrap_seed=suite.bootstrap_seed).replay(run)
+    assert json.loads(json.dumps(replayed.summary())) == summary
     # null = undefined at that evaluation (e.g. shape bias of a model hitting neither cue): not a peak.
     assert set(summary) == {n for n in names if any(r["metrics"][n] is not None for r in records)}
     for name, s in summary.items():
