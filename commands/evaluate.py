@@ -112,7 +112,17 @@ def main(argv: list[str] | None = None) -> Path:
         raise ValueError(f"{', '.join(ns.config)}: no AlignmentSuite in trainer.callbacks")
     suite = suites[0]
     if existing:
-        suite.load_state_dict({"history": existing})
+        # every earlier evaluation's replicates come back from the bootstrap file, so the drop test
+        # of the continued series covers all of it
+        import torch
+
+        from perceptlab.callbacks.run_record import read_run
+
+        kept = read_run(run_dir, require=False)
+        trajectories = {k.rsplit("@", 1)[0]: {"trajectory": torch.as_tensor(v)} for k, v in kept.replicates.items()
+                        if k.endswith("@trajectory")}
+        suite.load_state_dict({"history": existing, "replicates": trajectories,
+                               "items": {m: s["items"] for m, s in kept.summary.items() if s.get("items") is not None}})
     if not cli.model.todo:
         print(f"every model is measured already: {run_dir / JSONL_NAME}")
         return run_dir

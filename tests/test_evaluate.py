@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -87,6 +88,10 @@ def test_a_growing_series_is_ordered_by_step_and_only_new_models_are_measured(tr
     assert [r["step"] for r in again] == [10, 20, 30] and again[:2] == first  # kept, not measured again
     assert [Path(r["model"]).name for r in again] == ["b.ckpt", "c.ckpt", "a.ckpt"]
     assert not (run.parent / "version_1").exists()
+    # the continued series keeps every evaluation's replicates: its drop test covers all three
+    steps = np.load(run / "alignment_bootstrap.npz")["nights/2afc@steps"]
+    assert steps.tolist() == [10, 20, 30]
+    assert json.loads((run / "alignment_summary.json").read_text())["nights/2afc"]["drop_ci"] is not None
     # perceptlab report reads the post-hoc series as it reads a training run
     perceptlab(["report", f"series={run}", "--out", str(tmp_path / "report")])
     rows = [r for r in (tmp_path / "report" / "report.md").read_text().splitlines() if r.startswith("| series | nights/2afc")]
