@@ -189,13 +189,14 @@ def run_lightning(args: list[str]) -> None:
     )
 
 
-def run_function(fn, argv: list[str] | None, prog: str, positional: tuple[str, ...] = ()):
+def run_function(fn, argv: list[str] | None, prog: str, positional: tuple[str, ...] = (), extra: dict | None = None):
     """Parse ``argv`` into ``fn``'s typed signature and call it.
 
     Every flag, its type, default and help (from the ``Args:`` docstring) come from the function, in
     LightningCLI's ``--snake_case`` style (jsonargparse, as LitGPT's commands): a required ``list``
     parameter is a positional taking one or more values, the parameters named in ``positional``
-    are positionals, and a ``bool`` is a switch (``--quick`` / ``--no_quick``).
+    are positionals, and a ``bool`` is a switch (``--quick`` / ``--no_quick``). ``extra`` are
+    arguments the caller fills in (not flags).
     """
     import inspect
     import typing
@@ -203,10 +204,14 @@ def run_function(fn, argv: list[str] | None, prog: str, positional: tuple[str, .
     from jsonargparse import ActionYesNo, ArgumentParser
 
     doc = inspect.getdoc(fn) or ""
-    parser = ArgumentParser(prog=prog, description=doc.split("\n\n")[0], exit_on_error=True)
+    description = doc.split("\nArgs:")[0].strip()  # every paragraph before the arguments
+    parser = ArgumentParser(prog=prog, description=description, exit_on_error=True)
     hints = typing.get_type_hints(fn)
-    own = set()
+    extra = dict(extra or {})
+    own = set(extra)
     for name, p in inspect.signature(fn).parameters.items():
+        if name in extra:
+            continue
         hint = hints.get(name)
         if p.default is inspect.Parameter.empty and typing.get_origin(hint) is list:
             parser.add_argument(name, nargs="+", help=_arg_help(doc, name))
@@ -219,9 +224,9 @@ def run_function(fn, argv: list[str] | None, prog: str, positional: tuple[str, .
         own.add(name)
     parser.add_function_arguments(fn, skip=own, as_positional=False)
     cfg = parser.parse_args(argv)
-    if parse_only():
+    if parse_only() and not extra:
         return None
-    return fn(**cfg.as_dict())
+    return fn(**cfg.as_dict(), **extra)
 
 
 def parse_only() -> bool:

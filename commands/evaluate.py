@@ -51,35 +51,36 @@ def run_dir_for(out: str | None, runs_dir: str, name: str, new_version: bool) ->
     return root / f"version_{versions[-1] + 1 if versions else 0}"
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(
-        prog="perceptlab evaluate", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="The alignment suite on any model, or on a series of checkpoints.",
-        epilog="Lightning's options pass through as --trainer.<key>=<value> (e.g. --trainer.accelerator=cpu,\n"
-               "--trainer.devices=8, --trainer.precision=bf16-mixed), the suite's as\n"
-               "--trainer.callbacks.init_args.<key>=<value>. Examples:\n\n"
-               "  perceptlab evaluate runs/pretrain_pi/version_0/checkpoints/last.ckpt \\\n"
-               "      --config experiments/toy/alignment_suite.yaml\n"
-               "  perceptlab evaluate '/runs/openclip/checkpoints/epoch_*.pt' --model_name ViT-B-32 --config my_suite.yaml")
-    parser.add_argument("models", nargs="+", help="checkpoints, visual.pt files, folders, open_clip tags or globs")
-    parser.add_argument("--config", action="append", required=True,
-                        help="a config with the AlignmentSuite (trainer.callbacks); repeatable")
-    parser.add_argument("--out", default=None, help="the run directory (default runs/evaluate/<name>/version_<n>)")
-    parser.add_argument("--name", default=None, help="<name> of the default run directory (default: from MODEL)")
-    parser.add_argument("--runs_dir", default="runs")
-    parser.add_argument("--model_name", default=None, help="the architecture where a file does not record it")
-    parser.add_argument("--new_version", action="store_true", help="start a new version instead of continuing")
-    ns, overrides = parser.parse_known_args(argv)
-    bad = [o for o in overrides if not o.startswith("--trainer.")]
-    if bad:
-        parser.error(f"unknown arguments {bad} (Lightning options go as --trainer.<key>=<value>)")
+def evaluate(models: list[str], config: list[str] | None = None, out: str | None = None, name: str | None = None,
+             runs_dir: str = "runs", model_name: str | None = None, new_version: bool = False,
+             trainer_overrides: list[str] = (), argv: list[str] | None = None) -> Path:
+    """The alignment suite on any model, or on a series of checkpoints.
+
+    Lightning's options pass through as --trainer.<key>=<value> (--trainer.accelerator=cpu,
+    --trainer.devices=8, --trainer.precision=bf16-mixed), the suite's as
+    --trainer.callbacks.init_args.<key>=<value>.
+
+    Args:
+        models: checkpoints, visual.pt files, transformers folders, open_clip tags or globs.
+        config: a config with the AlignmentSuite under trainer.callbacks (required; repeat --config for several).
+        out: the run directory (default runs/evaluate/<name>/version_<n>).
+        name: <name> of the default run directory (default: from the first model).
+        runs_dir: root of the default run directory.
+        model_name: the architecture, where a file does not record it.
+        new_version: start a new version instead of continuing the newest one.
+    """
     from perceptlab.commands.cli import parse_only
 
-    missing = [c for c in ns.config if not Path(c).is_file()]
+    if not config:
+        raise ValueError("--config is required: a config with the AlignmentSuite under trainer.callbacks")
+    missing = [c for c in config if not Path(c).is_file()]
     if missing:
         raise FileNotFoundError(f"--config not found: {', '.join(missing)}")
     if parse_only():
-        return Path(ns.out or ".")
+        return Path(out or ".")
+    ns = argparse.Namespace(models=models, config=config, out=out, name=name, runs_dir=runs_dir,
+                            model_name=model_name, new_version=new_version)
+    overrides = list(trainer_overrides)
 
     from perceptlab.callbacks.alignment import AlignmentSuite
     from perceptlab.callbacks.run_record import JSONL_NAME, read_evaluations
@@ -129,3 +130,28 @@ def main(argv: list[str] | None = None) -> Path:
     cli.trainer.validate(cli.model)
     print(f"{len(cli.model.todo)} model(s) measured -> {run_dir / JSONL_NAME}")
     return run_dir
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """``--trainer.<key>=<value>`` and repeated ``--config`` as LightningCLI takes them; every other
+    flag from :func:`evaluate`'s signature."""
+    from perceptlab.commands.cli import run_function
+
+    given = list(sys.argv[2:] if argv is None else argv)
+    rest, configs, overrides = [], [], []
+    words = iter(given)
+    for word in words:
+        if word.startswith("--trainer."):
+            if "=" not in word:
+                raise ValueError(f"{word}: give Lightning options as --trainer.<key>=<value>")
+            overrides.append(word)
+        elif word == "--config":
+            configs.append(next(words, ""))
+        elif word.startswith("--config="):
+            configs.append(word.split("=", 1)[1])
+        else:
+            rest.append(word)
+    if configs:
+        rest.append(f"--config={json.dumps(configs)}")
+    return run_function(evaluate, rest, prog="perceptlab evaluate",
+                        extra={"trainer_overrides": overrides, "argv": given})

@@ -50,7 +50,7 @@ def test_quick_demo_runs_every_stage_and_reports_what_the_runs_wrote(tmp_path, t
 
     md = (out / "report" / "report.md").read_text()
     names = {"perceptual_init": runs["pretrain_pi"], "random_init": runs["pretrain_random"], "stage1": runs["pi_nights"]}
-    table = {(r[0], r[1]): r for r in _rows(md, "Peaks")}
+    table = {(r[0], r[1].removesuffix(" †")): r for r in _rows(md, "Peaks")}
     checked = 0
     for name, run in names.items():
         summary = json.loads((run / "alignment_summary.json").read_text())
@@ -62,8 +62,10 @@ def test_quick_demo_runs_every_stage_and_reports_what_the_runs_wrote(tmp_path, t
             for col, key in ((4, "peak"), (5, "final"), (6, "drop")):
                 if s[key] is not None:
                     assert row[col] == _cell(s[key], s[f"{key}_ci"]), (name, metric, key)
-            assert row[7] == ("–" if s["drop_ci"] is None else "yes (+)" if s["drop_ci"][0] > 0 else
+            assert row[8] == ("–" if s["drop_ci"] is None else "yes (+)" if s["drop_ci"][0] > 0 else
                               "yes (−)" if s["drop_ci"][1] < 0 else "no")
+            assert row[7] == ("–" if s["drop_p"] is None else "<0.001" if s["drop_p"] < 0.001 else f"{s['drop_p']:.3f}")
+            assert row[1].endswith(" †") == bool(s.get("ci_note"))
             checked += 1
     assert checked >= 20
     assert "## Differences (run − random_init)" in md

@@ -109,11 +109,14 @@ def test_open_clip_files_need_an_architecture_and_bad_models_are_named_before_an
                    tmp_path / f"epoch_{epoch}.pt")
     args = ["--config", str(suite), "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"]
     with pytest.raises(ValueError, match="does not record its architecture: give --model_name"):
-        perceptlab(["evaluate", str(tmp_path / "epoch_*.pt"), "--out", str(tmp_path / "x"), *args])
+        perceptlab(["evaluate", str(tmp_path / "epoch_*.pt"), "--out", str(tmp_path / "x"), "--debug", *args])
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
-        perceptlab(["evaluate", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x"), *args])
+        perceptlab(["evaluate", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x"), "--debug", *args])
     with pytest.raises(FileNotFoundError, match="matches no file"):
-        perceptlab(["evaluate", str(tmp_path / "nothing_*.pt"), "--out", str(tmp_path / "x"), *args])
+        perceptlab(["evaluate", str(tmp_path / "nothing_*.pt"), "--out", str(tmp_path / "x"), "--debug", *args])
+    with pytest.raises(SystemExit) as exit_:  # without --debug: one line, exit 2
+        perceptlab(["evaluate", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x"), *args])
+    assert exit_.value.code == 2
     out = tmp_path / "oc"
     perceptlab(["evaluate", str(tmp_path / "epoch_*.pt"), "--model_name", "perceptlab-vit-tiny-64", "--out", str(out),
                 *args])
