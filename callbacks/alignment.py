@@ -25,23 +25,13 @@ When it evaluates
     an evaluation that is due on both schedules is recorded once, as the epoch-end one.
 
 What it writes (rank 0), in ``trainer.log_dir`` (``runs/<experiment>/version_<n>/``)
-    * ``alignment.jsonl``: one line per evaluation
-      ``{"epoch", "step", "trigger", "metrics": {name: value}, "ci": {name: [low, high]},
-      "seconds": {probe: s}, "items": "alignment_items/step=0000125.npz"}``; ``trigger`` is
-      ``baseline``, ``epoch``, ``step`` or ``end``; undefined values are ``null``. ``ci`` is the
-      95 % bootstrap interval of each metric over the probe's items (``bootstrap_resamples``
-      resamples; ``seconds["bootstrap"]`` is its cost).
-    * ``alignment_items/step=<step>.npz``: the per-item outputs of that evaluation (numpy arrays
-      named ``<group>/<field>``, e.g. ``nights/d0``, ``nights/p``; see each probe's ``measure``),
-      so any analysis can be redone later: ``np.load(path)``.
-    * ``alignment_summary.json``: per metric peak / final / drop with their intervals, and the drop
-      test that accounts for picking the peak, ``drop_ci`` / ``drop_p`` / ``drop_significant`` (see
-      ``perceptlab.callbacks.peaks``). The file names and record types: ``perceptlab.callbacks.run_record``.
-    * ``alignment_bootstrap.npz``: the bootstrap replicates of every metric at every evaluation
-      (``<metric>@trajectory``, ``(T, B)``, steps in ``<metric>@steps``) and at its peak, final and
-      baseline (``<metric>@peak``, ``@final``, ``@baseline``). Runs measured with the same probes and
-      ``bootstrap_seed`` share their resampled items, so ``perceptlab report`` pairs two runs'
-      replicates into an interval of their difference.
+    the run record (``perceptlab.callbacks.run_record`` documents each file): ``alignment.jsonl``
+    (one record per evaluation, each metric with its 95 % bootstrap interval over the probe's
+    items), ``alignment_items/step=<step>.npz`` (every evaluation's per-item outputs),
+    ``alignment_summary.json`` (peak, final, drop and the drop test that accounts for picking the
+    peak, ``perceptlab.callbacks.peaks``) and ``alignment_bootstrap.npz`` (every evaluation's
+    replicates; runs with the same probes and ``bootstrap_seed`` share their resampled items, so
+    ``perceptlab report`` pairs two runs' replicates); and
     * logger scalars ``alignment/<metric>`` at the training step; for TensorBoard also a
       custom-scalars layout grouping the probes and the figure ``alignment/trajectories``.
     * ``checkpoints/alignment-peak.ckpt`` when ``checkpoint_peak_of`` names a metric, rewritten

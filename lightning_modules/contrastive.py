@@ -39,18 +39,7 @@ trainable), ``lock_image_first_blocks`` (freeze the patch embedding and the firs
 blocks), ``patch_dropout`` (FLIP: drop this share of patch tokens in training), ``grad_checkpointing``
 and ``compile`` (``torch.compile`` of every transformer block, in place: state-dict keys unchanged).
 
-Validation (every metric higher is better except the loss)
-----------------------------------------------------------
-On held-out pairs: ``val/loss`` (the contrastive loss over consecutive chunks of the validation
-batch size, in the set's order, averaged over pairs: the same for any number of loader workers and
-processes, see ``_validation_loss``) and retrieval recall ``val/i2t_R@k`` / ``val/t2i_R@k`` (k = 1, 5, 10; share of images whose paired
-caption ranks in the top k among all held-out captions, and the converse; CLIP_benchmark's
-``recall_at_k``) over the whole held-out
-set, gathered from all ranks. On a labelled image set: zero-shot ``val/zeroshot_top1`` /
-``val/zeroshot_top5`` (shares in [0, 1]) with CLIP_benchmark's classifier
-(``core.benchmark_metrics.zeroshot_classifier``) over the data module's ``zeroshot_classnames`` and
-``zeroshot_templates``. Retrieval recall is CLIP_benchmark's too (ties broken by rank order).
-
+Validation: loss, retrieval recall and zero-shot accuracy (``lightning_modules.contrastive_validation``).
 Logged while training: ``train/loss`` (mean over ranks), ``train/logit_scale`` (the scale itself,
 not its log) and ``data/skipped`` (samples the loaders dropped so far, summed over ranks; a warning
 repeats it at 1, 2, 4, 8, ... skips).

@@ -3,6 +3,18 @@
 A mixin of :class:`perceptlab.lightning_modules.contrastive.ContrastivePretrainModule` (which owns
 the metric states it fills). Zero-shot classification and retrieval recall are CLIP_benchmark's
 (``core.benchmark_metrics``), as in the probes and the benchmark probe.
+
+Validation (every metric higher is better except the loss)
+----------------------------------------------------------
+On held-out pairs: ``val/loss`` (the contrastive loss over consecutive chunks of the validation
+batch size, in the set's order, averaged over pairs: the same for any number of loader workers and
+processes, see ``_validation_loss``) and retrieval recall ``val/i2t_R@k`` / ``val/t2i_R@k`` (k = 1, 5, 10; share of images whose paired
+caption ranks in the top k among all held-out captions, and the converse; CLIP_benchmark's
+``recall_at_k``) over the whole held-out
+set, gathered from all ranks. On a labelled image set: zero-shot ``val/zeroshot_top1`` /
+``val/zeroshot_top5`` (shares in [0, 1]) with CLIP_benchmark's classifier
+(``core.benchmark_metrics.zeroshot_classifier``) over the data module's ``zeroshot_classnames`` and
+``zeroshot_templates``. Retrieval recall is CLIP_benchmark's too (ties broken by rank order).
 """
 from __future__ import annotations
 
