@@ -145,7 +145,7 @@ class PeakTracker:
         base_rep = None if e.baseline is None else e.replicates[e.baseline]
         s["change_ci"] = None if base_rep is None or e.replicates[final] is None else \
             uncertainty.percentile_interval(e.replicates[final] - base_rep, self.level)
-        note = uncertainty.interval_note(s["final_ci"], e.items, interval_kind(name))
+        note = uncertainty.summary_note(s["peak_ci"], s["final_ci"], e.items, interval_kind(name))
         s["ci_note"], s["ci_reliable"] = note, None if s["final_ci"] is None else note is None
         return s
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perceptlab.callbacks.run_record import RunRecord, is_reference_line, read_run
+from perceptlab.callbacks.run_record import RunRecord, interval_kind, is_reference_line, read_run
 from perceptlab.core import uncertainty
 from perceptlab.core.uncertainty import seed_interval
 
@@ -198,7 +198,8 @@ def peak_table(arms: list[Arm]) -> list[dict]:
             summaries = [r.summary[metric] for r in arm.runs if metric in r.summary]
             if len(arm.runs) == 1:
                 s = summaries[0]
-                row = {"run": arm.name, "metric": metric, "seeds": 1, "ci_note": s.get("ci_note"),
+                note = uncertainty.summary_note(s.get("peak_ci"), s.get("final_ci"), s.get("items"), interval_kind(metric))
+                row = {"run": arm.name, "metric": metric, "seeds": 1, "ci_note": note,
                        **{k: s.get(k) for k in ("peak_epoch", "peak_step", "peak", "peak_ci", "final",
                                                 "final_ci", "drop", "drop_ci", "drop_p")}}
             else:

@@ -34,7 +34,7 @@ __all__ = [
     "DEFAULT_RESAMPLES", "resample_indices", "percentile_interval", "intervals", "significant",
     "mean", "pearson", "spearman", "kendall_b", "resampled_ranks", "correlations",
     "DropTest", "peak_drop_test", "beats_every_earlier", "seed_interval", "seed_drop_test",
-    "seeds_for_power", "resolvable_difference", "seed_drop_detectable", "MIN_RELIABLE_ITEMS", "interval_note",
+    "seeds_for_power", "resolvable_difference", "seed_drop_detectable", "MIN_RELIABLE_ITEMS", "interval_note", "summary_note",
 ]
 
 DEFAULT_RESAMPLES = 1000
@@ -354,6 +354,15 @@ def seed_drop_detectable(spread: float, seeds: int, evaluations: int, level: flo
 #: (``benchmarks/calibrate_statistics.py --part coverage``; docs/calibration.md has the table).
 #: Below it an interval is marked unreliable. PLCC undercovers (91 % at 25-50 items, 93 % at 100).
 MIN_RELIABLE_ITEMS = {"mean": 25, "srcc": 25, "plcc": 200, "krcc": 25, "shape_bias": 50, "noise_drop": 100}
+
+
+def summary_note(peak_ci: list[float] | None, final_ci: list[float] | None, items: int | None,
+                 kind: str = "mean") -> str | None:
+    """:func:`interval_note` of a metric's final interval, else of its peak's (named as such)."""
+    note = interval_note(final_ci, items, kind)
+    if note is None and interval_note(peak_ci, items, kind) is not None:
+        note = "at the peak, " + interval_note(peak_ci, items, kind)
+    return note
 
 
 def interval_note(interval: list[float] | None, items: int | None, kind: str = "mean") -> str | None:

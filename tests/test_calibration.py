@@ -70,6 +70,8 @@ def test_interval_notes_mark_small_and_degenerate_intervals():
     assert uncertainty.MIN_RELIABLE_ITEMS["plcc"] > uncertainty.MIN_RELIABLE_ITEMS["srcc"]  # measured: PLCC undercovers longer
     assert uncertainty.interval_note([0.1, 0.2], small, "noise_drop").startswith("unreliable")
     assert uncertainty.interval_note([0.1, 0.2], 5000, "mean") is None
+    # a collapsed classifier's shape bias at the peak, 1.000 [1.000, 1.000], is marked though the final is fine
+    assert uncertainty.summary_note([1.0, 1.0], [0.19, 0.41], 384, "shape_bias").startswith("at the peak, degenerate")
 
 
 def test_control_command_finds_a_planted_peak_and_writes_a_run_record(tmp_path):

@@ -65,7 +65,7 @@ def test_quick_demo_runs_every_stage_and_reports_what_the_runs_wrote(tmp_path, t
             assert row[8] == ("–" if s["drop_ci"] is None else "yes (+)" if s["drop_ci"][0] > 0 else
                               "yes (−)" if s["drop_ci"][1] < 0 else "no")
             assert row[7] == ("–" if s["drop_p"] is None else "<0.001" if s["drop_p"] < 0.001 else f"{s['drop_p']:.3f}")
-            assert row[1].endswith(" †") == bool(s.get("ci_note"))
+            assert row[1].endswith(" †") == bool(s.get("ci_note")), (name, metric)
             checked += 1
     assert checked >= 20
     assert "## Differences (run − random_init)" in md
