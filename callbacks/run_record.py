@@ -94,13 +94,6 @@ def finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def finite_interval(replicates, level: float = 0.95) -> list[float] | None:
-    """The record's ``ci`` entry: the percentile interval of the replicates."""
-    from perceptlab.core.uncertainty import percentile_interval
-
-    return percentile_interval(replicates, level)
-
-
 # ------------------------------------------------------------------------------------ writers
 def write_json_atomic(path: str | os.PathLike, obj: Any, lines: bool = False) -> None:
     """Write JSON (or JSON lines from a list) to ``path`` via a temporary file and a rename."""

@@ -34,6 +34,7 @@ def control(out: str, peak: float = 0.08, items: int = 1000, evaluations: int = 
     from perceptlab.callbacks import run_record
     from perceptlab.callbacks.peaks import PeakTracker
     from perceptlab.core.calibration import simulate
+    from perceptlab.core.uncertainty import percentile_interval
 
     if items < 2 or evaluations < 2 or repeats < 1 or not 0 <= peak < 0.15:
         raise ValueError("control needs items >= 2, evaluations >= 2, repeats >= 1 and 0 <= peak < 0.15 "
@@ -47,7 +48,7 @@ def control(out: str, peak: float = 0.08, items: int = 1000, evaluations: int = 
             step = 25 * t
             record = {"epoch": 0 if t else -1, "step": step, "trigger": "baseline" if t == 0 else "step",
                       "metrics": {metric: float(sim.values[t])},
-                      "ci": {metric: run_record.finite_interval(sim.replicates[t])}, "seconds": {}}
+                      "ci": {metric: percentile_interval(sim.replicates[t])}, "seconds": {}}
             if r == 0:
                 record["items"] = run_record.write_items(run_dir, step, {f"{metric.rsplit('/', 1)[0]}/correct":
                                                                          sim.outcomes[t].numpy()})

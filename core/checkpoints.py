@@ -62,7 +62,7 @@ class ModelSource:
                 raise ValueError(f"model {spec!r}: not a transformers CLIP folder or file")
             converted = open_clip_state_from_hf(read_hf_clip(path)[1])
             return cls(spec, "hf", model_name, has_text=any(k.startswith("token_embedding") for k in converted))
-        raw = _load(path)
+        raw = load_file(path)
         if not isinstance(raw, dict):
             raise ValueError(f"model {spec!r}: not a checkpoint (a {type(raw).__name__})")
         state = raw.get("state_dict") if isinstance(raw.get("state_dict"), dict) else raw
@@ -90,7 +90,7 @@ class ModelSource:
         adapters of a Lightning checkpoint stay as they are (``CLIPBackbone.load_visual`` merges them)."""
         if self.kind == "hf":
             return open_clip_state_from_hf(read_hf_clip(self.spec)[1])
-        raw = _load(Path(self.spec).expanduser())
+        raw = load_file(self.spec)
         state = raw.get("state_dict") if isinstance(raw.get("state_dict"), dict) else raw
         if self.kind == "lightning":
             return {k[len("backbone.model."):]: v for k, v in state.items() if k.startswith("backbone.model.")}
@@ -116,8 +116,6 @@ def load_file(path: str | Path, mmap: bool = True) -> Any:
         first = str(exn).strip().splitlines()[0] if str(exn).strip() else ""
         raise ValueError(f"{path}: not a readable model file ({type(exn).__name__}: {first})") from exn
 
-
-_load = load_file
 
 
 def expand_sources(specs: list[str], model_name: str | None = None) -> list[ModelSource]:
