@@ -143,3 +143,28 @@ def test_calibration_script_quick_grid_reports_rates_and_coverage():
     assert all(r["naive"] >= r["valid"] - 0.05 and r["valid_se"] >= 0 for r in out["drop"])
     assert {r["kind"] for r in out["coverage"]} == set(out["min_reliable_items"])
     assert all(0 <= r["coverage"] <= 1 for r in out["coverage"])
+
+
+def test_bench_loader_measures_every_path_and_its_shards_hold_what_it_reads(tmp_path, monkeypatch, capsys):
+    """bench_loader.py end to end on tiny settings: every rate is measured (positive), the shards it
+    writes hold ``per_shard`` decodable samples each, and ``--seconds`` stops a measurement early:
+    a measurement capped at 0 s reads exactly one batch (a node's settings once ran past 120 s)."""
+    import json
+    import sys
+
+    import webdataset as wds
+
+    bench = load_benchmark("bench_loader")
+    pattern = bench.write_shards(tmp_path, 3, 10, 64)
+    samples = list(wds.WebDataset(pattern, shardshuffle=False).decode("pil"))
+    assert len(samples) == 30 and samples[0]["jpg"].size == (64, 64) and len(samples[0]["txt"].split()) == 10
+    calls = []
+    monkeypatch.setattr(bench, "SECONDS_PER_MEASUREMENT", 0.0)
+    assert bench.timed(lambda: calls.append(1) or 8, 50) > 0 and len(calls) == 1
+    monkeypatch.setattr(sys, "argv", ["bench_loader.py", "--batch", "8", "--batches", "2", "--workers", "2",
+                                      "--steps", "1", "--seconds", "2", "--device", "cpu"])
+    bench.main()
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rates = [v for k, v in result.items() if k.endswith("samples_per_s") or "samples_per_s_" in k]
+    assert len(rates) == 7 and all(r > 0 for r in rates)
+    assert result["workers_needed"] >= 1 and result["seconds_total"] > 0

@@ -6,7 +6,6 @@ run only where CUDA is present.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,12 +22,17 @@ REPO = Path(__file__).resolve().parents[1]
 TOY = "experiments/toy/pretrain_random.yaml"
 
 
+# `python -m perceptlab`, not the console script: it is what a node running the project from source
+# has, and Lightning's DDP launcher must start the other ranks the same way (`-m`, not a script path).
+PERCEPTLAB = [sys.executable, "-m", "perceptlab"]
+# One intra-op thread per rank: two ranks share the machine's cores. The source tree first on the
+# path, so that a node without an installed package runs it from here.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+       "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
 def perceptlab(args: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    exe = shutil.which("perceptlab", path=str(Path(sys.executable).parent)) or shutil.which("perceptlab")
-    assert exe, "the perceptlab console script is not installed (make setup)"
-    # One intra-op thread per rank: two ranks share the machine's cores.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run([exe, "fit", *args, "--runs_dir", str(tmp_path / "runs")], cwd=REPO, env=env,
+    proc = subprocess.run([*PERCEPTLAB, "fit", *args, "--runs_dir", str(tmp_path / "runs")], cwd=REPO, env=ENV,
                           capture_output=True, text=True, timeout=timeout, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return proc
@@ -149,10 +153,8 @@ def test_validation_metrics_do_not_depend_on_loader_workers_or_processes(tiny_wo
     perceptlab_validate = ["--config", "experiments/strategies/ddp.yaml", "--config", TOY, "--experiment", "val2",
                            "--trainer.accelerator=cpu", "--trainer.devices=2",
                            *toy_data(Path(tiny_world), val_data=val, zeroshot_data=None, num_workers=2)]
-    exe = shutil.which("perceptlab", path=str(Path(sys.executable).parent)) or shutil.which("perceptlab")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run([exe, "validate", *perceptlab_validate, "--runs_dir", str(tmp_path / "runs")], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run([*PERCEPTLAB, "validate", *perceptlab_validate, "--runs_dir", str(tmp_path / "runs")],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     run = tmp_path / "runs" / "val2" / "version_0"
     measured["2 processes"] = {k: scalars(run, k)[-1][1] for k in keys}
