@@ -9,7 +9,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: setup test test-fast demo study smoke tensorboard bench clean help \
+.PHONY: setup test test-fast demo study smoke tensorboard bench clean help wheelhouse lock \
         pi-nights pretrain-pi pretrain-random perceptclip-koniq perceptclip-lamem perceptclip-emoset
 
 help:
@@ -29,14 +29,40 @@ help:
 
 setup: $(STAMP)
 
-# Rebuilt only when the dependency list changes. torch/torchvision are pinned first so that the
+# Rebuilt only when the dependency list changes. The exact versions come from the lock (pip's
+# constraints file; pyproject.toml holds the supported ranges); torch/torchvision first so that the
 # resolver never reaches for another build; pyiqa imports pkg_resources, hence setuptools<81.
-$(STAMP): pyproject.toml
+# With WHEELHOUSE=DIR (a folder `make wheelhouse` filled): no network, a venv that sees the site's
+# packages (the node's CUDA torch, which is kept), everything else from DIR.
+LOCK ?= requirements/lock-cpu.txt
+WHEELHOUSE ?=
+ifeq ($(WHEELHOUSE),)
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip "setuptools<81" wheel
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -c $(LOCK) torch torchvision
+	$(PY) -m pip install -q -c $(LOCK) -e ".[test]"
 	touch $(STAMP)
+else
+$(STAMP): pyproject.toml
+	test -d "$(WHEELHOUSE)" || { echo "WHEELHOUSE=$(WHEELHOUSE): no such folder (make wheelhouse writes one)"; exit 2; }
+	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || { echo "no torch visible to $(PYTHON): load the site's (module load ...) or make wheelhouse WITH_TORCH=1"; exit 2; }
+	$(PY) -m pip install -q --no-index --find-links "$(WHEELHOUSE)" "setuptools<81" wheel
+	$(PY) -m pip install -q --no-index --find-links "$(WHEELHOUSE)" --no-build-isolation -e ".[test]"
+	touch $(STAMP)
+endif
+
+# Every wheel the project needs, for an offline install elsewhere (tools/wheelhouse.py):
+#   make wheelhouse [DEST=wheelhouse] [TARGET_PYTHON=3.11 TARGET_PLATFORM=manylinux2014_x86_64] [WITH_TORCH=1]
+DEST ?= wheelhouse
+wheelhouse: setup
+	$(PY) tools/wheelhouse.py --out $(DEST) $(if $(TARGET_PYTHON),--python-version $(TARGET_PYTHON)) \
+	    $(if $(TARGET_PLATFORM),--platform $(TARGET_PLATFORM)) $(if $(WITH_TORCH),--with-torch)
+
+# The lock after a change of pyproject.toml's ranges: what a fresh resolve installs here, pinned.
+lock: setup
+	{ sed -n '/^#/p' $(LOCK); $(PY) -m pip freeze --exclude-editable | grep -v '^#'; } > $(LOCK).new && mv $(LOCK).new $(LOCK)
 
 # The layer contract first (seconds; names the importing and the imported module), then the suite.
 test: setup
