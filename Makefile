@@ -9,7 +9,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: setup test test-fast demo study smoke tensorboard bench clean help wheelhouse lock \
+.PHONY: setup test test-fast demo study smoke tensorboard bench clean help wheelhouse lock gpu-check \
         pi-nights pretrain-pi pretrain-random perceptclip-koniq perceptclip-lamem perceptclip-emoset
 
 help:
@@ -19,6 +19,8 @@ help:
 	@echo "make smoke       a seconds-long end-to-end run on the tiny toy world"
 	@echo "make bench       every benchmark in benchmarks/, one JSON line each"
 	@echo "make tensorboard serve runs/ on port 6006"
+	@echo "make gpu-check   every GPU figure in one run (<= 8 min; DRY=1 on the CPU), runs/gpu_check/"
+	@echo "make wheelhouse  every wheel for an offline install (DEST=, TARGET_PYTHON=, TARGET_PLATFORM=, WITH_TORCH=1)"
 	@echo ""
 	@echo "paper runs (GPU; data and weights are local paths you give):"
 	@echo "  make pi-nights NIGHTS=/data/nights [GPUS=8]"
@@ -59,6 +61,10 @@ DEST ?= wheelhouse
 wheelhouse: setup
 	$(PY) tools/wheelhouse.py --out $(DEST) $(if $(TARGET_PYTHON),--python-version $(TARGET_PYTHON)) \
 	    $(if $(TARGET_PLATFORM),--platform $(TARGET_PLATFORM)) $(if $(WITH_TORCH),--with-torch)
+
+# Every GPU figure in one run of at most 8 minutes (benchmarks/gpu_check.py; DRY=1: on the CPU).
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py --out runs/gpu_check $(if $(DRY),--dry-run) $(GPU_CHECK_ARGS)
 
 # The lock after a change of pyproject.toml's ranges: what a fresh resolve installs here, pinned.
 lock: setup

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def load_benchmark(name: str):
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -168,3 +171,34 @@ def test_bench_loader_measures_every_path_and_its_shards_hold_what_it_reads(tmp_
     rates = [v for k, v in result.items() if k.endswith("samples_per_s") or "samples_per_s_" in k]
     assert len(rates) == 7 and all(r > 0 for r in rates)
     assert result["workers_needed"] >= 1 and result["seconds_total"] > 0
+
+
+def test_gpu_check_boxes_each_step_and_writes_one_json_and_one_markdown(tmp_path):
+    """gpu_check.py's plumbing on the CPU: a step past its box is killed and marked, a step's JSON
+    line becomes its result, the budget skips what no longer fits, and the dry run of a real step
+    (the MFU step on the CPU) lands in gpu_check.json and gpu_check.md."""
+    import json
+    import sys
+    import time
+
+    check = load_benchmark("gpu_check")
+    start = time.perf_counter()
+    slow = check.Step("slow", "sleeps", [sys.executable, "-c", "import time; time.sleep(60)"], box=60)
+    row = check.run_step(slow, box=1.5)
+    assert row["status"] == "timed_out" and time.perf_counter() - start < 30
+    fine = check.Step("fine", "prints", [sys.executable, "-c", "print('noise'); print('{\"ratio\": 1.5}')"], box=30)
+    assert check.run_step(fine, box=30)["result"] == {"ratio": 1.5}
+    broken = check.Step("broken", "fails", [sys.executable, "-c", "raise SystemExit('bad flag --x')"], box=30)
+    row = check.run_step(broken, box=30)
+    assert row["status"] == "failed" and "bad flag --x" in row["error"]
+
+    results = check.main(["--dry-run", "--only", "flops", "--out", str(tmp_path)])
+    flops = results["steps"]["flops"]
+    assert flops["status"] == "ok" and flops["result"]["device"] == "cpu" and flops["result"]["batch"] == 8
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["steps"]["flops"] == flops
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "| flops |" in md and "dry run" in md
+    skipped = check.main(["--dry-run", "--only", "flops", "--budget", "5", "--out", str(tmp_path / "b")])
+    assert skipped["steps"]["flops"]["status"] == "skipped"
+    with pytest.raises(SystemExit, match="no CUDA device") if not torch.cuda.is_available() else nullcontext():
+        check.main(["--only", "flops", "--budget", "1", "--out", str(tmp_path / "c")])
