@@ -15,7 +15,7 @@ from perceptlab.commands.cli import LIGHTNING_COMMANDS, main
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted(p for p in (REPO / "docs").glob("*.md") if p.name != "design.md")]
 TOP = ("experiments/", "benchmarks/", "docs/", "core/", "callbacks/", "commands/", "datamodules/",
-       "lightning_modules/", "tests/", "perceptlab/")
+       "lightning_modules/", "tests/", "perceptlab/", "tools/", "requirements/")
 PLACEHOLDER = re.compile(r"(^|[\s=/])(RUN_DIR|MODEL|CKPT|DIR|PATH|SUITE\.yaml|N|NAME)([\s.,\]/]|$)|\\\||\.\.\.|<[a-z_.]+>")
 
 
