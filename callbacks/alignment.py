@@ -398,7 +398,7 @@ class AlignmentSuite(Callback):
         first = not self._layout_written
         self._layout_written = True
         log_record(trainer.loggers, record, self.prefix, [p.name for p in self.active],
-                   self.headline_metrics(record["metrics"]), layout=first,
+                   self.headline_metrics(record["metrics"]), layout=first, summary=self.tracker.summary(),
                    figure=(lambda: trajectory_figure(self.history, self.tracker.summary(), [p.name for p in self.active],
                                                      title=self.prefix)) if self.tensorboard_figure else None)
 

@@ -6,7 +6,7 @@ from typing import Callable, Iterable, Mapping
 
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from perceptlab.callbacks.peaks import custom_scalars_layout, interval_tags
+from perceptlab.callbacks.peaks import custom_scalars_layout, interval_tags, summary_scalars
 
 
 def describe(record: Mapping, headline: Mapping[str, float | None], surpassed: Iterable[str] = (),
@@ -36,11 +36,14 @@ def describe(record: Mapping, headline: Mapping[str, float | None], surpassed: I
 
 
 def log_record(loggers, record: Mapping, prefix: str, probe_names: list[str], headline: Mapping[str, float | None],
-               layout: bool = False, figure: Callable | None = None) -> None:
+               layout: bool = False, figure: Callable | None = None, summary: Mapping | None = None) -> None:
     """Log an evaluation to every logger at its step: ``<prefix>/<metric>``, the interval ends
-    ``<prefix>_ci/<metric>/low|high`` and ``<prefix>/seconds``; for TensorBoard also the
+    ``<prefix>_ci/<metric>/low|high``, ``<prefix>/seconds`` and the peak summary so far
+    (``<prefix>_peak/<metric>/peak|peak_step|final|drop|drop_p|drop_significant``, so that a
+    tracker without the run directory has the verdict too); for TensorBoard also the
     custom-scalars layout (``layout``: once per run) and the trajectory ``figure`` (a callable)."""
     scalars = {f"{prefix}/{k}": v for k, v in record["metrics"].items() if v is not None}
+    scalars.update(summary_scalars(dict(summary or {}), prefix))
     scalars[f"{prefix}/seconds"] = sum(record["seconds"].values())
     for k, interval in (record.get("ci") or {}).items():
         if interval is not None and record["metrics"].get(k) is not None:

@@ -201,6 +201,21 @@ def interval_tags(metric: str, prefix: str = "alignment") -> tuple[str, str]:
     return f"{prefix}_ci/{metric}/low", f"{prefix}_ci/{metric}/high"
 
 
+#: The peak summary's fields logged as scalars (``<prefix>_peak/<metric>/<field>``; booleans as 0/1).
+SUMMARY_SCALARS = ("peak", "peak_step", "final", "drop", "drop_p", "drop_significant")
+
+
+def summary_scalars(summary: dict, prefix: str = "alignment") -> dict[str, float]:
+    """The peak summary so far as logger scalars: what CSV, MLflow or W&B show of the verdict."""
+    out = {}
+    for metric, entry in summary.items():
+        for field in SUMMARY_SCALARS:
+            value = entry.get(field)
+            if value is not None:
+                out[f"{prefix}_peak/{metric}/{field}"] = float(value)
+    return out
+
+
 def custom_scalars_layout(metrics: Iterable[str], probe_names: Iterable[str] = (), prefix: str = "alignment",
                           headlines: Iterable[str] = (), intervals: Iterable[str] = ()) -> dict:
     """TensorBoard custom-scalars layout: one category per probe family; in it one chart per

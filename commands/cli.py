@@ -63,6 +63,8 @@ def make_cli_class():
             parser.add_argument("--experiment", type=str | None, default=None,
                                 help="run name under --runs_dir (default: the config file's stem)")
             parser.add_argument("--runs_dir", type=str, default="runs", help="root of all run directories")
+            parser.add_argument("--trackers", type=list[Literal["csv", "mlflow", "wandb"]], default=[],
+                                help="experiment trackers beside TensorBoard, named after the run, e.g. '[csv, mlflow]'")
             parser.add_argument("--checkpoint_every_n_steps", type=int | None, default=None,
                                 help="also refresh checkpoints/last.ckpt every N optimiser steps (mid-epoch resume)")
 
@@ -80,6 +82,11 @@ def make_cli_class():
                 version = _resumed_version(runs_dir, name, cfg.get("ckpt_path")) if self.subcommand == "fit" else None
                 config["logger"] = TensorBoardLogger(save_dir=runs_dir, name=name, version=version,
                                                      default_hp_metric=False)
+                if cfg.get("trackers"):
+                    from perceptlab.commands.trackers import make_trackers
+
+                    config["logger"] = [config["logger"], *make_trackers(list(cfg["trackers"]), runs_dir, name,
+                                                                         config["logger"].version)]
             given = list(callbacks) + list(config.get("callbacks") or [])
             if config.get("enable_checkpointing", True) is not False and not any(isinstance(c, ModelCheckpoint) for c in given):
                 # no "-v1" suffixes: a resumed run keeps refreshing the same last.ckpt
