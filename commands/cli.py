@@ -87,6 +87,9 @@ def make_cli_class():
 
                     config["logger"] = [config["logger"], *make_trackers(list(cfg["trackers"]), runs_dir, name,
                                                                          config["logger"].version)]
+            elif cfg.get("trackers") and config.get("logger") is not False:
+                raise ValueError("--trackers adds loggers beside the default TensorBoard one; this config sets "
+                                 "trainer.logger itself: list the trackers there instead")
             given = list(callbacks) + list(config.get("callbacks") or [])
             if config.get("enable_checkpointing", True) is not False and not any(isinstance(c, ModelCheckpoint) for c in given):
                 # no "-v1" suffixes: a resumed run keeps refreshing the same last.ckpt
