@@ -68,6 +68,22 @@ def make_cli_class():
             parser.add_argument("--checkpoint_every_n_steps", type=int | None, default=None,
                                 help="also refresh checkpoints/last.ckpt every N optimiser steps (mid-epoch resume)")
 
+        # The end marker ``perceptlab evaluate --watch`` waits for: removed when a fit starts (a
+        # resumed run is running again), written when it returns normally (a crash or SIGTERM raises).
+        def before_fit(self) -> None:
+            from perceptlab.callbacks.run_record import FIT_END_NAME
+
+            run_dir = getattr(self.trainer.logger, "log_dir", None)  # the logger's own: no collective before set-up
+            if run_dir and self.trainer.is_global_zero:
+                (Path(run_dir) / FIT_END_NAME).unlink(missing_ok=True)
+
+        def after_fit(self) -> None:
+            from perceptlab.callbacks.run_record import write_fit_end
+
+            run_dir = getattr(self.trainer.logger, "log_dir", None)
+            if run_dir and self.trainer.is_global_zero and not self.trainer.interrupted:
+                write_fit_end(run_dir, self.trainer.global_step, self.trainer.current_epoch)
+
         def _experiment_name(self) -> str:
             cfg = self.config[self.subcommand] if self.subcommand else self.config
             if cfg.get("experiment"):
@@ -225,6 +241,8 @@ def run_function(fn, argv: list[str] | None, prog: str, positional: tuple[str, .
         hint = hints.get(name)
         if p.default is inspect.Parameter.empty and typing.get_origin(hint) is list:
             parser.add_argument(name, nargs="+", help=_arg_help(doc, name))
+        elif name in positional and list in (typing.get_origin(hint), *map(typing.get_origin, typing.get_args(hint))):
+            parser.add_argument(name, nargs="*", default=p.default, help=_arg_help(doc, name))  # optional list
         elif name in positional:
             parser.add_argument(name, type=hint, help=_arg_help(doc, name))
         elif hint is bool:

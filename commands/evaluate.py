@@ -20,12 +20,22 @@ Writes, by default in ``runs/evaluate/<name>/version_<n>/`` (``--out DIR`` to ch
 model's step, so ``perceptlab report`` and TensorBoard show it like a live run. Run again on a
 growing folder, it continues in the newest version and measures only the models not in its
 ``alignment.jsonl`` yet (``--new_version`` starts afresh).
+
+``--watch RUN_OR_FOLDER`` keeps measuring a running training's checkpoints (ours, or
+``open_clip_train``'s ``checkpoints/epoch_N.pt``) as they appear, each once, in step order, leaving
+a file still being written for a later look (``commands.watch``), until the training writes its
+end (``fit_end.json``, written by ``perceptlab fit``) or ``--idle_timeout`` seconds pass without a
+new one. The series and its probes are set up once, at the first checkpoint; a restarted watcher
+continues the same record. One process (an evaluation companion on its own GPU):
+
+    perceptlab evaluate --watch runs/pretrain_pi/version_0 --config experiments/toy/alignment_suite.yaml
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 
@@ -51,8 +61,9 @@ def run_dir_for(out: str | None, runs_dir: str, name: str, new_version: bool) ->
     return root / f"version_{versions[-1] + 1 if versions else 0}"
 
 
-def evaluate(models: list[str], config: list[str] | None = None, out: str | None = None, name: str | None = None,
-             runs_dir: str = "runs", model_name: str | None = None, new_version: bool = False,
+def evaluate(models: list[str] | None = None, config: list[str] | None = None, out: str | None = None,
+             name: str | None = None, runs_dir: str = "runs", model_name: str | None = None, new_version: bool = False,
+             watch: str | None = None, poll: float = 30.0, settle: float = 10.0, idle_timeout: float = 3600.0,
              trainer_overrides: list[str] = (), argv: list[str] | None = None) -> Path:
     """The alignment suite on any model, or on a series of checkpoints.
 
@@ -68,6 +79,10 @@ def evaluate(models: list[str], config: list[str] | None = None, out: str | None
         runs_dir: root of the default run directory.
         model_name: the architecture, where a file does not record it.
         new_version: start a new version instead of continuing the newest one.
+        watch: a running training's run directory (or checkpoint folder): measure each new checkpoint as it appears.
+        poll: --watch: seconds between looks at the folder.
+        settle: --watch: a checkpoint is measured once unchanged for this many seconds (not while being written).
+        idle_timeout: --watch: stop after this many seconds without a new checkpoint (a training that wrote its end stops it at once).
     """
     from perceptlab.commands.cli import parse_only
 
@@ -76,19 +91,41 @@ def evaluate(models: list[str], config: list[str] | None = None, out: str | None
     missing = [c for c in config if not Path(c).is_file()]
     if missing:
         raise FileNotFoundError(f"--config not found: {', '.join(missing)}")
+    if bool(models) == bool(watch):
+        raise ValueError("give MODEL ... or --watch RUN_OR_FOLDER (one of them)")
     if parse_only():
         return Path(out or ".")
+    watcher = None
+    if watch:
+        from perceptlab.commands.watch import Watcher
+
+        watcher = Watcher(Path(watch), settle=settle)  # a missing folder is named here, before any set-up
     ns = argparse.Namespace(models=models, config=config, out=out, name=name, runs_dir=runs_dir,
                             model_name=model_name, new_version=new_version)
     overrides = list(trainer_overrides)
 
-    from perceptlab.callbacks.alignment import AlignmentSuite
     from perceptlab.callbacks.run_record import JSONL_NAME, read_evaluations
-    from perceptlab.commands.cli import make_cli_class
 
-    run_dir = run_dir_for(ns.out, ns.runs_dir, ns.name or default_name(ns.models[0]), ns.new_version)
+    run_dir = run_dir_for(ns.out, ns.runs_dir, ns.name or default_name(watch or ns.models[0]), ns.new_version)
     existing = read_evaluations(run_dir)
     done = [r["model"] for r in existing if "model" in r]
+    if watcher is not None:
+        return watch_series(watcher, run_dir, done, ns, overrides, argv, poll, idle_timeout)
+    cli, suite = build_series(ns, run_dir, existing, done, overrides, argv)
+    if not cli.model.todo:
+        print(f"every model is measured already: {run_dir / JSONL_NAME}")
+        return run_dir
+    cli.trainer.validate(cli.model)
+    print(f"{len(cli.model.todo)} model(s) measured -> {run_dir / JSONL_NAME}")
+    return run_dir
+
+
+def build_series(ns, run_dir: Path, existing: list, done: list[str], overrides: list[str], argv):
+    """The LightningCLI of a :class:`CheckpointSeries` over ``ns.models`` (less ``done``), its
+    suite restored from the run record when the series continues."""
+    from perceptlab.callbacks.alignment import AlignmentSuite
+    from perceptlab.commands.cli import make_cli_class
+
     logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
               "init_args": {"save_dir": str(run_dir.parent), "name": "", "version": run_dir.name,
                             "default_hp_metric": False}}
@@ -124,12 +161,57 @@ def evaluate(models: list[str], config: list[str] | None = None, out: str | None
                         if k.endswith("@trajectory")}
         suite.load_state_dict({"history": existing, "replicates": trajectories,
                                "items": {m: s["items"] for m, s in kept.summary.items() if s.get("items") is not None}})
-    if not cli.model.todo:
-        print(f"every model is measured already: {run_dir / JSONL_NAME}")
-        return run_dir
-    cli.trainer.validate(cli.model)
-    print(f"{len(cli.model.todo)} model(s) measured -> {run_dir / JSONL_NAME}")
-    return run_dir
+    return cli, suite
+
+
+def watch_series(watcher, run_dir: Path, done: list[str], ns, overrides: list[str], argv, poll: float,
+                 idle_timeout: float) -> Path:
+    """Measure each new checkpoint of a running training once, in step order, until it writes its
+    end or ``idle_timeout`` seconds pass without a new one. The series and its probes are set up once
+    (at the first checkpoint) and measure every later one in the same process."""
+    from perceptlab.callbacks.run_record import JSONL_NAME, read_evaluations
+
+    measured = set(done)
+    cli = None
+    last_new = time.monotonic()
+    said = None
+    print(f"watching {watcher.folder} -> {run_dir / JSONL_NAME}"
+          + (f" ({len(measured)} measured before)" if measured else ""), flush=True)
+    while True:
+        ready, pending = watcher.poll(measured)
+        if ready:
+            if cli is None:
+                ns.models = ready
+                cli, _ = build_series(ns, run_dir, read_evaluations(run_dir), sorted(measured), overrides, argv)
+                if cli.trainer.world_size > 1:
+                    raise ValueError("--watch measures in one process (--trainer.devices=1): "
+                                     "a watcher's ranks would see the folder at different times")
+            else:
+                cli.model.extend(ready)
+            start = time.perf_counter()
+            cli.trainer.validate(cli.model)
+            measured.update(ready)
+            print(f"watch: {len(ready)} checkpoint(s) measured in {time.perf_counter() - start:.1f} s "
+                  f"({len(measured)} in all)", flush=True)
+            last_new = time.monotonic()
+            said = None
+            continue  # look again at once: more may have settled meanwhile
+        end = watcher.ended()
+        if end is not None and pending == 0:
+            print(f"watch: the training ended at step {end['step']}; {len(measured)} checkpoint(s) measured "
+                  f"-> {run_dir / JSONL_NAME}", flush=True)
+            return run_dir
+        idle = time.monotonic() - last_new
+        if idle >= idle_timeout:
+            print(f"watch: no new checkpoint for {idle:.0f} s (--idle_timeout {idle_timeout:g}); "
+                  f"{len(measured)} checkpoint(s) measured -> {run_dir / JSONL_NAME}", flush=True)
+            return run_dir
+        state = (pending, end is not None)
+        if state != said:
+            print(f"watch: waiting ({pending} checkpoint(s) still being written)" if pending else
+                  "watch: waiting for the next checkpoint", flush=True)
+            said = state
+        time.sleep(poll)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -153,5 +235,5 @@ def main(argv: list[str] | None = None) -> Path:
             rest.append(word)
     if configs:
         rest.append(f"--config={json.dumps(configs)}")
-    return run_function(evaluate, rest, prog="perceptlab evaluate",
+    return run_function(evaluate, rest, prog="perceptlab evaluate", positional=("models",),
                         extra={"trainer_overrides": overrides, "argv": given})

@@ -71,6 +71,21 @@ class CheckpointSeries(pl.LightningModule):
         done = set(skip or [])
         self.todo = [(i, s) for i, s in enumerate(self.sources) if s.spec not in done]
 
+    def extend(self, models: list[str]) -> None:
+        """Models that appeared since (``perceptlab evaluate --watch``): they become the only ones to
+        measure, in trajectory order, into the same backbone (same architecture and towers)."""
+        new = expand_sources(list(models), self.hparams.model_name or self.backbone.model_name)
+        other = sorted({s.model_name for s in new if s.model_name and s.model_name != self.backbone.model_name})
+        if other:
+            raise ValueError(f"new models of another architecture ({', '.join(other)}) than the series' "
+                             f"{self.backbone.model_name}: {', '.join(s.spec for s in new if s.model_name in other)}")
+        if not self.vision_only and not all(s.has_text for s in new):
+            raise ValueError("a vision-only model joined a series measured with its text tower: "
+                             + ", ".join(s.spec for s in new if not s.has_text))
+        start = len(self.sources)
+        self.sources += new
+        self.todo = [(start + i, s) for i, s in enumerate(new)]
+
     def load(self, source: ModelSource) -> None:
         """Put ``source``'s weights into the backbone (vision tower; the text tower where it is used)."""
         if source.kind == "tag":

@@ -149,3 +149,77 @@ def test_two_processes_measure_what_one_does(trained, tmp_path):
     assert set(one["metrics"]) == set(two["metrics"])
     for name, value in one["metrics"].items():
         assert two["metrics"][name] == pytest.approx(value, abs=1e-5), name
+
+
+@pytest.mark.slow
+def test_watch_measures_each_new_checkpoint_of_a_running_training_once_in_step_order(tiny_world, tmp_path, capsys):
+    """`evaluate --watch RUN` beside a real toy training writing a checkpoint every step: every
+    step's checkpoint is measured once, in step order, the `last.ckpt` alias never; the watcher stops
+    when the training writes its end; its numbers equal a one-off `evaluate` of the same files; and
+    a restarted watcher measures nothing again."""
+    import os
+    import re
+    import subprocess
+    import sys
+    import time
+
+    suite = suite_config(tmp_path, tiny_world)
+    cfg = yaml.safe_load(suite.read_text())
+    cfg["trainer"]["callbacks"][0]["init_args"]["probes"] = cfg["trainer"]["callbacks"][0]["init_args"]["probes"][:1]
+    suite.write_text(yaml.safe_dump(cfg))  # NIGHTS only: the watcher's cost is the point, not the probes'
+    every_step = json.dumps({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                             "init_args": {"every_n_train_steps": 1, "save_top_k": -1, "save_last": True}})
+    run = tmp_path / "runs" / "pi_nights" / "version_0"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    training = subprocess.Popen(
+        [sys.executable, "-m", "perceptlab", "fit", "--config", str(REPO / "experiments/toy/pi_nights.yaml"),
+         f"--data.init_args.root={tiny_world / 'nights'}", f"--runs_dir={tmp_path / 'runs'}", "--trainer.max_steps=5",
+         "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false", "--data.init_args.num_workers=0",
+         f"--trainer.callbacks+={every_step}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    out = tmp_path / "watched"
+    try:
+        while not run.is_dir() and training.poll() is None:  # the watcher starts once the run exists
+            time.sleep(0.2)
+        start = time.perf_counter()
+        perceptlab(["evaluate", "--watch", str(run), "--config", str(suite), "--out", str(out), "--poll", "0.5",
+                    "--settle", "1", "--idle_timeout", "300", "--trainer.accelerator=cpu",
+                    "--trainer.enable_progress_bar=false"])
+        watched_seconds = time.perf_counter() - start
+    finally:
+        log, _ = training.communicate(timeout=600)
+    assert training.returncode == 0, log[-3000:]
+    assert json.loads((run / "fit_end.json").read_text())["step"] == 5
+    files = sorted((run / "checkpoints").glob("epoch=*.ckpt"), key=lambda p: int(p.stem.rsplit("=", 1)[1]))
+    assert [int(p.stem.rsplit("=", 1)[1]) for p in files] == [1, 2, 3, 4, 5]
+    got = records(out)
+    assert [r["model"] for r in got] == [str(p) for p in files]  # each once, in step order, no alias
+    assert [r["step"] for r in got] == [1, 2, 3, 4, 5] and {r["trigger"] for r in got} == {"model"}
+    printed = capsys.readouterr().out
+    assert "the training ended at step 5" in printed
+
+    once = tmp_path / "once"
+    start = time.perf_counter()
+    perceptlab(["evaluate", str(run / "checkpoints" / "epoch=*.ckpt"), "--config", str(suite), "--out", str(once),
+                "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"])
+    once_seconds = time.perf_counter() - start
+    assert [r["metrics"] for r in records(once)] == [r["metrics"] for r in got]
+    with capsys.disabled():  # the watcher's overhead, for the record (not asserted)
+        batches = [float(s) for s in re.findall(r"measured in ([\d.]+) s", printed)]
+        print(f"\nwatch: {watched_seconds:.1f} s for 5 checkpoints, the training's own time included; measuring "
+              f"{sum(batches):.1f} s in {len(batches)} round(s) {batches}; one-off evaluate of the 5 files: {once_seconds:.1f} s")
+
+    perceptlab(["evaluate", "--watch", str(run), "--config", str(suite), "--out", str(out), "--poll", "0.5",
+                "--settle", "1", "--idle_timeout", "30", "--trainer.accelerator=cpu"])
+    assert records(out) == got  # restarted: nothing measured twice
+    assert "5 measured before" in capsys.readouterr().out
+
+
+def test_watch_names_a_missing_folder_and_refuses_models_with_it(tmp_path, tiny_world):
+    suite = suite_config(tmp_path, tiny_world)
+    with pytest.raises(FileNotFoundError, match="no-such-run"):
+        from perceptlab.commands.evaluate import evaluate
+
+        evaluate(watch=str(tmp_path / "no-such-run"), config=[str(suite)])
+    with pytest.raises(ValueError, match="one of them"):
+        evaluate(models=["a.ckpt"], watch=str(tmp_path), config=[str(suite)])
