@@ -49,7 +49,8 @@ else
 $(STAMP): pyproject.toml
 	test -d "$(WHEELHOUSE)" || { echo "WHEELHOUSE=$(WHEELHOUSE): no such folder (make wheelhouse writes one)"; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
-	$(PY) -c "import torch" 2>/dev/null || { echo "no torch visible to $(PYTHON): load the site's (module load ...) or make wheelhouse WITH_TORCH=1"; exit 2; }
+	$(PY) -c "import torch" 2>/dev/null || ls "$(WHEELHOUSE)"/torch-*.whl >/dev/null 2>&1 || \
+	    { echo "no torch visible to $(PYTHON) and none in $(WHEELHOUSE): load the site's (module load ...) or make wheelhouse WITH_TORCH=1"; exit 2; }
 	$(PY) -m pip install -q --no-index --find-links "$(WHEELHOUSE)" "setuptools<81" wheel
 	$(PY) -m pip install -q --no-index --find-links "$(WHEELHOUSE)" --no-build-isolation -e ".[test]"
 	touch $(STAMP)
