@@ -44,6 +44,7 @@ def closure(root: str = "perceptlab", extras: tuple[str, ...] = ("test",), with_
     """``{name: installed version}`` of every package ``root[extras]`` needs here, transitively."""
     env = default_environment()
     found: dict[str, str] = {}
+    extras_seen: dict[str, set[str]] = {}  # a package asked for again with a new extra is read again
     todo = [(root, extras)]
     while todo:
         name, wanted = todo.pop()
@@ -53,13 +54,17 @@ def closure(root: str = "perceptlab", extras: tuple[str, ...] = ("test",), with_
             if req.marker is not None and not any(req.marker.evaluate({**env, "extra": e}) for e in ("", *wanted)):
                 continue
             key = canonical(req.name)
-            if key in found or (not with_torch and TORCH_FAMILY.match(key)):
+            if not with_torch and TORCH_FAMILY.match(key):
+                continue
+            new_extras = set(req.extras) - extras_seen.get(key, set())
+            if key in found and not new_extras:
                 continue
             try:
                 found[key] = metadata.version(req.name)
             except metadata.PackageNotFoundError:
                 raise SystemExit(f"wheelhouse: {req.name} (needed by {name}) is not installed here; run `make setup` first")
-            todo.append((req.name, tuple(req.extras)))
+            extras_seen.setdefault(key, set()).update(req.extras)
+            todo.append((req.name, tuple(extras_seen[key])))
     found.pop(canonical(root), None)
     return dict(sorted(found.items()))
 
