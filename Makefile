@@ -57,7 +57,7 @@ $(STAMP): pyproject.toml
 endif
 
 # Every wheel the project needs, for an offline install elsewhere (tools/wheelhouse.py):
-#   make wheelhouse [DEST=wheelhouse] [TARGET_PYTHON=3.11 TARGET_PLATFORM=manylinux2014_x86_64] [WITH_TORCH=1]
+#   make wheelhouse [DEST=wheelhouse] [TARGET_PYTHON=3.11 TARGET_PLATFORM=manylinux_2_28_x86_64] [WITH_TORCH=1]
 DEST ?= wheelhouse
 wheelhouse: setup
 	$(PY) tools/wheelhouse.py --out $(DEST) $(if $(TARGET_PYTHON),--python-version $(TARGET_PYTHON)) \

@@ -106,3 +106,8 @@ def test_wheelhouse_fetches_the_closure_at_the_installed_versions_and_leaves_tor
     assert sorted(a.split("==")[0] for a in fetched) == sorted(without)
     assert {"--only-binary=:all:", "--platform", "manylinux2014_x86_64"} <= set(commands[3])
     assert "numpy" in " ".join(commands[3]) and "numpy" not in " ".join(commands[2])  # compiled: for the target
+    # pip takes --platform literally: a glibc 2.28 node also runs every older manylinux wheel
+    tags = tool.target_platforms("manylinux_2_28_x86_64")
+    assert tags[0] == "manylinux_2_28_x86_64" and tags[-1] == "manylinux1_x86_64" and len(tags) == 27
+    assert {"manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux2010_x86_64"} <= set(tags)
+    assert tool.target_platforms("macosx_11_0_arm64") == ["macosx_11_0_arm64"]

@@ -1,7 +1,7 @@
 """Collect every wheel perceptlab needs into one folder, for an install with no network.
 
     python tools/wheelhouse.py --out wheelhouse                       # this machine's Python and platform
-    python tools/wheelhouse.py --out wheelhouse --python-version 3.11 --platform manylinux2014_x86_64
+    python tools/wheelhouse.py --out wheelhouse --python-version 3.11 --platform manylinux_2_28_x86_64
     python tools/wheelhouse.py --out wheelhouse --with-torch          # a node that brings no torch
 
 What goes in: the project's own wheel, the build tools an editable install needs (setuptools<81,
@@ -76,6 +76,23 @@ def is_pure(name: str) -> bool:
     return bool(tags) and all(t.endswith("-none-any") for t in tags)
 
 
+def target_platforms(platform: str) -> list[str]:
+    """``manylinux_2_<N>_<arch>`` and every older glibc tag a node with glibc 2.N also runs (with
+    the legacy aliases ``manylinux2014``/``2010``/``1``), newest first; pip takes each ``--platform``
+    literally."""
+    m = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", platform)
+    if not m:
+        return [platform]
+    newest, arch = int(m.group(1)), m.group(2)
+    legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+    tags = []
+    for minor in range(newest, 4, -1):
+        tags.append(f"manylinux_2_{minor}_{arch}")
+        if minor in legacy:
+            tags.append(f"{legacy[minor]}_{arch}")
+    return tags
+
+
 def pip_commands(packages: dict[str, str], out: Path, python_version: str | None, platform: str | None) -> list[list[str]]:
     pip = [sys.executable, "-m", "pip"]
     pure = [f"{n}=={v}" for n, v in packages.items() if is_pure(n)]
@@ -84,7 +101,8 @@ def pip_commands(packages: dict[str, str], out: Path, python_version: str | None
     if python_version or platform:
         target = ["--only-binary=:all:", "--implementation", "cp"]
         target += ["--python-version", python_version] if python_version else []
-        target += ["--platform", platform] if platform else []
+        for tag in target_platforms(platform) if platform else []:
+            target += ["--platform", tag]
     return [
         [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(out), str(REPO)],
         [*pip, "download", "--no-deps", "-d", str(out), *BUILD_TOOLS],
@@ -97,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("wheelhouse"))
     parser.add_argument("--python-version", default=None, help="target Python, e.g. 3.11 (default: this one)")
-    parser.add_argument("--platform", default=None, help="target platform tag, e.g. manylinux2014_x86_64")
+    parser.add_argument("--platform", default=None, help="target platform tag, e.g. manylinux_2_28_x86_64")
     parser.add_argument("--with-torch", action="store_true", help="also torch, torchvision and the CUDA libraries")
     parser.add_argument("--dry-run", action="store_true", help="print the packages and pip commands only")
     args = parser.parse_args(argv)
@@ -106,16 +124,33 @@ def main(argv: list[str] | None = None) -> int:
           + ("" if args.with_torch else " (torch and the CUDA libraries left to the node)") + f" -> {args.out}",
           file=sys.stderr)
     commands = pip_commands(packages, args.out, args.python_version, args.platform)
+    missing: list[str] = []
     for i, cmd in enumerate(commands, 1):
         if args.dry_run:
             print(shlex.join(["python", *cmd[1:]]))
             continue
         print(f"[{i}/{len(commands)}] pip {cmd[3]} ...", file=sys.stderr, flush=True)
-        subprocess.run(cmd, check=True)
+        if subprocess.run(cmd).returncode != 0:
+            missing += fetch_one_by_one(cmd)
     if not args.dry_run:
         print(f"wheelhouse: {len(list(args.out.glob('*.whl')))} wheels in {args.out}; on the node: "
               f"make setup WHEELHOUSE={args.out}", file=sys.stderr)
+    if missing:
+        print(f"wheelhouse: no wheel for the target: {', '.join(missing)} (add them by hand, e.g. a build "
+              "on a machine like the node, or another version that has one)", file=sys.stderr)
+        return 1
     return 0
+
+
+def fetch_one_by_one(cmd: list[str]) -> list[str]:
+    """After a failed pip call over many packages: each on its own; returns the ones pip could not get
+    (a version without a wheel for the target platform), so one does not stop the rest."""
+    head = [a for a in cmd if "==" not in a]
+    failed = []
+    for requirement in (a for a in cmd if "==" in a):
+        if subprocess.run([*head, requirement], capture_output=True, text=True).returncode != 0:
+            failed.append(requirement)
+    return failed
 
 
 if __name__ == "__main__":
