@@ -126,6 +126,20 @@ def evaluate_figures(work: Path, model: str, preset_images: int | None):
     return after
 
 
+def fsdp2_figures(work: Path):
+    """What the FSDP2 run wrote: its logged steps and last loss, and the open_clip export."""
+    def after(_row: dict, _work: Path) -> dict:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        run = work / "runs" / "fsdp2" / "version_0"
+        acc = EventAccumulator(str(run))
+        acc.Reload()
+        losses = [e.value for e in acc.Scalars("train/loss")] if "train/loss" in acc.Tags()["scalars"] else []
+        return {"steps": len(losses), "final_loss": round(losses[-1], 4) if losses else None,
+                "open_clip_model_pt": (run / "checkpoints" / "open_clip_model.pt").is_file()}
+    return after
+
+
 def plan(args, work: Path) -> list[Step]:
     dry = args.dry_run
     device = "cpu" if dry else "cuda"
@@ -138,7 +152,7 @@ def plan(args, work: Path) -> list[Step]:
               "--steps", "2" if dry else "10", "--precision", "32-true" if dry else "bf16-mixed",
               *(["--matmul-size", "256"] if dry else []),
               *(["--nominal-tflops", str(args.nominal_tflops)] if args.nominal_tflops else [])],
-             120 if dry else 40),
+             120 if dry else 40, headline=("step_s", "images_per_s", "share_of_matmul_peak", "mfu")),
         Step("vs_open_clip", "stage 2 vs open_clip_train, same shards and settings, 2 repeats",
              [PY, str(HERE / "bench_vs_open_clip.py"), "--model", model, "--device", device,
               "--precision", "fp32" if dry else "bf16", "--batch", str(batch), "--workers", str(workers),
@@ -153,24 +167,28 @@ def plan(args, work: Path) -> list[Step]:
         Step("nights_2afc", "NIGHTS 2AFC evaluation vs DreamSim's loop",
              [PY, str(HERE / "bench_nights_2afc.py"), "--device", device, "--repeats", "1" if dry else "3",
               "--passes", "1" if dry else "3", *([] if dry else ["--model", model, "--batch-size", "256"])],
-             120 if dry else 35),
+             120 if dry else 35, headline=("speedup_ratio_median", "speedup_ratio_compute_only", "same_2afc")),
         Step("alignment_cost", "the alignment suite's cost per evaluation",
-             [PY, str(HERE / "bench_alignment_cost.py"), "--repeats", "1" if dry else "2"], 180 if dry else 35),
+             [PY, str(HERE / "bench_alignment_cost.py"), "--repeats", "1" if dry else "2"], 180 if dry else 35,
+             headline=("toy_share_per_evaluation", "vitb32_share_per_evaluation", "vitb32_meets_5pct_target")),
         Step("evaluate", "`perceptlab evaluate` on two models, toy suite",
              [PY, "-m", "perceptlab", "evaluate", str(work / "model_a.pt"), str(work / "model_b.pt"),
               "--model_name", model, "--config", str(REPO / "experiments" / "toy" / "alignment_suite.yaml"),
               "--out", str(work / "eval_run"), f"--trainer.accelerator={'cpu' if dry else 'gpu'}",
               "--trainer.devices=1", "--trainer.enable_progress_bar=false"],
              240 if dry else 50, kind="run", cwd=work,
-             after=evaluate_figures(work, model, args.preset_images)),
+             after=evaluate_figures(work, model, args.preset_images),
+             headline=("seconds_per_model", "toy_suite_models_per_hour", "benchmark_images_per_s",
+                       "paper_preset_models_per_hour")),
         Step("fsdp2", "stage 2 under FSDP2 on one GPU, 30 steps",
              [PY, "-m", "perceptlab", "fit", "--config", str(REPO / "experiments/strategies/fsdp2.yaml"),
               "--config", str(REPO / "experiments/toy/pretrain_random.yaml"), "--runs_dir", str(work / "runs"),
               "--experiment", "fsdp2", f"--trainer.accelerator={'cpu' if dry else 'gpu'}", "--trainer.devices=1",
               "--trainer.strategy.init_args.data_parallel_size=1", f"--trainer.max_steps={3 if dry else 30}",
               "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false",
-              *([] if dry else ["--trainer.precision=bf16-mixed"])],
-             150 if dry else 45, kind="run", cwd=work),
+              "--trainer.log_every_n_steps=1", *([] if dry else ["--trainer.precision=bf16-mixed"])],
+             150 if dry else 45, kind="run", cwd=work, after=fsdp2_figures(work),
+             headline=("steps", "final_loss", "open_clip_model_pt")),
         Step("cuda_tests", "the GPU tests (pytest -m gpu)",
              [PY, "-P", "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", str(REPO / "tests")],
              120 if dry else 70, kind="pytest"),
@@ -246,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         steps = plan(args, work)
-        if any(s.name == "evaluate" for s in steps):
+        if any(s.name in ("evaluate", "fsdp2") for s in steps):  # both read the toy world written here
             print("[gpu_check] writing a tiny toy world and two random models ...", file=sys.stderr, flush=True)
             prepare(work, "perceptlab-vit-tiny-64" if args.dry_run else "ViT-B-32", args.dry_run)
         for i, step in enumerate(steps, 1):
