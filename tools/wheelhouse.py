@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"[{i}/{len(commands)}] pip {cmd[3]} ...", file=sys.stderr, flush=True)
         if subprocess.run(cmd).returncode != 0:
+            if not any("==" in a for a in cmd):  # the project's own wheel or the build tools: nothing to go on without
+                raise SystemExit(f"wheelhouse: failed: {shlex.join(cmd)}")
             missing += fetch_one_by_one(cmd)
     if not args.dry_run:
         print(f"wheelhouse: {len(list(args.out.glob('*.whl')))} wheels in {args.out}; on the node: "
