@@ -331,8 +331,9 @@ class AlignmentSuite(Callback):
         improved = self.tracker.update(epoch, step, record["metrics"], self.directions(),
                                        baseline=trigger == "baseline", replicates=measured.replicates or None,
                                        items=measured.counts)
-        self._write_files(trainer)
-        self._log(trainer, record)
+        summary = self.summary() if trainer.is_global_zero else None  # the drop tests, computed once per evaluation
+        self._write_files(trainer, summary)
+        self._log(trainer, record, summary)
         if self.verbose:
             rank_zero_info(self.describe(record, self.tracker.surpassed, self.tracker.beyond_noise))
         if self.checkpoint_peak_of:
@@ -376,14 +377,14 @@ class AlignmentSuite(Callback):
             summary[self.checkpoint_peak_of]["checkpoint"] = f"checkpoints/{PEAK_CHECKPOINT_NAME}"
         return summary
 
-    def _write_files(self, trainer: pl.Trainer) -> None:
+    def _write_files(self, trainer: pl.Trainer, summary: dict | None = None) -> None:
         if not trainer.is_global_zero:
             return
         # The whole file each time (it is small): a resumed run's file then equals the restored
         # history, and a crash never leaves half a line.
         run_dir = self.run_dir(trainer)
         run_record.write_evaluations(run_dir, self.history)
-        run_record.write_summary(run_dir, self.summary())
+        run_record.write_summary(run_dir, summary if summary is not None else self.summary())
         # the seed decides the resampled items: a report pairs two runs' replicates only when these agree
         run_record.write_bootstrap(run_dir, {k: (steps, reps.numpy()) for k, (steps, reps) in self.tracker.trajectories().items()},
                                    self.tracker.marks(), self.bootstrap_seed)
@@ -392,14 +393,14 @@ class AlignmentSuite(Callback):
         if trainer.is_global_zero:
             run_record.write_items(self.run_dir(trainer), step, {k: v.cpu().numpy() for k, v in items.items()})
 
-    def _log(self, trainer: pl.Trainer, record: dict) -> None:
+    def _log(self, trainer: pl.Trainer, record: dict, summary: dict) -> None:
         if not trainer.is_global_zero:
             return
         first = not self._layout_written
         self._layout_written = True
         log_record(trainer.loggers, record, self.prefix, [p.name for p in self.active],
-                   self.headline_metrics(record["metrics"]), layout=first, summary=self.tracker.summary(),
-                   figure=(lambda: trajectory_figure(self.history, self.tracker.summary(), [p.name for p in self.active],
+                   self.headline_metrics(record["metrics"]), layout=first, summary=summary,
+                   figure=(lambda: trajectory_figure(self.history, summary, [p.name for p in self.active],
                                                      title=self.prefix)) if self.tensorboard_figure else None)
 
     # ------------------------------------------------------------------------- checkpoint
