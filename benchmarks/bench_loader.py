@@ -13,6 +13,9 @@ Our workers stop at ``uint8`` images (the backbone normalises on the device); th
 normalised float32. (5) ``decode_on_device``: one worker's samples/s when it sends the encoded
 images (no decoding in the worker), and the samples/s of decoding them plus the train transform's
 geometry on ``--device`` (``torchvision.io.decode_jpeg``: nvJPEG on a GPU, libjpeg on a CPU).
+(6) ``format: litdata``: the same pairs, in the same order, written by litdata's own writer, read
+with ``--workers`` processes (litdata's ``StreamingDataLoader``, the same decode, transform and
+tokeniser): ``litdata_ratio_<W>_workers`` = litdata / webdataset.
 
 Shards are written to a temporary folder unless ``--shards`` names real ones: JPEGs of
 ``--image-size`` px (img2dataset's default resize is 256) with short captions. ``--step-rate``
@@ -105,14 +108,31 @@ def loader_rate(pattern: str, model: str, batch: int, workers: int, batches: int
         torch.set_num_threads(threads)
 
 
-def _loader_rate(pattern: str, model: str, batch: int, workers: int, batches: int, encoded: bool = False) -> float:
-    dm = ImageTextDataModule(train_data=pattern, model_name=model, batch_size=batch, num_workers=workers,
-                             samples_per_epoch=batch * batches * max(1, workers) * 4, augmentation="clip",
-                             decode_on_device=encoded)
+def _loader_rate(pattern: str, model: str, batch: int, workers: int, batches: int, encoded: bool = False,
+                 fmt: str = "webdataset") -> float:
+    extra = {} if fmt == "litdata" else {"samples_per_epoch": batch * batches * max(1, workers) * 4}
+    dm = ImageTextDataModule(format=fmt, train_data=pattern, model_name=model, batch_size=batch, num_workers=workers,
+                             augmentation="clip", decode_on_device=encoded, **extra)
     dm.setup("fit")
     it = iter(dm.train_dataloader())
     next(it)  # worker start-up and first fills are not the steady state
     return timed(lambda: next(it)["text"].shape[0], batches * max(1, workers))
+
+
+def litdata_copy(pattern: str, folder: Path, limit: int) -> str:
+    """The shards' first ``limit`` pairs, in order, as a litdata-optimised dataset (one chunk per
+    shard's worth)."""
+    from itertools import islice
+
+    import webdataset as wds
+
+    from perceptlab.datamodules.image_text.litdata_pairs import write_litdata
+
+    urls = wds.shardlists.expand_urls(pattern)
+    per_chunk = min(limit, sum(1 for _ in wds.WebDataset(urls[0], shardshuffle=False)))
+    items = ({"image": s["jpg"], "caption": s["txt"].decode()}
+             for s in islice(wds.WebDataset(urls, shardshuffle=False), limit))
+    return str(write_litdata(items, folder, chunk_size=per_chunk))
 
 
 def device_decode_rate(pattern: str, model: str, batch: int, batches: int, device: str) -> float:
@@ -239,6 +259,10 @@ def main() -> None:
             torch.set_num_threads(threads)
         on_device = measure(f"decoding on {args.device}", device_decode_rate, pattern, args.model, args.batch,
                             args.batches, args.device)
+        progress("copying the pairs into a litdata dataset")
+        optimised = litdata_copy(pattern, Path(tmp) / "litdata", per_shard * max(2, args.workers))
+        lit_many = measure(f"litdata, {args.workers} workers", _loader_rate, optimised, args.model, args.batch,
+                           args.workers, args.batches, False, "litdata")
     needed = math.ceil(step / one)
     print(json.dumps({
         "model": args.model, "batch": args.batch, "image_size": args.image_size, "device": args.device,
@@ -254,6 +278,8 @@ def main() -> None:
         "decode_on_device_loader_samples_per_s_one_worker": round(encoded_one, 1),
         "decode_on_device_decode_samples_per_s": round(on_device, 1),
         "decode_on_device_decode_device": args.device,
+        f"litdata_loader_samples_per_s_{args.workers}_workers": round(lit_many, 1),
+        f"litdata_ratio_{args.workers}_workers": round(lit_many / many, 3),
         "seconds_total": round(time.perf_counter() - started, 1),
     }))
 

@@ -169,7 +169,7 @@ def test_bench_loader_measures_every_path_and_its_shards_hold_what_it_reads(tmp_
     bench.main()
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rates = [v for k, v in result.items() if k.endswith("samples_per_s") or "samples_per_s_" in k]
-    assert len(rates) == 7 and all(r > 0 for r in rates)
+    assert len(rates) == 8 and all(r > 0 for r in rates)
     assert result["workers_needed"] >= 1 and result["seconds_total"] > 0
 
 

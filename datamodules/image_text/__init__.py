@@ -1,4 +1,4 @@
-"""Image-text pairs for contrastive pretraining (stage 2): webdataset shards, CSV/TSV or HF datasets.
+"""Image-text pairs for contrastive pretraining (stage 2): webdataset shards, CSV/TSV, HF or litdata datasets.
 
 Formats (``format``)
 --------------------
@@ -20,6 +20,14 @@ Formats (``format``)
     ``metadata.jsonl``/``csv`` caption column). Columns ``hf_image_key`` (a ``datasets.Image``,
     bytes or a path) and ``hf_caption_key``; ``hf_split`` / ``hf_val_split``;
     ``hf_streaming=True`` reads hub datasets as a stream (then ``samples_per_epoch`` is required).
+``litdata``
+    a litdata-optimised dataset (``litdata.optimize``'s output: ``index.json`` + ``chunk-*.bin``) in
+    a local folder; each item a dict with an image field (``litdata_image_key``, default ``image``:
+    encoded bytes, a PIL image or a path) and a caption field (``litdata_caption_key``, default
+    ``caption``). Every chunk the index lists is checked at set-up (a missing or truncated one is
+    named before training); ranks, workers, the per-epoch shuffle (seeded by ``seed``) and the
+    epoch length are litdata's (``StreamingDataset``, ``drop_last``: every rank equal).
+    :mod:`perceptlab.datamodules.image_text.litdata_pairs` (imported only when this format is used).
 
 Batches
 -------
@@ -70,8 +78,9 @@ plus a sample buffer of ``shuffle_buffer`` pairs, seeded by (seed, epoch, proces
 
 Resumption
 ----------
-CSV and HF (map-style) training loaders are torchdata ``StatefulDataLoader``s: Lightning stores
-their position in the checkpoint and a resumed run continues mid-epoch exactly where it stopped.
+CSV and HF (map-style) training loaders are torchdata ``StatefulDataLoader``s, litdata's are its
+``StreamingDataLoader``: Lightning stores their position in the checkpoint and a resumed run
+continues mid-epoch exactly where it stopped, each pair of the epoch seen once.
 Webdataset and streaming-HF resumption is approximate: a run resumed in the middle of an epoch
 restarts that epoch's stream with a fresh shuffle (seeded by the resumed global step), so the rest
 of that epoch may repeat or miss some pairs; later epochs are as usual.

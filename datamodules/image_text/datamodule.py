@@ -33,18 +33,18 @@ from perceptlab.datamodules.image_text.zeroshot import (
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("webdataset", "csv", "hf")
+FORMATS = ("webdataset", "csv", "hf", "litdata")
 AUGMENTATIONS = ("clip", "mocov2", "none")
 ZEROSHOT_FORMATS = ("imagefolder", "hf")
 
 
 
 class ImageTextDataModule(BackboneDataModule):
-    """Image-text pairs (webdataset, CSV or HF) for contrastive pretraining; see the module docstring.
+    """Image-text pairs (webdataset, CSV, HF or litdata) for contrastive pretraining; see the module docstring.
 
     Args:
-        format: ``webdataset``, ``csv`` or ``hf``.
-        train_data: shard pattern(s), CSV path, or HF id/path of the training pairs.
+        format: ``webdataset``, ``csv``, ``hf`` or ``litdata``.
+        train_data: shard pattern(s), CSV path, HF id/path, or litdata folder of the training pairs.
         val_data: the same for held-out pairs (validation loss and retrieval); ``None`` = none.
         batch_size: pairs per training step and per device (the contrastive batch of one rank;
             with the module's ``accum_freq`` it is split into micro-batches).
@@ -63,6 +63,8 @@ class ImageTextDataModule(BackboneDataModule):
             defaults ``filepath``, ``title``, TAB).
         image_root: base folder of relative CSV image paths (default: the CSV's folder).
         hf_image_key, hf_caption_key: HF columns.
+        litdata_image_key, litdata_caption_key: the litdata items' image field (encoded bytes, a
+            PIL image or a path) and caption field.
         hf_split, hf_val_split: HF splits of ``train_data`` / ``val_data`` (ignored for parquet
             files, which are one split).
         hf_streaming: stream the HF dataset instead of downloading/memory-mapping it.
@@ -113,6 +115,8 @@ class ImageTextDataModule(BackboneDataModule):
         hf_caption_key: str = "caption",
         hf_split: str = "train",
         hf_val_split: str = "validation",
+        litdata_image_key: str = "image",
+        litdata_caption_key: str = "caption",
         hf_streaming: bool = False,
         hf_cache_dir: str | None = None,
         zeroshot_data: str | None = None,
@@ -218,6 +222,11 @@ class ImageTextDataModule(BackboneDataModule):
             return stream
         if hp.format == "csv":
             return CsvPairs(hp.train_data, transform, hp.csv_image_key, hp.csv_caption_key, hp.csv_separator, hp.image_root)
+        if hp.format == "litdata":
+            from perceptlab.datamodules.image_text.litdata_pairs import LitdataPairs  # litdata takes 2 s to import
+
+            return LitdataPairs(hp.train_data, transform, hp.litdata_image_key, hp.litdata_caption_key,
+                                shuffle=hp.shuffle, seed=self._seed(), drop_last=True)
         dataset = load_hf(str(hp.train_data), hp.hf_split, streaming=hp.hf_streaming, cache_dir=hp.hf_cache_dir)
         if hp.hf_streaming:
             if not hp.samples_per_epoch:
@@ -245,6 +254,11 @@ class ImageTextDataModule(BackboneDataModule):
             return stream
         if hp.format == "csv":
             return CsvPairs(hp.val_data, transform, hp.csv_image_key, hp.csv_caption_key, hp.csv_separator, hp.image_root)
+        if hp.format == "litdata":
+            from perceptlab.datamodules.image_text.litdata_pairs import LitdataItems, LitdataPairs
+
+            return LitdataItems(LitdataPairs(hp.val_data, transform, hp.litdata_image_key, hp.litdata_caption_key,
+                                             shuffle=False, drop_last=False))
         dataset = load_hf(str(hp.val_data), hp.hf_val_split, cache_dir=hp.hf_cache_dir)
         return HFPairs(dataset, transform, hp.hf_image_key, hp.hf_caption_key, name=str(hp.val_data))
 
@@ -309,6 +323,13 @@ class ImageTextDataModule(BackboneDataModule):
             # Persistent workers keep their copy of the stream, so each counts its own epochs.
             return DataLoader(self.train_set, batch_size=None, num_workers=workers, pin_memory=self._pin(),
                               persistent_workers=workers > 0)
+        if hp.format == "litdata":
+            from litdata import StreamingDataLoader
+
+            # litdata splits the items over ranks and workers itself and reshuffles each epoch;
+            # Lightning stores this loader's state_dict, so a resumed run continues mid-epoch exactly.
+            return StreamingDataLoader(self.train_set, batch_size=hp.batch_size, num_workers=workers, drop_last=True,
+                                       collate_fn=MapPairCollate(tokenizer), pin_memory=self._pin())
         rank, world = self.rank_world()
         sampler = None
         if world > 1:

@@ -110,7 +110,16 @@ def _write_image_text(root: Path, seed: int, cfg: dict, size: int, progress: _Pr
         vpairs.append([rel, text])
     _write_csv(out / "val_pairs.csv", ["filepath", "title"], vpairs, delimiter="\t")
     _write_hf_parquet(out / "hf" / "train.parquet", hf_images, hf_captions)
+    _write_litdata_pairs(out / "litdata" / "train", train, per)
+    _write_litdata_pairs(out / "litdata" / "val", val, len(val))
     return {"train": n_train, "val": n_val, "shards": n_shards, "per_shard": per}
+
+
+def _write_litdata_pairs(folder: Path, samples: list[tuple[bytes, str, dict]], per_chunk: int) -> None:
+    """The same pairs, in shard order, as a litdata-optimised dataset (one chunk per shard's worth)."""
+    from perceptlab.datamodules.image_text.litdata_pairs import write_litdata
+
+    write_litdata(({"image": jpg, "caption": text} for jpg, text, _ in samples), folder, chunk_size=per_chunk)
 
 
 def _write_hf_parquet(path: Path, images: list[dict], captions: list[str]) -> None:

@@ -43,6 +43,8 @@ PATHS = {
     "image_text_hf": "image_text/hf/train.parquet",
     "image_text_val_shards": "image_text/val_shards/00000.tar",
     "image_text_val_csv": "image_text/val_pairs.csv",
+    "image_text_litdata": "image_text/litdata/train",
+    "image_text_val_litdata": "image_text/litdata/val",
     "koniq": "iqa/koniq", "livec": "iqa/livec", "spaq": "iqa/spaq",
     "tid2013": "iqa/tid2013", "kadid10k": "iqa/kadid10k",
     "cue_conflict": "cue_conflict", "classification": "classification",

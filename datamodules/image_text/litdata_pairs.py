@@ -1,0 +1,156 @@
+"""Image-text pairs from a litdata-optimised dataset (``litdata.optimize`` / its ``BinaryWriter``).
+
+A local folder holding ``index.json`` and the ``chunk-*.bin`` files it lists; every item a dict
+with an image field (encoded bytes, a PIL image or a path) and a caption field. Reading, the split
+over ranks and loader workers, the per-epoch shuffle and the exact mid-epoch resume are litdata's
+own (``StreamingDataset`` + ``StreamingDataLoader``, whose ``state_dict`` Lightning stores in the
+checkpoint). What is ours: the check that names a missing or truncated chunk before any training
+starts (litdata would fail only when a worker reaches it), decoding with the project's rules, and
+replacing an undecodable item by the next readable one so that every batch stays full.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from litdata import StreamingDataset
+
+from perceptlab.datamodules.image_text.common import clean_caption, decode_image
+
+log = logging.getLogger(__name__)
+
+INDEX_NAME = "index.json"
+# An undecodable item is replaced by the next one; this many failures in a row is a broken set.
+_MAX_REPLACEMENTS = 64
+
+
+def check_litdata(root: str | os.PathLike, image_key: str | None = "image", caption_key: str | None = "caption") -> dict:
+    """The dataset's ``index.json`` after checking every chunk it lists is present and whole.
+
+    Raises ``FileNotFoundError`` naming the folder, the index or the first missing chunks, and
+    ``ValueError`` naming a chunk whose size differs from the index's (a truncated copy) or a field
+    the items do not have.
+    """
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"litdata dataset not found: {folder} (a folder holding {INDEX_NAME} and chunk-*.bin)")
+    index_path = folder / INDEX_NAME
+    if not index_path.is_file():
+        raise FileNotFoundError(f"{folder}: no {INDEX_NAME}; not a litdata-optimised dataset (litdata.optimize writes one)")
+    try:
+        index = json.loads(index_path.read_text())
+        chunks = index["chunks"]
+    except (ValueError, KeyError) as exn:
+        raise ValueError(f"{index_path}: not a litdata index ({type(exn).__name__}: {exn})") from exn
+    missing = [c["filename"] for c in chunks if not (folder / c["filename"]).is_file()]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise FileNotFoundError(f"{folder}: {len(missing)} of {len(chunks)} chunks listed in {INDEX_NAME} are missing: "
+                                f"{', '.join(missing[:3])}{more}")
+    for c in chunks:
+        size = (folder / c["filename"]).stat().st_size
+        if "chunk_bytes" in c and size != int(c["chunk_bytes"]) and not index.get("config", {}).get("compression"):
+            raise ValueError(f"{folder / c['filename']}: {size} bytes, {INDEX_NAME} says {c['chunk_bytes']} "
+                             "(a truncated or corrupt chunk)")
+    fields = _fields(index.get("config", {}))
+    for key, what in ((image_key, "litdata_image_key"), (caption_key, "litdata_caption_key")):
+        if key is not None and fields is not None and key not in fields:
+            raise ValueError(f"{folder}: items have no field {key!r} ({what}); fields are {sorted(fields)}")
+    return index
+
+
+def _fields(config: Mapping[str, Any]) -> set[str] | None:
+    """The item dict's keys as the index records them (``None`` when it does not)."""
+    types = config.get("types")
+    if isinstance(types, Mapping):
+        return set(types)
+    try:  # older indexes: the pytree spec of the item
+        spec = json.loads(config["data_spec"])
+        return set(json.loads(spec[1]["context"]))
+    except (KeyError, ValueError, TypeError, IndexError):
+        return None
+
+
+def count_items(root: str | os.PathLike) -> int:
+    """Items in the dataset, from its (checked) index."""
+    return sum(int(c["chunk_size"]) for c in check_litdata(root, None, None)["chunks"])
+
+
+class LitdataPairs(StreamingDataset):
+    """``(image, caption, items skipped, index)`` from a litdata dataset, for ``MapPairCollate``.
+
+    ``index`` is the item's position in the dataset, whatever rank or worker read it.
+    """
+
+    def __init__(self, root: str | os.PathLike, transform: Callable, image_key: str = "image",
+                 caption_key: str = "caption", shuffle: bool = False, seed: int = 0, drop_last: bool = True) -> None:
+        folder = Path(root).expanduser()
+        check_litdata(folder, image_key, caption_key)
+        super().__init__(str(folder), shuffle=shuffle, drop_last=drop_last, seed=seed)
+        self.image_transform = transform
+        self.image_key, self.caption_key = image_key, caption_key
+        self.name = str(folder)
+
+    def __getitem__(self, index) -> tuple[torch.Tensor, str, int, int]:
+        position = int(getattr(index, "index", index))
+        n = len(self)
+        failures = 0
+        for attempt in range(_MAX_REPLACEMENTS):
+            i = (position + attempt) % n
+            try:
+                # the first read goes through litdata's chunk scheduling; a replacement by position
+                item = super().__getitem__(index if attempt == 0 else i)
+                caption = clean_caption(item[self.caption_key])
+                image = self.image_transform(decode_image(item[self.image_key], Path(self.name)))
+                return image, caption, failures, position
+            except Exception as exn:  # noqa: BLE001  counted (the batch carries it to data/skipped), replaced
+                failures += 1
+                if failures <= 3:
+                    log.warning("%s: skipped item %d (%s: %s)", self.name, i, type(exn).__name__, str(exn)[:200])
+        raise RuntimeError(f"{self.name}: {_MAX_REPLACEMENTS} items in a row from item {position} are unreadable")
+
+
+def write_litdata(items: Iterable[Mapping[str, Any]], out: str | os.PathLike, chunk_bytes: int | str | None = "64MB",
+                  chunk_size: int | None = None) -> Path:
+    """Writes ``items`` (dicts of one layout) as a litdata-optimised dataset with litdata's own
+    writer (the one ``litdata.optimize`` uses), in order, in this process; returns the folder.
+    ``chunk_size`` (items per chunk), when given, replaces ``chunk_bytes``. The index's time stamp
+    (``updated_at``) is set to 0, so that the same items always give the same bytes."""
+    from litdata.streaming.writer import BinaryWriter
+
+    folder = Path(out).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in list(folder.glob("chunk-*.bin")) + [folder / INDEX_NAME]:
+        old.unlink(missing_ok=True)
+    writer = BinaryWriter(str(folder), chunk_size=chunk_size) if chunk_size else \
+        BinaryWriter(str(folder), chunk_bytes=chunk_bytes)
+    for i, item in enumerate(items):
+        writer[i] = dict(item)
+    writer.done()
+    writer.merge()
+    index_path = folder / INDEX_NAME
+    index = json.loads(index_path.read_text())
+    if "updated_at" in index:
+        index["updated_at"] = "0"
+        index_path.write_text(json.dumps(index, sort_keys=True))
+    return folder
+
+
+class LitdataItems(torch.utils.data.Dataset):
+    """A map-style view of a :class:`LitdataPairs` (validation: read once, in order, split over
+    ranks by the evaluation sampler like every other held-out set)."""
+
+    def __init__(self, pairs: LitdataPairs) -> None:
+        self.pairs = pairs
+        self.name = pairs.name
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, int, int]:
+        return self.pairs[int(index)]
