@@ -11,6 +11,12 @@ skipped and listed in ``<out>.unreadable.csv`` (``path,error``), and the counts 
 images go through Lightning's predict loop (``--accelerator``, ``--devices``: several GPUs score
 disjoint shares, rank zero writes the file), in batches, with ``--crops`` 5 or 10 fixed crops per
 image averaged (default: the config's ``data.init_args.test_crops`` when ``--config`` is given).
+
+A PerceptCLIP release is scored with its model card's protocol by default
+(:mod:`perceptlab.datamodules.protocols`: IQA resizes to 512x384, averages 15 random 224-px crops
+and maps the mean to [0, 1] with the card's prediction range; the ``score`` column is the mapped
+score and ``raw_score`` the head's mean), with crops that are the same in every run (``--seed``).
+``--protocol NAME`` picks one for any model, ``--protocol none`` scores a release like a checkpoint.
 """
 from __future__ import annotations
 
@@ -19,7 +25,8 @@ from typing import Literal
 
 
 def load_task_model(model: str, merge_lora: bool = False):
-    """A ``PerceptualTaskModule`` from a Lightning checkpoint of one, or from a PerceptCLIP release file."""
+    """A ``PerceptualTaskModule`` from a Lightning checkpoint of one, or from a PerceptCLIP release
+    file (then its attribute ``release_file`` is the file's path)."""
     import torch
 
     from perceptlab.lightning_modules.perceptual_tasks import PerceptualTaskModule
@@ -30,7 +37,35 @@ def load_task_model(model: str, merge_lora: bool = False):
     raw = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(raw, dict) and "state_dict" in raw and "hyper_parameters" in raw:
         return PerceptualTaskModule.load_from_checkpoint(path, map_location="cpu")
-    return PerceptualTaskModule(release=str(path), release_merge_lora=merge_lora)
+    module = PerceptualTaskModule(release=str(path), release_merge_lora=merge_lora)
+    module.release_file = str(path)
+    return module
+
+
+def choose_protocol(module, protocol: str | None, crops: int | None):
+    """The protocol to score with: the named one, the release's own by default, or none."""
+    from perceptlab.datamodules.protocols import get_protocol, release_protocol
+
+    if protocol == "none":
+        return None
+    if protocol is not None:
+        chosen = get_protocol(protocol)
+        if crops is not None:
+            raise ValueError(f"--crops {crops} and --protocol {protocol}: the protocol sets its crops; give one of them")
+    else:
+        release = getattr(module, "release_file", None)
+        if release is None or crops is not None:
+            return None
+        outputs = 1 if module.hparams.task == "regression" else int(module.hparams.num_classes)
+        chosen = release_protocol(release, outputs)
+        if chosen is None:
+            print(f"{release}: which PerceptCLIP task this release is for is not in its name; scored without "
+                  "a card protocol (--protocol perceptclip_iqa|perceptclip_memorability|perceptclip_emotions)")
+            return None
+    task = module.hparams.task
+    if chosen.task != task:
+        raise ValueError(f"--protocol {chosen.name} is for a {chosen.task} model; this one is {task}")
+    return chosen
 
 
 def class_names(module, config: dict | None, given: list[str] | None) -> list[str]:
@@ -49,7 +84,7 @@ def class_names(module, config: dict | None, given: list[str] | None) -> list[st
 def predict(model: str, images: str, out: str = "predictions.csv", column: str | None = None,
             config: str | None = None, crops: Literal[1, 5, 10] | None = None, batch_size: int = 32, num_workers: int = 4,
             accelerator: str = "auto", devices: int | str = "auto", classes: list[str] | None = None,
-            merge_lora: bool = False) -> Path:
+            merge_lora: bool = False, protocol: str | None = None, seed: int = 0) -> Path:
     """Score images with a task model or a PerceptCLIP release; writes a CSV.
 
     Args:
@@ -65,6 +100,9 @@ def predict(model: str, images: str, out: str = "predictions.csv", column: str |
         devices: Lightning's devices.
         classes: class names of a classification head, e.g. --classes '[amusement, awe]'.
         merge_lora: fold a release's LoRA adapters into the tower.
+        protocol: a model card's test protocol (perceptclip_iqa, perceptclip_memorability,
+            perceptclip_emotions) or none; default: the release's own for a release file.
+        seed: the seed of a protocol's random crops (the same image gets the same crops in every run).
     """
     import lightning.pytorch as pl
     import pandas as pd
@@ -80,11 +118,19 @@ def predict(model: str, images: str, out: str = "predictions.csv", column: str |
     paths = read_image_list(images, column)  # a bad path or column is named before any model is loaded
     module = load_task_model(model, merge_lora).eval()
     data = ((cfg or {}).get("data", {}) or {}).get("init_args", {}) or {}
+    card = choose_protocol(module, protocol, crops)
     crops = int(crops if crops is not None else data.get("test_crops", 1))
     backbone = module.backbone
-    transform = backbone.transform(train=False) if crops == 1 else multicrop_transform(
-        backbone.image_size, backbone.image_mean, backbone.image_std, crops,
-        float(data.get("test_resize_ratio", 1.15)), backbone.interpolation)
+    if card is not None:
+        transform = card.transform(seed)
+        print(f"scoring with {card.name}: {card.crops} {'random' if card.random_crops else 'centre'} "
+              f"{card.crop}-px crop(s) of the image resized to {card.resize}"
+              + (f", mean mapped from {card.output_range} to (0, 1)" if card.output_range else "")
+              + (f", crop seed {seed}" if card.random_crops else ""))
+    else:
+        transform = backbone.transform(train=False) if crops == 1 else multicrop_transform(
+            backbone.image_size, backbone.image_mean, backbone.image_std, crops,
+            float(data.get("test_resize_ratio", 1.15)), backbone.interpolation)
     regression = module.hparams.task == "regression"
     names = None if regression else class_names(module, cfg, classes)
     out_path = Path(out).expanduser()
@@ -116,6 +162,9 @@ def predict(model: str, images: str, out: str = "predictions.csv", column: str |
             out_path.parent.mkdir(parents=True, exist_ok=True)
             if regression:
                 table = pd.DataFrame({"path": [paths[i] for i, _ in rows], "score": [v[0] for _, v in rows]})
+                if card is not None and card.output_range is not None:
+                    table["raw_score"] = table["score"]
+                    table["score"] = card.map(table["raw_score"])
             else:
                 table = pd.DataFrame({"path": [paths[i] for i, _ in rows],
                                       "label": [names[max(range(len(v)), key=v.__getitem__)] for _, v in rows]})

@@ -57,6 +57,7 @@ from torchvision import transforms as T
 
 from perceptlab.datamodules.base import BackboneDataModule, name_some
 from perceptlab.datamodules.iqa import PHASES, IQASet, iqa_preset, pyiqa_column, read_iqa_set, split_labels  # noqa: F401 (re-exported)
+from perceptlab.datamodules.protocols import get_protocol
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,12 @@ class PerceptualDataModule(BackboneDataModule, abc.ABC):
         train_augment: open_clip's training transform (random resized crop) for training.
         test_crops: 1 (the eval transform), 5 or 10 fixed crops per test image (averaged by the model).
         test_resize_ratio: multi-crop resize of the shorter side, in units of the input size.
+        test_protocol: a PerceptCLIP model card's test protocol for the test sets instead
+            (``perceptclip_iqa``: 15 random 224-px crops of the image resized to 512x384, averaged;
+            ``perceptclip_memorability`` / ``perceptclip_emotions``: one centre crop;
+            :mod:`perceptlab.datamodules.protocols`). Its output mapping is affine, so the test
+            correlations it would change are none; ``perceptlab predict`` applies it.
+        protocol_seed: the seed of the protocol's random crops (the same image, the same crops).
         verify_images: check at set-up that every listed image file exists (named if not).
         pin_memory: pin batches for faster host-to-GPU copies.
     """
@@ -224,12 +231,21 @@ class PerceptualDataModule(BackboneDataModule, abc.ABC):
         train_augment: bool = False,
         test_crops: int = 1,
         test_resize_ratio: float = 1.15,
+        test_protocol: str | None = None,
+        protocol_seed: int = 0,
         verify_images: bool = True,
         pin_memory: bool = True,
     ) -> None:
         super().__init__(model_name, pretrained, image_size)
         if test_crops not in (1, 5, 10):
             raise ValueError(f"test_crops must be 1, 5 or 10, got {test_crops}")
+        self.test_protocol = get_protocol(test_protocol) if test_protocol else None
+        if self.test_protocol is not None and test_crops != 1:
+            raise ValueError(f"test_crops={test_crops} and test_protocol={test_protocol}: the protocol sets the crops")
+        if self.test_protocol is not None and self.test_protocol.task != self.task:
+            raise ValueError(f"test_protocol {test_protocol} is for {self.test_protocol.task}; "
+                             f"{type(self).__name__} serves {self.task}")
+        self.protocol_seed = protocol_seed
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.eval_batch_size = eval_batch_size
@@ -256,6 +272,8 @@ class PerceptualDataModule(BackboneDataModule, abc.ABC):
         pp = self.preprocessing(train_augment=self.train_augment)
         test_tf = pp.eval if self.test_crops == 1 else multicrop_transform(
             pp.size, pp.mean, pp.std, self.test_crops, self.test_resize_ratio, pp.interpolation)
+        if self.test_protocol is not None:
+            test_tf = self.test_protocol.transform(self.protocol_seed)
         return pp.train, pp.eval, test_tf
 
     # -- set-up
@@ -311,9 +329,10 @@ class LaMemDataModule(PerceptualDataModule):
                  num_workers: int = 4, eval_batch_size: int | None = None, model_name: str | None = None,
                  pretrained: str | None = None, image_size: int | None = None, train_augment: bool = False,
                  test_crops: int = 1, test_resize_ratio: float = 1.15, verify_images: bool = True,
-                 pin_memory: bool = True) -> None:
+                 pin_memory: bool = True, test_protocol: str | None = None, protocol_seed: int = 0) -> None:
         super().__init__(batch_size, num_workers, eval_batch_size, model_name, pretrained, image_size,
-                         train_augment, test_crops, test_resize_ratio, verify_images, pin_memory)
+                         train_augment, test_crops, test_resize_ratio, test_protocol, protocol_seed,
+                         verify_images, pin_memory)
         self.save_hyperparameters(ignore=list(self.MODEL_KEYS))
         self.root = Path(root).expanduser()
         self.split_index = split_index
@@ -344,9 +363,10 @@ class EmoSetDataModule(PerceptualDataModule):
                  num_workers: int = 4, eval_batch_size: int | None = None, model_name: str | None = None,
                  pretrained: str | None = None, image_size: int | None = None, train_augment: bool = False,
                  test_crops: int = 1, test_resize_ratio: float = 1.15, verify_images: bool = True,
-                 pin_memory: bool = True) -> None:
+                 pin_memory: bool = True, test_protocol: str | None = None, protocol_seed: int = 0) -> None:
         super().__init__(batch_size, num_workers, eval_batch_size, model_name, pretrained, image_size,
-                         train_augment, test_crops, test_resize_ratio, verify_images, pin_memory)
+                         train_augment, test_crops, test_resize_ratio, test_protocol, protocol_seed,
+                         verify_images, pin_memory)
         self.save_hyperparameters(ignore=list(self.MODEL_KEYS))
         self.root = Path(root).expanduser()
         self.class_names = list(emotions) if emotions is not None else list(EMOTIONS)
@@ -385,9 +405,10 @@ class IQADataModule(PerceptualDataModule):
                  num_workers: int = 4, eval_batch_size: int | None = None, model_name: str | None = None,
                  pretrained: str | None = None, image_size: int | None = None, train_augment: bool = False,
                  test_crops: int = 1, test_resize_ratio: float = 1.15, verify_images: bool = True,
-                 pin_memory: bool = True) -> None:
+                 pin_memory: bool = True, test_protocol: str | None = None, protocol_seed: int = 0) -> None:
         super().__init__(batch_size, num_workers, eval_batch_size, model_name, pretrained, image_size,
-                         train_augment, test_crops, test_resize_ratio, verify_images, pin_memory)
+                         train_augment, test_crops, test_resize_ratio, test_protocol, protocol_seed,
+                         verify_images, pin_memory)
         self.save_hyperparameters(ignore=list(self.MODEL_KEYS))
         self.train_set = train_set
         self.extra_test_sets = list(extra_test_sets or [])

@@ -146,14 +146,14 @@ class PerceptCLIPReference(torch.nn.Module):
     """PerceptCLIP's module as its release describes it: a transformers CLIP vision model under
     peft LoRA on q/k/v, the frozen visual projection as ``proj``, the head ``mlp.fc1/fc2/fc3``."""
 
-    def __init__(self, out: int) -> None:
+    def __init__(self, out: int, image_size: int = 32, patch_size: int = 8) -> None:
         from peft import LoraConfig, get_peft_model
         from transformers import CLIPVisionConfig, CLIPVisionModel
 
         super().__init__()
         # CLIP's shape conventions (64-wide heads, quick GELU), small
         config = CLIPVisionConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-                                  image_size=32, patch_size=8, hidden_act="quick_gelu")
+                                  image_size=image_size, patch_size=patch_size, hidden_act="quick_gelu")
         self.model = get_peft_model(CLIPVisionModel(config), LoraConfig(r=16, lora_alpha=8, lora_dropout=0.0,
                                                                         target_modules=["q_proj", "k_proj", "v_proj"]))
         self.proj = torch.nn.Linear(128, 48, bias=False)

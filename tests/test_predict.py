@@ -71,3 +71,112 @@ def test_a_bad_images_argument_is_named_before_any_model_is_loaded(tmp_path, cap
     assert exit_.value.code == 2 and "nowhere" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     with pytest.raises(FileNotFoundError, match="nowhere"):  # --debug shows the exception itself
         perceptlab(["predict", str(tmp_path / "no-model.ckpt"), "--images", str(tmp_path / "nowhere"), "--debug"])
+
+
+# ------------------------------------------------------------------ PerceptCLIP's card protocols
+def _release(tmp_path, name: str, out: int):
+    """A release-format file of a small model that takes the cards' 224-px crops, named as PerceptCLIP names theirs."""
+    from test_hf_clip import PerceptCLIPReference
+
+    torch.manual_seed(4)
+    reference = PerceptCLIPReference(out, image_size=224, patch_size=32).eval()
+    with torch.no_grad():
+        for n, p in reference.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    torch.save(reference.state_dict(), tmp_path / name)
+    return reference, tmp_path / name
+
+
+def _photos(tmp_path):
+    """Three photos of different shapes (none already 512x384), with texture for the crops to see."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i, (w, h) in enumerate([(640, 480), (300, 420), (500, 500)]):
+        low = (torch.rand(3, 12, 12, generator=g) * 255).to(torch.uint8)
+        image = torch.nn.functional.interpolate(low[None].float(), size=(h, w), mode="bicubic")[0]
+        Image.fromarray(image.clamp(0, 255).byte().permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+    return sorted(folder.iterdir())
+
+
+def _card_loop(reference, photos, card: str, seed: int = 0):
+    """The model card's loop as the card describes it (torchvision's RandomCrop drawing from torch's
+    generator, seeded per image with the protocol's crop seed: the card's `random.seed` fixes nothing)."""
+    from torchvision import transforms as T
+
+    from perceptlab.datamodules.protocols import crop_seed
+
+    normalize = [T.ToTensor(), T.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))]
+    rows = []
+    for path in photos:
+        image = Image.open(path).convert("RGB")
+        with torch.no_grad():
+            if card == "iqa":
+                torch.manual_seed(crop_seed(T.Resize((512, 384))(image), seed))
+                tf = T.Compose([T.Resize((512, 384)), T.RandomCrop(size=(224, 224))] + normalize)
+                raw = reference(torch.stack([tf(image) for _ in range(15)])).mean().item()
+                rows.append(((raw - (-6.52)) / (3.11 - (-6.52)), raw))
+            else:
+                out = reference(T.Compose([T.Resize(224), T.CenterCrop(size=(224, 224))] + normalize)(image)[None])
+                rows.append(out[0, 0].item() if card == "memorability" else out.softmax(-1)[0].tolist())
+    return rows
+
+
+def test_an_iqa_release_is_scored_with_its_cards_protocol_and_the_same_crops_every_run(tmp_path, capsys):
+    reference, release = _release(tmp_path, "perceptCLIP_IQA.pth", 1)
+    photos = _photos(tmp_path)
+    args = [str(release), "--images", str(tmp_path / "photos"), "--accelerator", "cpu", "--devices", "1",
+            "--num_workers", "0", "--batch_size", "2"]
+    perceptlab(["predict", *args, "--out", str(tmp_path / "a.csv")])
+    assert "scoring with perceptclip_iqa: 15 random 224-px crop(s)" in capsys.readouterr().out
+    first = pd.read_csv(tmp_path / "a.csv")
+    expected = _card_loop(reference, photos, "iqa")
+    assert first["path"].tolist() == [str(p) for p in photos]
+    torch.testing.assert_close(torch.tensor(first["raw_score"].tolist()), torch.tensor([r for _, r in expected]),
+                               atol=2e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor(first["score"].tolist()), torch.tensor([m for m, _ in expected]),
+                               atol=2e-6, rtol=0)
+    perceptlab(["predict", *args, "--out", str(tmp_path / "b.csv"), "--batch_size", "3"])
+    assert pd.read_csv(tmp_path / "b.csv").equals(first)  # another run, another batching: the same scores, exactly
+    perceptlab(["predict", *args, "--out", str(tmp_path / "c.csv"), "--seed", "1"])
+    assert not pd.read_csv(tmp_path / "c.csv")["raw_score"].equals(first["raw_score"])  # the seed draws the crops
+    perceptlab(["predict", *args, "--out", str(tmp_path / "d.csv"), "--protocol", "none"])
+    assert "raw_score" not in pd.read_csv(tmp_path / "d.csv").columns
+
+
+@pytest.mark.parametrize(("name", "out", "card"), [("perceptCLIP_Memorability.pth", 1, "memorability"),
+                                                   ("perceptCLIP_Emotions.pth", 8, "emotions")])
+def test_memorability_and_emotion_releases_resize_and_centre_crop_as_their_cards_do(tmp_path, name, out, card):
+    reference, release = _release(tmp_path, name, out)
+    photos = _photos(tmp_path)
+    perceptlab(["predict", str(release), "--images", str(tmp_path / "photos"), "--out", str(tmp_path / "p.csv"),
+                "--accelerator", "cpu", "--devices", "1", "--num_workers", "0"])
+    table = pd.read_csv(tmp_path / "p.csv")
+    expected = torch.tensor(_card_loop(reference, photos, card))
+    got = torch.tensor(table["score"].tolist() if card == "memorability"
+                       else table[[f"p_{e}" for e in EMOTIONS]].values.tolist())
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
+
+
+def test_a_protocol_for_the_wrong_task_or_with_crops_is_refused_before_scoring(tmp_path, capsys):
+    _, release = _release(tmp_path, "perceptCLIP_Emotions.pth", 8)
+    _photos(tmp_path)
+    base = ["predict", str(release), "--images", str(tmp_path / "photos"), "--accelerator", "cpu"]
+    with pytest.raises(SystemExit):
+        perceptlab([*base, "--protocol", "perceptclip_iqa"])
+    assert "perceptclip_iqa is for a regression model; this one is classification" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        perceptlab([*base, "--protocol", "perceptclip_emotions", "--crops", "5"])
+    assert "the protocol sets its crops" in capsys.readouterr().err
+
+
+def test_the_task_test_step_applies_a_cards_protocol(tiny_world):
+    from perceptlab.datamodules.perceptual_tasks import LaMemDataModule
+
+    dm = LaMemDataModule(root=str(tiny_world / "lamem"), model_name=TINY, num_workers=0, test_protocol="perceptclip_iqa")
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()[0]))
+    assert batch["image"].shape[1:] == (15, 3, 224, 224)
+    with pytest.raises(ValueError, match="perceptclip_emotions is for classification; LaMemDataModule serves regression"):
+        LaMemDataModule(root=str(tiny_world / "lamem"), model_name=TINY, test_protocol="perceptclip_emotions")
