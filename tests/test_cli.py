@@ -2,8 +2,6 @@
 working directory that was not asked for."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,14 +18,15 @@ def test_every_command_has_help_from_its_signature(command, capsys):
     assert "--image-size" not in out and "``" not in out  # one flag style; help that renders
 
 
-def test_a_missing_checkpoint_is_one_line_and_exit_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-P", "-m", "perceptlab", "evaluate", str(tmp_path / "missing.ckpt"),
-                           "--config", "experiments/toy/alignment_suite.yaml"], capture_output=True, text=True,
-                          cwd=str(Path(__file__).resolve().parent.parent))
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+def test_a_missing_checkpoint_is_one_line_and_exit_2(tmp_path, capsys):
+    suite = Path(__file__).resolve().parent.parent / "experiments" / "toy" / "alignment_suite.yaml"
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", str(tmp_path / "missing.ckpt"), "--config", str(suite)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err[-2000:]
+    lines = [l for l in err.splitlines() if l.strip()]
     assert lines[-1].startswith("perceptlab evaluate: error:") and "missing.ckpt" in lines[-1]
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in err
 
 
 def test_a_truncated_checkpoint_is_one_line_and_exit_2(tmp_path, capsys):

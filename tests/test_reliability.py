@@ -223,29 +223,26 @@ def uninterrupted(tmp_path_factory, tiny_world) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("kill_at", "resume_step", "before_kill"), [
-    (11, 8, [0, 2, 4, 6, 8, 10]),  # mid epoch 1; the step-10 evaluation is past the checkpoint
-    (13, 12, [0, 2, 4, 6, 8, 10, 12]),  # just after the end of epoch 1 (its evaluations are in the checkpoint)
-])
-def test_killed_pretraining_resumed_from_last_reproduces_the_uninterrupted_run(
-        tmp_path, tiny_world, uninterrupted, kill_at, resume_step, before_kill):
-    """The interrupted run is SIGKILLed (no handler runs, as on a node failure) before step
-    ``kill_at + 1``; resumed with ``--ckpt_path last`` from ``resume_step``, it must end with the
-    uninterrupted run's weights and the same evaluations, each exactly once. Up to the kill the two
-    are the same config and seed run twice in separate processes, so their evaluations must agree
-    exactly too (determinism)."""
+def test_killed_pretraining_resumed_from_last_reproduces_the_uninterrupted_run(tmp_path, tiny_world, uninterrupted):
+    """The run is SIGKILLed (no handler runs, as on a node failure) twice: before step 12, mid
+    epoch 1 (resumed from the step-8 checkpoint; the step-10 evaluation is past it), and, resumed,
+    again before step 14, just after the end of epoch 1 (resumed from step 12, whose evaluations
+    are in the checkpoint). Resumed with ``--ckpt_path last`` it must end with the uninterrupted
+    run's weights and the same evaluations, each exactly once. Up to each kill the runs are the
+    same config and seed in separate processes, so their evaluations must agree exactly too."""
     expected = _records(uninterrupted)
     # baseline, every 2 steps, epoch ends (6, 12, 14): each evaluation once
     assert [(r["trigger"], r["step"]) for r in expected] == [
         ("baseline", 0), ("step", 2), ("step", 4), ("epoch", 6), ("step", 8), ("step", 10), ("epoch", 12), ("epoch", 14)]
-
-    killed = _fit_resume_run(tmp_path, tiny_world, "resumed", kill_at=kill_at)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     run = tmp_path / "runs" / "resumed" / "version_0"
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == resume_step
-    written = _records(run)
-    assert [r["step"] for r in written] == before_kill
-    assert written == expected[:len(before_kill)]  # same seed and config, run twice: the same metrics
+    for kill_at, resume_step, before_kill, extra in ((11, 8, [0, 2, 4, 6, 8, 10], ()),
+                                                     (13, 12, [0, 2, 4, 6, 8, 10, 12], ("--ckpt_path", "last"))):
+        killed = _fit_resume_run(tmp_path, tiny_world, "resumed", *extra, kill_at=kill_at)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+        assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == resume_step
+        written = _records(run)
+        assert [r["step"] for r in written] == before_kill, kill_at
+        assert written == expected[:len(before_kill)]  # same seed and config, run again: the same metrics
 
     resumed = _fit_resume_run(tmp_path, tiny_world, "resumed", "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -69,11 +67,14 @@ def test_report_tables_agree_with_summaries_and_differences_are_run_minus_refere
     assert {"nights.png", "iqa_fr.png"} <= {p.name for p in (tmp_path / "out").glob("*.png")}
 
 
-def test_report_cli_names_a_missing_run(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "perceptlab.commands.cli", "report", str(tmp_path / "nope"),
-                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
-    assert proc.returncode != 0
-    assert "run directory not found" in proc.stderr and "nope" in proc.stderr
+def test_report_cli_names_a_missing_run(tmp_path, capsys):
+    from perceptlab.commands.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert "run directory not found" in err and "nope" in err
 
 
 def _cell(value: str) -> tuple[float, list[float] | None]:
