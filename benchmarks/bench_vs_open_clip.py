@@ -17,6 +17,12 @@ initial weights and sample orders, so losses agree only on average).
     python benchmarks/bench_vs_open_clip.py                       # tiny ViT at 64 px, CPU, toy shards
     python benchmarks/bench_vs_open_clip.py --model ViT-B-32 --device cuda --precision bf16 \\
         --batch 256 --workers 8 --shards '/data/yfcc15m/{00000..00099}.tar' --steps 300
+    python benchmarks/bench_vs_open_clip.py ... --compile    # both sides with their speed flags
+
+``--compile``: each side with its best flags: open_clip_train ``--torchcompile``; perceptlab
+``model.compile: true`` (every transformer block). On a GPU both use TF32 for float32 matmuls
+(open_clip_train always sets it; here ``model.matmul_precision: high``) and perceptlab's AdamW is
+torch's fused kernel (its default on CUDA).
 """
 from __future__ import annotations
 
@@ -76,6 +82,10 @@ def run_perceptlab(ns, shards: list[str], work: Path, tag: str) -> dict:
            "--data.init_args.zeroshot_data=null", f"--data.init_args.batch_size={ns.batch}",
            f"--data.init_args.num_workers={ns.workers}", "--data.init_args.augmentation=clip",
            f"--data.init_args.samples_per_epoch={ns.steps * ns.batch}"]
+    if ns.device != "cpu":
+        cmd.append("--model.init_args.matmul_precision=high")
+    if ns.compile:
+        cmd.append("--model.init_args.compile=true")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -96,6 +106,8 @@ def run_open_clip_train(ns, shards: list[str], work: Path, tag: str) -> dict:
            "--grad-clip-norm", "3", "--force-patch-dropout", "0.5", "--seed", "0",
            "--logs", str(work / "open_clip_logs"), "--name", f"open_clip-{tag}", "--save-frequency", "0",
            "--zeroshot-frequency", "0", "--val-frequency", "0", "--log-every-n-steps", "1"]
+    if ns.compile:
+        cmd.append("--torchcompile")
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"open_clip_train failed:\n{proc.stderr[-4000:]}")
@@ -128,6 +140,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10, help="steps left out of the steady state")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--shards", default=None, help="webdataset shards (brace pattern or glob); default: toy world")
+    parser.add_argument("--compile", action="store_true",
+                        help="both sides compiled: open_clip_train --torchcompile, perceptlab model.compile")
     ns = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -155,6 +169,7 @@ def main() -> None:
         "benchmark": "bench_vs_open_clip",
         "model": ns.model, "device": ns.device, "precision": ns.precision, "batch": ns.batch,
         "workers": ns.workers, "steps": ns.steps, "warmup": ns.warmup, "repeats": ns.repeats,
+        "compile": ns.compile,
         "perceptlab_samples_per_s": [round(r["perceptlab"]["samples_per_s"], 2) for r in runs],
         "open_clip_train_samples_per_s": [round(r["open_clip_train"]["samples_per_s"], 2) for r in runs],
         "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),

@@ -74,8 +74,12 @@ def run_step(step: Step, box: float) -> dict:
     except subprocess.TimeoutExpired:
         kill_group(proc)
         out, err = proc.communicate()
-        return {"status": "timed_out", "seconds": round(time.perf_counter() - start, 1), "box": round(box),
-                "error": f"killed after its {box:.0f} s box", "tail": (err or out)[-1500:]}
+        row = {"status": "timed_out", "seconds": round(time.perf_counter() - start, 1), "box": round(box),
+               "error": f"killed after its {box:.0f} s box", "tail": (err or out)[-1500:]}
+        lines = [ln for ln in (out or "").strip().splitlines() if ln.strip().startswith("{")]
+        if step.kind == "json" and lines:  # a step that prints as it goes keeps what it measured
+            row.update(status="partial", result=json.loads(lines[-1]))
+        return row
     seconds = round(time.perf_counter() - start, 1)
     row: dict = {"status": "ok" if proc.returncode == 0 else "failed", "seconds": seconds, "box": round(box)}
     if proc.returncode != 0:
@@ -93,7 +97,7 @@ def run_step(step: Step, box: float) -> dict:
 
 
 def headline(step: Step, row: dict) -> str:
-    if row["status"] != "ok":
+    if row["status"] not in ("ok", "partial"):
         return f"**{row['status']}**: {row.get('error', '').splitlines()[-1] if row.get('error') else ''}"
     result = row.get("result", {})
     keys = step.headline or tuple(result)[:4]
@@ -147,18 +151,21 @@ def plan(args, work: Path) -> list[Step]:
     batch = 8 if dry else args.batch
     workers = 2 if dry else args.workers
     steps = [
-        Step("flops", "step time and MFU (ViT-B/32, paper per-GPU batch, bf16)",
+        Step("flops", "step time and MFU (ViT-B/32, paper per-GPU batch, bf16); what fused AdamW, TF32 and "
+             "torch.compile buy, each and together",
              [PY, str(HERE / "bench_flops.py"), "--model", model, "--device", device, "--batch", str(batch),
               "--steps", "2" if dry else "10", "--precision", "32-true" if dry else "bf16-mixed",
+              "--variants", "eager,fused" if dry else "eager,fused,tf32,compile,all",
               *(["--matmul-size", "256"] if dry else []),
               *(["--nominal-tflops", str(args.nominal_tflops)] if args.nominal_tflops else [])],
-             120 if dry else 40, headline=("step_s", "images_per_s", "share_of_matmul_peak", "mfu")),
+             120 if dry else 80, headline=("step_s", "images_per_s", "share_of_matmul_peak", "mfu",
+                                          "fastest_variant", "fastest_speedup")),
         Step("vs_open_clip", "stage 2 vs open_clip_train, same shards and settings, 2 repeats",
              [PY, str(HERE / "bench_vs_open_clip.py"), "--model", model, "--device", device,
               "--precision", "fp32" if dry else "bf16", "--batch", str(batch), "--workers", str(workers),
               "--steps", "6" if dry else "60", "--warmup", "2" if dry else "10", "--repeats", "2",
               *(["--shards", args.shards] if args.shards else [])],
-             300 if dry else 140, headline=("ratio", "ratio_min", "ratio_max")),
+             300 if dry else 120, headline=("ratio", "ratio_min", "ratio_max")),
         Step("loader", "both decode paths with 256-px JPEGs; loader vs step",
              [PY, str(HERE / "bench_loader.py"), "--model", model, "--device", device, "--batch", str(batch),
               "--workers", str(workers), "--image-size", "256", "--batches", "2" if dry else "8",
@@ -191,7 +198,7 @@ def plan(args, work: Path) -> list[Step]:
              headline=("steps", "final_loss", "open_clip_model_pt")),
         Step("cuda_tests", "the GPU tests (pytest -m gpu)",
              [PY, "-P", "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", str(REPO / "tests")],
-             120 if dry else 70, kind="pytest"),
+             120 if dry else 60, kind="pytest"),
     ]
     return [s for s in steps if not args.only or s.name in args.only]
 

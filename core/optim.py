@@ -72,10 +72,19 @@ def adamw_cosine(
     eps: float,
     warmup_steps: int,
     total_steps: int,
+    fused: bool | None = None,
 ) -> dict:
     """What ``LightningModule.configure_optimizers`` returns: AdamW over parameter ``groups``
-    (:func:`param_groups`) + a per-step cosine schedule with linear warm-up."""
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+    (:func:`param_groups`) + a per-step cosine schedule with linear warm-up.
+
+    ``fused``: torch's fused AdamW kernel (one launch for every parameter; the same update up to
+    float rounding). ``None``: fused when every parameter is a plain CUDA tensor (torch's own
+    default would be its multi-tensor ``foreach`` path), else torch's default."""
+    if fused is None:
+        params = [p for g in groups for p in g["params"]]
+        plain_cuda = bool(params) and all(p.is_cuda and type(p.data) is torch.Tensor for p in params)
+        fused = True if plain_cuda else None
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
     scheduler = cosine_with_warmup(optimizer, warmup_steps, total_steps)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 

@@ -81,7 +81,8 @@ class StageModule(pl.LightningModule):
     def adamw_cosine(self, groups: list[dict]) -> dict:
         """What ``configure_optimizers`` returns for parameter ``groups`` (see ``core.optim.param_groups``)."""
         hp = self.hparams
-        return adamw_cosine(groups, hp.lr, hp.betas, hp.eps, hp.warmup_steps, total_training_steps(self.trainer))
+        return adamw_cosine(groups, hp.lr, hp.betas, hp.eps, hp.warmup_steps, total_training_steps(self.trainer),
+                            fused=hp.get("fused_adamw"))
 
     # ---------------------------------------------------------------------------------- export
     def export_visual(self, path: str | Path) -> Path:

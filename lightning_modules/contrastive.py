@@ -113,6 +113,10 @@ class ContrastivePretrainModule(ContrastiveValidation, StageModule):
         patch_dropout: FLIP patch dropout: share of patch tokens dropped in training, in [0, 1).
         grad_checkpointing: recompute activations in backward (open_clip's ``set_grad_checkpointing``).
         compile: ``torch.compile`` every transformer block (GPU runs; CPU needs a C++ compiler).
+        fused_adamw: torch's fused AdamW kernel; ``null``: fused when the parameters are plain CUDA
+            tensors (not FSDP2's sharded ones), else torch's default (the same update up to rounding).
+        matmul_precision: ``torch.set_float32_matmul_precision`` for the fit (``high``: TF32 for
+            the float32 matmuls left outside bf16 autocast); restored when fitting ends.
         retrieval_ks: the k of retrieval recall@k.
     """
 
@@ -142,6 +146,8 @@ class ContrastivePretrainModule(ContrastiveValidation, StageModule):
         patch_dropout: float | None = None,
         grad_checkpointing: bool = False,
         compile: bool = False,
+        fused_adamw: bool | None = None,
+        matmul_precision: Literal["highest", "high", "medium"] | None = None,
         retrieval_ks: tuple[int, ...] = (1, 5, 10),
     ) -> None:
         super().__init__()
@@ -237,6 +243,16 @@ class ContrastivePretrainModule(ContrastiveValidation, StageModule):
         if trainer is not None:
             self._loss_fn = self._make_loss(int(trainer.global_rank), int(trainer.world_size))
         super().setup(stage)  # init_visual_from: the tower only; text tower and logit scale keep their fresh init
+        if stage == "fit" and self.hparams.get("matmul_precision"):
+            self._matmul_precision_before = torch.get_float32_matmul_precision()
+            torch.set_float32_matmul_precision(self.hparams.matmul_precision)
+
+    def teardown(self, stage: str) -> None:
+        before = getattr(self, "_matmul_precision_before", None)
+        if stage == "fit" and before is not None:  # a process-wide setting: put back what was there
+            torch.set_float32_matmul_precision(before)
+            self._matmul_precision_before = None
+        super().teardown(stage)
 
     def configure_model(self) -> None:
         if self._configured:

@@ -188,6 +188,11 @@ def test_gpu_check_boxes_each_step_and_writes_one_json_and_one_markdown(tmp_path
     assert row["status"] == "timed_out" and time.perf_counter() - start < 30
     fine = check.Step("fine", "prints", [sys.executable, "-c", "print('noise'); print('{\"ratio\": 1.5}')"], box=30)
     assert check.run_step(fine, box=30)["result"] == {"ratio": 1.5}
+    # a step that prints a JSON line per measurement keeps what it had when its box ran out
+    halfway = check.Step("halfway", "prints, then hangs", [sys.executable, "-c",
+                         "import time; print('{\"eager\": 1}', flush=True); time.sleep(60)"], box=60)
+    row = check.run_step(halfway, box=3)
+    assert row["status"] == "partial" and row["result"] == {"eager": 1}
     broken = check.Step("broken", "fails", [sys.executable, "-c", "raise SystemExit('bad flag --x')"], box=30)
     row = check.run_step(broken, box=30)
     assert row["status"] == "failed" and "bad flag --x" in row["error"]
@@ -195,6 +200,9 @@ def test_gpu_check_boxes_each_step_and_writes_one_json_and_one_markdown(tmp_path
     results = check.main(["--dry-run", "--only", "flops", "--out", str(tmp_path)])
     flops = results["steps"]["flops"]
     assert flops["status"] == "ok" and flops["result"]["device"] == "cpu" and flops["result"]["batch"] == 8
+    variants = flops["result"]["variants"]  # what the fused optimiser buys, measured beside the eager step
+    assert set(variants) == {"eager", "fused"} and variants["eager"]["speedup"] == 1.0
+    assert all(v["images_per_s"] > 0 and 0 < v["share_of_matmul_peak"] for v in variants.values())
     assert json.loads((tmp_path / "gpu_check.json").read_text())["steps"]["flops"] == flops
     md = (tmp_path / "gpu_check.md").read_text()
     assert "| flops |" in md and "dry run" in md

@@ -261,3 +261,43 @@ def test_retrieval_recall_is_clip_benchmarks_including_ties():
         assert r[f"t2i_R@{k}"] == pytest.approx(float((recall_at_k(scores, positive, k) > 0).float().mean()))
         assert r[f"i2t_R@{k}"] == pytest.approx(float((recall_at_k(scores.T, positive, k) > 0).float().mean()))
     assert retrieval_recall(torch.eye(2)[[0, 0]], torch.eye(2)[[0, 0]], ks=(1,))["i2t_R@1"] == 0.5
+
+
+class _Losses(pl.Callback):
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self.matmul_precision: str | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.values.append(float(outputs["loss"] if isinstance(outputs, dict) else outputs))
+        self.matmul_precision = torch.get_float32_matmul_precision()
+
+
+def _losses(steps: int = 4, **kwargs) -> tuple[list[float], "_Losses", ContrastivePretrainModule]:
+    pl.seed_everything(0)
+    module = ContrastivePretrainModule(MODEL, warmup_steps=1, lr=1e-3, **kwargs)
+    seen = _Losses()
+    _trainer(max_steps=steps, callbacks=[seen]).fit(module, DataLoader([_batch(8, s) for s in range(steps)], batch_size=None))
+    return seen.values, seen, module
+
+
+@pytest.mark.slow
+def test_compiled_blocks_and_the_fused_optimiser_train_to_the_eager_losses():
+    """The stage-2 speed settings change the arithmetic's order, not its result: 4 steps (the
+    optimiser's updates included) with every transformer block compiled by inductor, and with
+    torch's fused AdamW kernel, give the eager run's losses to float rounding."""
+    eager, seen, module = _losses(fused_adamw=False)
+    assert not module.optimizers().optimizer.defaults["fused"]
+    fused, _, module = _losses(fused_adamw=True)
+    assert module.optimizers().optimizer.defaults["fused"]
+    compiled, _, module = _losses(compile=True)
+    assert module._blocks() and all(getattr(b, "_compiled_call_impl", None) is not None for b in module._blocks())
+    for other in (fused, compiled):
+        assert eager[0] != eager[-1]  # the model learns: later losses depend on every update before them
+        torch.testing.assert_close(torch.tensor(other), torch.tensor(eager), rtol=1e-4, atol=1e-5)
+
+
+def test_matmul_precision_holds_for_the_fit_and_is_restored_after():
+    before = torch.get_float32_matmul_precision()
+    _, seen, _ = _losses(steps=1, matmul_precision="medium" if before != "medium" else "high")
+    assert seen.matmul_precision != before and torch.get_float32_matmul_precision() == before
