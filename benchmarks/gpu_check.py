@@ -82,6 +82,13 @@ def run_step(step: Step, box: float) -> dict:
         return row
     seconds = round(time.perf_counter() - start, 1)
     row: dict = {"status": "ok" if proc.returncode == 0 else "failed", "seconds": seconds, "box": round(box)}
+    if step.kind == "pytest":  # which tests failed and why (pytest -rfE), kept whether or not all passed
+        summary = [ln for ln in out.splitlines() if re.search(r"\d+ (passed|failed|skipped|deselected)", ln)]
+        row["result"] = {"summary": summary[-1].strip("= ") if summary else out[-300:],
+                         "failures": [ln[:600] for ln in out.splitlines() if ln.startswith(("FAILED ", "ERROR "))]}
+        if proc.returncode != 0:
+            row["error"] = "; ".join(row["result"]["failures"])[-1500:] or (err or out).strip()[-1500:]
+        return row
     if proc.returncode != 0:
         row["error"] = (err or out).strip()[-1500:]
         return row
@@ -90,9 +97,6 @@ def run_step(step: Step, box: float) -> dict:
         if not lines:
             return {**row, "status": "failed", "error": "printed no JSON line: " + (err or out)[-800:]}
         row["result"] = json.loads(lines[-1])
-    elif step.kind == "pytest":
-        summary = [ln for ln in out.splitlines() if re.search(r"\d+ (passed|failed|skipped|deselected)", ln)]
-        row["result"] = {"summary": summary[-1].strip("= ") if summary else out[-300:]}
     return row
 
 
@@ -197,8 +201,8 @@ def plan(args, work: Path) -> list[Step]:
              150 if dry else 45, kind="run", cwd=work, after=fsdp2_figures(work),
              headline=("steps", "final_loss", "open_clip_model_pt")),
         Step("cuda_tests", "the GPU tests (pytest -m gpu)",
-             [PY, "-P", "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", str(REPO / "tests")],
-             120 if dry else 60, kind="pytest"),
+             [PY, "-P", "-m", "pytest", "-q", "-rfE", "-m", "gpu", "-p", "no:cacheprovider", str(REPO / "tests")],
+             120 if dry else 60, kind="pytest", env={"COLUMNS": "1000"}),  # wide: -rfE keeps each reason
     ]
     return [s for s in steps if not args.only or s.name in args.only]
 

@@ -193,6 +193,15 @@ def test_gpu_check_boxes_each_step_and_writes_one_json_and_one_markdown(tmp_path
                          "import time; print('{\"eager\": 1}', flush=True); time.sleep(60)"], box=60)
     row = check.run_step(halfway, box=3)
     assert row["status"] == "partial" and row["result"] == {"eager": 1}
+    # the CUDA-tests step names each failed test and its reason (a GPU failure once came back without one)
+    (tmp_path / "test_gpu_like.py").write_text("def test_fine():\n    pass\n\n"
+                                              "def test_broken():\n    assert 1 == 2, 'strategy says no'\n")
+    tests = check.Step("tests", "pytest", [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider",
+                                           str(tmp_path / "test_gpu_like.py")], box=60, kind="pytest",
+                       env={"COLUMNS": "1000"})
+    row = check.run_step(tests, box=60)
+    assert row["status"] == "failed" and "1 failed, 1 passed" in row["result"]["summary"]
+    assert row["result"]["failures"] == [f for f in row["result"]["failures"] if "test_broken" in f and "strategy says no" in f] != []
     broken = check.Step("broken", "fails", [sys.executable, "-c", "raise SystemExit('bad flag --x')"], box=30)
     row = check.run_step(broken, box=30)
     assert row["status"] == "failed" and "bad flag --x" in row["error"]
