@@ -10,12 +10,9 @@ loader (``open_clip_train.data.get_wds_dataset``: its webdataset pipeline, its t
 tokenizer, through ``benchmarks/open_clip_train_run.py``'s end-of-shard fix) on the same shards,
 one process and ``--workers`` processes: ``loader_ratio_one_worker`` = ours / theirs per worker.
 Our workers stop at ``uint8`` images (the backbone normalises on the device); theirs send
-normalised float32. (5) ``decode_on_device``: one worker's samples/s when it sends the encoded
-images (no decoding in the worker), and the samples/s of decoding them plus the train transform's
-geometry on ``--device`` (``torchvision.io.decode_jpeg``: nvJPEG on a GPU, libjpeg on a CPU).
-(6) ``format: litdata``: the same pairs, in the same order, written by litdata's own writer, read
-with ``--workers`` processes (litdata's ``StreamingDataLoader``, the same decode, transform and
-tokeniser): ``litdata_ratio_<W>_workers`` = litdata / webdataset.
+normalised float32. (5) ``format: litdata``: the same pairs, in the same order, written by
+litdata's own writer, read with ``--workers`` processes (litdata's ``StreamingDataLoader``, the
+same decode, transform and tokeniser): ``litdata_ratio_<W>_workers`` = litdata / webdataset.
 
 Shards are written to a temporary folder unless ``--shards`` names real ones: JPEGs of
 ``--image-size`` px (img2dataset's default resize is 256) with short captions. ``--step-rate``
@@ -108,11 +105,10 @@ def loader_rate(pattern: str, model: str, batch: int, workers: int, batches: int
         torch.set_num_threads(threads)
 
 
-def _loader_rate(pattern: str, model: str, batch: int, workers: int, batches: int, encoded: bool = False,
-                 fmt: str = "webdataset") -> float:
+def _loader_rate(pattern: str, model: str, batch: int, workers: int, batches: int, fmt: str = "webdataset") -> float:
     extra = {} if fmt == "litdata" else {"samples_per_epoch": batch * batches * max(1, workers) * 4}
     dm = ImageTextDataModule(format=fmt, train_data=pattern, model_name=model, batch_size=batch, num_workers=workers,
-                             augmentation="clip", decode_on_device=encoded, **extra)
+                             augmentation="clip", **extra)
     dm.setup("fit")
     it = iter(dm.train_dataloader())
     next(it)  # worker start-up and first fills are not the steady state
@@ -133,32 +129,6 @@ def litdata_copy(pattern: str, folder: Path, limit: int) -> str:
     items = ({"image": s["jpg"], "caption": s["txt"].decode()}
              for s in islice(wds.WebDataset(urls, shardshuffle=False), limit))
     return str(write_litdata(items, folder, chunk_size=per_chunk))
-
-
-def device_decode_rate(pattern: str, model: str, batch: int, batches: int, device: str) -> float:
-    """Samples/s of decoding encoded training batches and applying the transform's geometry on
-    ``device`` (the loader's own time excluded: the batches are read first)."""
-    from perceptlab.core.transforms import tensor_geometry
-    from perceptlab.datamodules.image_text.device_decode import decode_batch
-
-    dm = ImageTextDataModule(train_data=pattern, model_name=model, batch_size=batch, num_workers=0,
-                             samples_per_epoch=batch * (batches + 1) * 4, augmentation="clip", decode_on_device=True)
-    dm.setup("fit")
-    it = iter(dm.train_dataloader())
-    encoded = [next(it) for _ in range(batches + 1)]
-    geometry = tensor_geometry(dm.processing()[0])
-    target = torch.device(device)
-
-    def sync():
-        if target.type == "cuda":
-            torch.cuda.synchronize()
-
-    decode_batch(dict(encoded[0]), geometry, target)  # warm-up (decoder start-up)
-    sync()
-    start = time.perf_counter()
-    n = sum(decode_batch(dict(b), geometry, target)["image"].shape[0] for b in encoded[1:])
-    sync()
-    return n / (time.perf_counter() - start)
 
 
 def open_clip_loader_rate(pattern: str, model: str, batch: int, workers: int, batches: int) -> float:
@@ -250,19 +220,10 @@ def main() -> None:
                              args.batch, 0, args.batches)
         theirs_many = measure(f"open_clip_train's loader, {args.workers} workers", open_clip_loader_rate, pattern,
                               args.model, args.batch, args.workers, args.batches)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as a loader worker
-        try:
-            encoded_one = measure("encoded images, one process", _loader_rate, pattern, args.model, args.batch, 0,
-                                  args.batches, True)
-        finally:
-            torch.set_num_threads(threads)
-        on_device = measure(f"decoding on {args.device}", device_decode_rate, pattern, args.model, args.batch,
-                            args.batches, args.device)
         progress("copying the pairs into a litdata dataset")
         optimised = litdata_copy(pattern, Path(tmp) / "litdata", per_shard * max(2, args.workers))
         lit_many = measure(f"litdata, {args.workers} workers", _loader_rate, optimised, args.model, args.batch,
-                           args.workers, args.batches, False, "litdata")
+                           args.workers, args.batches, "litdata")
     needed = math.ceil(step / one)
     print(json.dumps({
         "model": args.model, "batch": args.batch, "image_size": args.image_size, "device": args.device,
@@ -275,9 +236,6 @@ def main() -> None:
         f"open_clip_train_loader_samples_per_s_{args.workers}_workers": round(theirs_many, 1),
         "loader_ratio_one_worker": round(one / theirs_one, 3),
         f"loader_ratio_{args.workers}_workers": round(many / theirs_many, 3),
-        "decode_on_device_loader_samples_per_s_one_worker": round(encoded_one, 1),
-        "decode_on_device_decode_samples_per_s": round(on_device, 1),
-        "decode_on_device_decode_device": args.device,
         f"litdata_loader_samples_per_s_{args.workers}_workers": round(lit_many, 1),
         f"litdata_ratio_{args.workers}_workers": round(lit_many / many, 3),
         "seconds_total": round(time.perf_counter() - started, 1),

@@ -4,10 +4,11 @@ Each step runs in its own process with its own time box (so one slow step cannot
 a step past its box is killed and marked ``timed_out``), prints progress as it goes, and the
 results land in one JSON and one Markdown file (``--out``, default ``runs/gpu_check``):
 
-  flops          step time and MFU of ViT-B/32 at the paper's per-GPU batch, bf16 (bench_flops.py)
+  flops          step time and MFU of ViT-B/32 at the paper's per-GPU batch, bf16, and what fused
+                 AdamW, TF32 and torch.compile buy, each and together (bench_flops.py --variants)
   vs_open_clip   stage 2 vs open_clip_train side by side, 2 repeats (bench_vs_open_clip.py)
-  loader         both decode paths (loader workers, decode_on_device) with 256-px JPEGs, loader vs
-                 step (bench_loader.py)
+  loader         the loader workers with 256-px JPEGs vs the step; litdata beside webdataset
+                 (bench_loader.py)
   nights_2afc    NIGHTS 2AFC evaluation against DreamSim's loop (bench_nights_2afc.py)
   alignment_cost the alignment suite's cost per evaluation against a training epoch (bench_alignment_cost.py)
   evaluate       ``perceptlab evaluate`` on two models with the toy suite: models per hour, and the
@@ -170,11 +171,11 @@ def plan(args, work: Path) -> list[Step]:
               "--steps", "6" if dry else "60", "--warmup", "2" if dry else "10", "--repeats", "2",
               *(["--shards", args.shards] if args.shards else [])],
              300 if dry else 120, headline=("ratio", "ratio_min", "ratio_max")),
-        Step("loader", "both decode paths with 256-px JPEGs; loader vs step",
+        Step("loader", "the loader with 256-px JPEGs (img2dataset's size) vs the step; litdata beside webdataset",
              [PY, str(HERE / "bench_loader.py"), "--model", model, "--device", device, "--batch", str(batch),
               "--workers", str(workers), "--image-size", "256", "--batches", "2" if dry else "8",
               "--steps", "1" if dry else "5", "--seconds", "2" if dry else "6"],
-             120 if dry else 55, headline=("ratio", "keeps_up", "workers_needed", "decode_on_device_decode_samples_per_s")),
+             120 if dry else 55, headline=("ratio", "keeps_up", "workers_needed", f"litdata_ratio_{workers}_workers")),
         Step("nights_2afc", "NIGHTS 2AFC evaluation vs DreamSim's loop",
              [PY, str(HERE / "bench_nights_2afc.py"), "--device", device, "--repeats", "1" if dry else "3",
               "--passes", "1" if dry else "3", *([] if dry else ["--model", model, "--batch-size", "256"])],

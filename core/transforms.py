@@ -3,8 +3,7 @@
 ``preprocess_cfg_for`` follows open_clip's factory to a model's ``PreprocessCfg`` (what the data
 modules need before any backbone exists); ``uint8_transform`` cuts a transform at its PIL steps so
 that loader workers send ``uint8`` tensors and the backbone normalises them on its device
-(:meth:`perceptlab.core.backbone.CLIPBackbone.prepare_images`); ``tensor_geometry`` gives those
-PIL steps as tensor ops, for images decoded on the device.
+(:meth:`perceptlab.core.backbone.CLIPBackbone.prepare_images`).
 """
 from __future__ import annotations
 
@@ -73,36 +72,3 @@ def uint8_transform(transform: T.Compose) -> T.Compose:
         else:
             steps.append(t)
     return T.Compose([*steps, T.PILToTensor()])
-
-
-def tensor_geometry(transform: T.Compose):
-    """The PIL steps of an image transform (resize, crops, flips) as ``torchvision.transforms.v2``
-    ops on ``uint8`` image tensors ``(3, H, W)``, on any device: for images decoded on the model's
-    device (``decode_on_device``), which never become PIL images.
-
-    The decoder gives RGB (open_clip's ``convert("RGB")`` step), and the backbone converts to float
-    and normalises (``ToTensor`` / ``Normalize`` are dropped). Resizes use antialiasing, as the PIL
-    steps do, with the same bicubic kernel, so pixels differ from the PIL path by a level or two
-    of 255 where a resize happens and not at all where none does (``tests/test_device_decode.py``). A step with no tensor counterpart
-    here (colour jitter, blur, ...) raises ``ValueError`` naming it.
-    """
-    from torchvision.transforms import v2
-
-    steps = []
-    for t in transform.transforms:
-        name = type(t).__name__
-        if isinstance(t, T.RandomResizedCrop):
-            steps.append(v2.RandomResizedCrop(t.size, t.scale, t.ratio, t.interpolation, antialias=True))
-        elif isinstance(t, T.Resize):
-            steps.append(v2.Resize(t.size, t.interpolation, t.max_size, antialias=True))
-        elif isinstance(t, T.CenterCrop):
-            steps.append(v2.CenterCrop(t.size))
-        elif isinstance(t, T.RandomHorizontalFlip):
-            steps.append(v2.RandomHorizontalFlip(t.p))
-        elif name in ("MaybeConvertMode", "MaybeToTensor", "ToTensor", "PILToTensor") or isinstance(t, T.Normalize) \
-                or getattr(t, "__name__", "") in ("_convert_to_rgb", "_to_rgb"):  # the decoder gives RGB
-            continue
-        else:
-            raise ValueError(f"decode_on_device: the transform step {t!r} has no tensor counterpart here; "
-                             "decode in the loader workers (decode_on_device: false) with this augmentation")
-    return v2.Compose(steps)

@@ -127,7 +127,7 @@ def test_bench_vs_open_clip_reads_both_trainers_steps_and_losses(tiny_world, tmp
 
     bench = load_benchmark("bench_vs_open_clip")
     shards = sorted(glob.glob(str(Path(tiny_world) / "image_text" / "shards" / "*.tar")))
-    ns = SimpleNamespace(model=TINY, device="cpu", precision="fp32", batch=16, workers=0, steps=6, warmup=2)
+    ns = SimpleNamespace(model=TINY, device="cpu", precision="fp32", batch=16, workers=0, steps=6, warmup=2, compile=False)
     ours = bench.run_perceptlab(ns, shards, tmp_path, "t")
     theirs = bench.run_open_clip_train(ns, shards, tmp_path, "t")
     for side in (ours, theirs):
@@ -169,7 +169,7 @@ def test_bench_loader_measures_every_path_and_its_shards_hold_what_it_reads(tmp_
     bench.main()
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rates = [v for k, v in result.items() if k.endswith("samples_per_s") or "samples_per_s_" in k]
-    assert len(rates) == 8 and all(r > 0 for r in rates)
+    assert len(rates) == 6 and all(r > 0 for r in rates)
     assert result["workers_needed"] >= 1 and result["seconds_total"] > 0
 
 

@@ -16,7 +16,6 @@ from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 from torchvision import transforms as T
 
-from perceptlab.datamodules.image_text.device_decode import pack
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +121,6 @@ class PairBatcher:
         if indices is not None:
             batch["index"] = torch.tensor(indices, dtype=torch.long)
         return batch
-
-    def encoded(self, images: list[bytes], captions: list[str], skipped: int) -> dict[str, torch.Tensor]:
-        """A training batch whose images are still encoded (``decode_on_device``): their bytes packed
-        as ``image_bytes`` + ``image_offsets`` (``perceptlab.datamodules.image_text.device_decode``)."""
-        flat, offsets = pack(images)
-        return {"image_bytes": flat, "image_offsets": offsets, "text": self.tokenizer(captions),
-                "skipped": torch.tensor(skipped, dtype=torch.long)}
 
 
 def _worker() -> tuple[int, int]:

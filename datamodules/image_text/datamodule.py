@@ -11,11 +11,10 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torch.utils.data.distributed import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from perceptlab.core.transforms import tensor_geometry, uint8_transform
+from perceptlab.core.transforms import uint8_transform
 from perceptlab.datamodules.base import BackboneDataModule
 from perceptlab.datamodules.image_text.common import MapPairCollate, mocov2_transform
 from perceptlab.datamodules.image_text.csv_pairs import CsvPairs
-from perceptlab.datamodules.image_text.device_decode import decode_batch
 from perceptlab.datamodules.image_text.hf_pairs import HFPairs, HFStreamPairs, load_hf
 from perceptlab.datamodules.image_text.wds_pairs import (
     WebDatasetPairs,
@@ -85,11 +84,6 @@ class ImageTextDataModule(BackboneDataModule):
             on its device, with the same numbers as ``ToTensor`` + ``Normalize`` and a quarter of
             the bytes through the loader, pinned memory and the host-to-device copy. ``false``:
             normalised float32 batches.
-        decode_on_device: training images are decoded on the model's device, not in the loader
-            workers (webdataset only; needs ``uint8_images``): JPEGs by nvJPEG on a GPU
-            (``torchvision.io.decode_jpeg``), the transform's resize/crop/flip as tensor ops there
-            (``perceptlab.datamodules.image_text.device_decode``). Validation still decodes in the
-            workers. Augmentations with colour steps (``mocov2``) are refused at set-up.
     """
 
     def __init__(
@@ -128,7 +122,6 @@ class ImageTextDataModule(BackboneDataModule):
         zeroshot_classnames: list[str] | str | None = None,
         pin_memory: bool | None = None,
         uint8_images: bool = True,
-        decode_on_device: bool = False,
     ) -> None:
         super().__init__(model_name)
         if format not in FORMATS:
@@ -139,9 +132,6 @@ class ImageTextDataModule(BackboneDataModule):
             raise ValueError(f"unknown zeroshot_format {zeroshot_format!r}; expected one of {', '.join(ZEROSHOT_FORMATS)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if decode_on_device and (format != "webdataset" or not uint8_images):
-            raise ValueError("decode_on_device needs format: webdataset and uint8_images: true "
-                             f"(got format: {format}, uint8_images: {uint8_images})")
         # model_name stays out of hparams: Lightning refuses a data module and a model whose
         # hparams share a key with different values.
         self.save_hyperparameters(ignore=["model_name"])
@@ -153,7 +143,6 @@ class ImageTextDataModule(BackboneDataModule):
         self.val_set: Dataset | IterableDataset | None = None
         self.zeroshot_set: Dataset | None = None
         self._processing: tuple[Callable, Callable, Callable] | None = None
-        self._geometry: Callable | None = None  # decode_on_device: the train transform as tensor ops
 
     # ----------------------------------------------------------------------------- helpers
     def _seed(self) -> int:
@@ -189,8 +178,6 @@ class ImageTextDataModule(BackboneDataModule):
         if stage in (None, "fit") and self.train_set is None:
             if hp.train_data is None:
                 raise ValueError("ImageTextDataModule: train_data is required for fitting")
-            if hp.get("decode_on_device", False):
-                self._geometry = tensor_geometry(train_tf)  # a step it cannot run is refused here
             self.train_set = self._build_train(train_tf, tokenizer, rank, world)
         if stage in (None, "fit", "validate"):
             if hp.val_data is not None and self.val_set is None:
@@ -213,7 +200,7 @@ class ImageTextDataModule(BackboneDataModule):
             stream = WebDatasetPairs(
                 urls, transform, tokenizer, hp.batch_size, self._epoch_batches(samples, world), rank=rank,
                 world_size=world, resampled=hp.resampled, shuffle=hp.shuffle, shuffle_buffer=hp.shuffle_buffer,
-                seed=self._seed(), encoded=bool(hp.get("decode_on_device", False)),
+                seed=self._seed(),
             )
             stream.num_workers = max(1, hp.num_workers)
             if not hp.resampled and len(urls) < world * max(1, hp.num_workers):
@@ -297,15 +284,6 @@ class ImageTextDataModule(BackboneDataModule):
         return int(self.hparams.val_batch_size or self.hparams.batch_size)
 
     # -------------------------------------------------------------------------- loaders
-    def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        """``decode_on_device``: decode a training batch's images straight onto the model's device."""
-        if isinstance(batch, dict) and "image_bytes" in batch:
-            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-            if self._geometry is None:
-                self._geometry = tensor_geometry(self.processing()[0])
-            return decode_batch(batch, self._geometry, device)
-        return batch
-
     def _pin(self) -> bool:
         return torch.cuda.is_available() if self.hparams.pin_memory is None else bool(self.hparams.pin_memory)
 

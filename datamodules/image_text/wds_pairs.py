@@ -132,11 +132,9 @@ class WebDatasetPairs(IterableDataset):
         shuffle_buffer: int = 1000,
         seed: int = 0,
         num_samples: int | None = None,
-        encoded: bool = False,
     ) -> None:
         super().__init__()
         self.urls = list(urls)
-        self.encoded = encoded  # batches carry the images' encoded bytes (decode_on_device); no transform
         self.transform = transform
         self.batcher = PairBatcher(tokenizer)
         self.batch_size = int(batch_size)
@@ -229,7 +227,7 @@ class WebDatasetPairs(IterableDataset):
             stages.append(wds.shuffle(self.shuffle_buffer, min(self.shuffle_buffer, max(1, self.shuffle_buffer // 10)),
                                       rng=rng))
         stages += [
-            wds.decode("pilrgb", only=[*([] if self.encoded else IMAGE_KEYS), *CAPTION_KEYS], handler=counter.handler),
+            wds.decode("pilrgb", only=[*IMAGE_KEYS, *CAPTION_KEYS], handler=counter.handler),
             wds.to_tuple(";".join(CAPTION_KEYS), ";".join(IMAGE_KEYS), *([] if training else ["__index__"]),
                          handler=counter.handler),
             wds.map_tuple(clean_caption, *([None] if training else [None, None]), handler=counter.handler),
@@ -245,8 +243,6 @@ class WebDatasetPairs(IterableDataset):
 
     def _collate(self, pairs: list[tuple], counter: SkipCounter) -> dict[str, torch.Tensor]:
         """``(caption, image[, index])`` samples -> the batch dict (with ``index`` in evaluation)."""
-        if self.encoded:
-            return self.batcher.encoded([p[1] for p in pairs], [p[0] for p in pairs], counter.take())
         return self.batcher([self.transform(p[1]) for p in pairs], [p[0] for p in pairs], counter.take(),
                             [p[2] for p in pairs] if pairs and len(pairs[0]) > 2 else None)
 
