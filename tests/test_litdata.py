@@ -120,3 +120,43 @@ def test_a_missing_or_truncated_chunk_or_wrong_field_is_named_before_training(tm
         _module(str(folder))
     with pytest.raises(FileNotFoundError, match="no index.json"):
         _module(str(tmp_path))
+
+
+_DDP_SCRIPT = """
+import json, sys
+import lightning.pytorch as pl
+from test_litdata import _Seen, _module
+
+class Dump(pl.Callback):
+    def on_train_end(self, trainer, pl_module):
+        with open(f"{sys.argv[2]}/rank{trainer.global_rank}.json", "w") as f:
+            json.dump(pl_module.seen, f)
+
+if __name__ == "__main__":
+    dm = _module(sys.argv[1], num_workers=2, batch_size=4, shuffle=True)
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, callbacks=[Dump()])
+    trainer.fit(_Seen(), datamodule=dm)
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_of_two_workers_read_disjoint_halves_of_the_epoch(tmp_path):
+    """Under DDP (2 CPU processes, 2 loader workers each) litdata gives each rank its own half."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    data = _indexed(tmp_path, n=48)
+    script = tmp_path / "ddp_litdata.py"
+    script.write_text(_DDP_SCRIPT)
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(tests), str(tests.parent), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, str(script), str(data), str(tmp_path)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert len(rank0) == len(rank1) == 24 and not set(rank0) & set(rank1)
+    assert sorted(rank0 + rank1) == list(range(48))

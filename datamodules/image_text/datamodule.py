@@ -304,6 +304,14 @@ class ImageTextDataModule(BackboneDataModule):
         if hp.format == "litdata":
             from litdata import StreamingDataLoader
 
+            rank, world = self.rank_world()
+            built = self.train_set.distributed_env
+            if (built.global_rank, built.world_size) != (rank, world):
+                # built before the process group existed (a setup call outside the trainer): litdata
+                # fixes rank and world at construction (from the environment until then), so build
+                # it again for this process
+                self.train_set = self._build_train(self.processing()[0], tokenizer, rank, world)
+
             # litdata splits the items over ranks and workers itself and reshuffles each epoch;
             # Lightning stores this loader's state_dict, so a resumed run continues mid-epoch exactly.
             return StreamingDataLoader(self.train_set, batch_size=hp.batch_size, num_workers=workers, drop_last=True,
