@@ -307,11 +307,14 @@ class ContrastivePretrainModule(ContrastiveValidation, StageModule):
         # a collective call: every rank asks, rank zero writes; without a logger there is no run
         # directory (log_dir would be the working directory), so nothing is written
         run_dir = self.trainer.log_dir if self.trainer.logger is not None else None
-        state = {}
-        for key, value in self.backbone.model.state_dict().items():
-            if hasattr(value, "full_tensor"):  # FSDP2 shards: gathered on every rank (collective)
-                value = value.full_tensor()
-            state[key] = value.detach().cpu()
+        # torch's strategy-agnostic reader of a model's full state (DDP's wrapper, FSDP1's flat
+        # parameters, FSDP2's shards gathered: a collective on every rank; rank zero gets the tensors)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        root = self.trainer.strategy.model
+        full = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        prefix = "backbone.model."
+        state = {k[len(prefix):]: v.detach().cpu() for k, v in full.items() if k.startswith(prefix)}
         if not run_dir or not self.trainer.is_global_zero:
             return
         state.pop("logit_bias", None)  # SigLIP's; open_clip's CLIP has none

@@ -99,6 +99,15 @@ def test_fsdp2_on_two_cpu_ranks_trains_validates_and_checkpoints(tiny_world, tmp
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     assert len(scalars(run, "val/zeroshot_top1")) == 1 and len(scalars(run, "val/i2t_R@1")) == 1
     assert (run / "checkpoints" / "last.ckpt").exists()  # a distributed checkpoint: one shard per rank
+    # the open_clip file holds the whole model, gathered from both ranks' shards: it loads strictly
+    import open_clip
+
+    from perceptlab.core import transforms  # noqa: F401  (registers perceptlab's small architectures)
+
+    weights = run / "checkpoints" / "open_clip_model.pt"
+    model, _, _ = open_clip.create_model_and_transforms("perceptlab-vit-tiny-64", pretrained=str(weights))
+    state = torch.load(weights, map_location="cpu")
+    assert set(state) == set(model.state_dict()) and all(not hasattr(v, "full_tensor") for v in state.values())
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
