@@ -45,8 +45,8 @@ not its log) and ``data/skipped`` (samples the loaders dropped so far, summed ov
 repeats it at 1, 2, 4, 8, ... skips).
 
 Distributed: DDP (any backend), FSDP (``FSDPStrategy``, GPUs) and FSDP2 (``ModelParallelStrategy``
-with ``data_parallel_size`` = world size, ``tensor_parallel_size: 1``; ``configure_model`` applies
-``fully_shard`` to every transformer block, each tower and the model). Every rank must receive
+with ``data_parallel_size`` = world size, ``tensor_parallel_size: 1``); sharding, compilation and
+the speed settings are ``lightning_modules.contrastive_parallel``. Every rank must receive
 batches of the same size (``ImageTextDataModule`` guarantees it).
 """
 from __future__ import annotations
@@ -65,21 +65,12 @@ from torchmetrics import CatMetric, MeanMetric
 from perceptlab.core.backbone import CLIPBackbone
 from perceptlab.core.optim import no_weight_decay, param_groups
 from perceptlab.lightning_modules.base import StageModule
+from perceptlab.lightning_modules.contrastive_parallel import ContrastiveParallel, canonical_name
 from perceptlab.lightning_modules.contrastive_validation import ContrastiveValidation, _full, retrieval_recall  # noqa: F401 (re-exported)
 
 LOSSES = ("clip", "siglip")
 OPEN_CLIP_FILENAME = "open_clip_model.pt"
-# Wrapper segments distributed/compiled modules insert into parameter names.
-_WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
-
-
-def _canonical_name(name: str) -> str:
-    for segment in _WRAPPER_SEGMENTS:
-        name = name.replace(segment, "")
-    return name
-
-
-class ContrastivePretrainModule(ContrastiveValidation, StageModule):
+class ContrastivePretrainModule(ContrastiveValidation, ContrastiveParallel, StageModule):
     """CLIP/SigLIP image-text pretraining of a ``CLIPBackbone`` (see the module docstring).
 
     Args:
@@ -243,62 +234,10 @@ class ContrastivePretrainModule(ContrastiveValidation, StageModule):
         if trainer is not None:
             self._loss_fn = self._make_loss(int(trainer.global_rank), int(trainer.world_size))
         super().setup(stage)  # init_visual_from: the tower only; text tower and logit scale keep their fresh init
-        if stage == "fit" and self.hparams.get("matmul_precision"):
-            self._matmul_precision_before = torch.get_float32_matmul_precision()
-            torch.set_float32_matmul_precision(self.hparams.matmul_precision)
-
-    def teardown(self, stage: str) -> None:
-        before = getattr(self, "_matmul_precision_before", None)
-        if stage == "fit" and before is not None:  # a process-wide setting: put back what was there
-            torch.set_float32_matmul_precision(before)
-            self._matmul_precision_before = None
-        super().teardown(stage)
-
-    def configure_model(self) -> None:
-        if self._configured:
-            return
-        self._configured = True
-        mesh = self.device_mesh
-        if mesh is not None:
-            self._fully_shard(mesh)
-        if self.hparams.compile:
-            for block in self._blocks():
-                block.compile()  # in place: parameter names and state-dict keys stay the same
-
-    def _blocks(self) -> list[nn.Module]:
-        model = self.backbone.model
-        blocks = list(getattr(getattr(model.visual, "transformer", None), "resblocks", []))
-        text = getattr(model, "transformer", None) or getattr(getattr(model, "text", None), "transformer", None)
-        blocks += list(getattr(text, "resblocks", []))
-        return blocks
-
-    def _fully_shard(self, mesh) -> None:
-        """FSDP2: shard every transformer block, each tower, then the rest of the model."""
-        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
-
-        names = mesh.mesh_dim_names or ()
-        if "tensor_parallel" in names and mesh["tensor_parallel"].size() != 1:
-            raise ValueError(
-                "ContrastivePretrainModule shards data-parallel only: use ModelParallelStrategy with "
-                "tensor_parallel_size=1 and data_parallel_size = number of processes"
-            )
-        dp_mesh = mesh["data_parallel"] if "data_parallel" in names else mesh
-        model = self.backbone.model
-        for block in self._blocks():
-            fully_shard(block, mesh=dp_mesh)
-        fully_shard(model.visual, mesh=dp_mesh)
-        if getattr(model, "text", None) is not None:
-            fully_shard(model.text, mesh=dp_mesh)
-        fully_shard(model, mesh=dp_mesh)
-        # Methods other than forward() must gather the root's parameters too (zero-shot, probes).
-        register_fsdp_forward_method(model, "encode_image")
-        register_fsdp_forward_method(model, "encode_text")
-        if hasattr(model.visual, "forward_intermediates"):
-            register_fsdp_forward_method(model.visual, "forward_intermediates")
 
     def configure_optimizers(self):
         # decay decided on the unwrapped names (see __init__): FSDP1 flattens parameters to 1-D
-        no_decay = lambda name, param: _canonical_name(name) in self._no_decay  # noqa: E731
+        no_decay = lambda name, param: canonical_name(name) in self._no_decay  # noqa: E731
         return self.adamw_cosine(param_groups(self.named_parameters(), self.hparams.weight_decay, exclude=no_decay))
 
     def on_fit_end(self) -> None:
@@ -307,14 +246,7 @@ class ContrastivePretrainModule(ContrastiveValidation, StageModule):
         # a collective call: every rank asks, rank zero writes; without a logger there is no run
         # directory (log_dir would be the working directory), so nothing is written
         run_dir = self.trainer.log_dir if self.trainer.logger is not None else None
-        # torch's strategy-agnostic reader of a model's full state (DDP's wrapper, FSDP1's flat
-        # parameters, FSDP2's shards gathered: a collective on every rank; rank zero gets the tensors)
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        root = self.trainer.strategy.model
-        full = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        prefix = "backbone.model."
-        state = {k[len(prefix):]: v.detach().cpu() for k, v in full.items() if k.startswith(prefix)}
+        state = self.full_model_state()  # a collective
         if not run_dir or not self.trainer.is_global_zero:
             return
         state.pop("logit_bias", None)  # SigLIP's; open_clip's CLIP has none
@@ -421,17 +353,6 @@ class ContrastivePretrainModule(ContrastiveValidation, StageModule):
             self._epoch_skipped += int(skipped)
             self._log_skipped(skipped)
         return loss
-
-    def _clip_gradients(self, optimizer) -> None:
-        from lightning.pytorch.strategies import FSDPStrategy
-
-        strategy = self.trainer.strategy
-        if isinstance(strategy, FSDPStrategy):
-            # FSDP1 shards gradients: only the wrapped root can compute their global norm.
-            strategy.model.clip_grad_norm_(self.hparams.grad_clip_norm)
-        else:
-            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip_norm,
-                                gradient_clip_algorithm="norm")
 
     def _log_skipped(self, skipped: torch.Tensor) -> None:
         """``data/skipped``: samples the loaders dropped so far, summed over ranks."""
