@@ -73,8 +73,8 @@ lock: setup
 
 # The layer contract first (seconds; names the importing and the imported module), then the suite
 # in TEST_WORKERS processes (pytest-xdist; a test file stays in one process, so its module fixtures
-# are built once), each with one intra-op thread: on 2 cores 469 s instead of 800 s in one process,
-# whose time went to imports, CLI parsing and probe set-up as much as to arithmetic.
+# are built once), each with one intra-op thread: on 2 cores 469 s instead of 800 s in one process
+# (one run each), whose time went to imports, CLI parsing and probe set-up as much as to arithmetic.
 TEST_WORKERS ?= 2
 PYTEST := OMP_NUM_THREADS=1 $(PY) -P -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 test: setup

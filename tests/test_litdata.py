@@ -51,7 +51,7 @@ def test_toy_world_pairs_read_through_litdata_equal_the_webdataset_batches(tiny_
     assert [b["index"].tolist() for b in litdata] == [list(range(32 * k, 32 * (k + 1))) for k in range(8)]
 
 
-def test_litdata_epoch_is_split_over_workers_and_reshuffled(tmp_path):
+def test_litdata_epochs_through_two_workers_hold_every_pair_once_and_are_reshuffled(tmp_path):
     dm = _module(str(_indexed(tmp_path)), num_workers=2, batch_size=4, shuffle=True)
     loader = dm.train_dataloader()
     first = [b["index"].tolist() for b in loader]

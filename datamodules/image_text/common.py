@@ -151,19 +151,27 @@ class _MapPairs(Dataset, abc.ABC):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str, int, int]:
         """``(image, caption, unreadable rows skipped, index)``."""
-        n = len(self)
-        failures = 0
-        for attempt in range(_MAX_REPLACEMENTS):
-            i = (index + attempt) % n
-            try:
-                image, caption = self._raw(i)
-                caption = clean_caption(caption)
-                return self.transform(decode_image(image, self._root())), caption, failures, index
-            except Exception as exn:  # noqa: BLE001  counted (the batch carries it to data/skipped), replaced
-                failures += 1
-                if failures <= 3:
-                    log.warning("%s: skipped row %d (%s: %s)", self.name, i, type(exn).__name__, str(exn)[:200])
-        raise RuntimeError(f"{self.name}: {_MAX_REPLACEMENTS} rows in a row from row {index} are unreadable")
+        return first_readable(lambda i, _attempt: self._raw(i), index, len(self), self.transform, self.name,
+                              self._root())
+
+
+def first_readable(raw: Callable[[int, int], tuple[Any, Any]], index: int, n: int, transform: Callable,
+                   name: str, root: Path | None = None, what: str = "row") -> tuple[torch.Tensor, str, int, int]:
+    """``(image, caption, failures, index)``: item ``index`` decoded and transformed or, when it
+    cannot be read, the next readable one (``raw(i, attempt)`` gives item ``i``'s undecoded image
+    and caption); the rule every map-style reader shares."""
+    failures = 0
+    for attempt in range(_MAX_REPLACEMENTS):
+        i = (index + attempt) % n
+        try:
+            image, caption = raw(i, attempt)
+            caption = clean_caption(caption)
+            return transform(decode_image(image, root)), caption, failures, index
+        except Exception as exn:  # noqa: BLE001  counted (the batch carries it to data/skipped), replaced
+            failures += 1
+            if failures <= 3:
+                log.warning("%s: skipped %s %d (%s: %s)", name, what, i, type(exn).__name__, str(exn)[:200])
+    raise RuntimeError(f"{name}: {_MAX_REPLACEMENTS} {what}s in a row from {what} {index} are unreadable")
 
 
 

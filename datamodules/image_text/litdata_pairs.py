@@ -11,7 +11,6 @@ replacing an undecodable item by the next readable one so that every batch stays
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -20,13 +19,9 @@ from typing import Any
 import torch
 from litdata import StreamingDataset
 
-from perceptlab.datamodules.image_text.common import clean_caption, decode_image
-
-log = logging.getLogger(__name__)
+from perceptlab.datamodules.image_text.common import first_readable
 
 INDEX_NAME = "index.json"
-# An undecodable item is replaced by the next one; this many failures in a row is a broken set.
-_MAX_REPLACEMENTS = 64
 
 
 def check_litdata(root: str | os.PathLike, image_key: str | None = "image", caption_key: str | None = "caption") -> dict:
@@ -98,21 +93,13 @@ class LitdataPairs(StreamingDataset):
 
     def __getitem__(self, index) -> tuple[torch.Tensor, str, int, int]:
         position = int(getattr(index, "index", index))
-        n = len(self)
-        failures = 0
-        for attempt in range(_MAX_REPLACEMENTS):
-            i = (position + attempt) % n
-            try:
-                # the first read goes through litdata's chunk scheduling; a replacement by position
-                item = super().__getitem__(index if attempt == 0 else i)
-                caption = clean_caption(item[self.caption_key])
-                image = self.image_transform(decode_image(item[self.image_key], Path(self.name)))
-                return image, caption, failures, position
-            except Exception as exn:  # noqa: BLE001  counted (the batch carries it to data/skipped), replaced
-                failures += 1
-                if failures <= 3:
-                    log.warning("%s: skipped item %d (%s: %s)", self.name, i, type(exn).__name__, str(exn)[:200])
-        raise RuntimeError(f"{self.name}: {_MAX_REPLACEMENTS} items in a row from item {position} are unreadable")
+
+        def raw(i: int, attempt: int) -> tuple[Any, Any]:
+            # the first read goes through litdata's chunk scheduling; a replacement by position
+            item = StreamingDataset.__getitem__(self, index if attempt == 0 else i)
+            return item[self.image_key], item[self.caption_key]
+
+        return first_readable(raw, position, len(self), self.image_transform, self.name, Path(self.name), "item")
 
 
 def write_litdata(items: Iterable[Mapping[str, Any]], out: str | os.PathLike, chunk_bytes: int | str | None = "64MB",
