@@ -45,21 +45,40 @@ def param_groups(
     return groups
 
 
-def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0):
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int | Callable[[], int],
+                       min_lr_ratio: float = 0.0):
     """LambdaLR: linear warm-up from ~0 to the base lr over ``warmup_steps``, then cosine to
-    ``min_lr_ratio`` x base lr at ``total_steps``."""
+    ``min_lr_ratio`` x base lr at ``total_steps``.
+
+    ``total_steps`` may be a function, called once, at the first step past 0 (step 0's factor does
+    not depend on it). The stage modules pass :func:`total_training_steps` this way: asked in
+    ``configure_optimizers``, Lightning's ``estimated_stepping_batches`` builds the training loader
+    before a resumed run's loop state is restored, and Lightning then never loads the loader's
+    saved position into it -- a run resumed mid-epoch (any run with ``max_epochs``) read other
+    batches than the uninterrupted one.
+    """
     from open_clip_train.scheduler import cosine_lr
 
     warmup_steps = max(0, int(warmup_steps))
-    total_steps = max(warmup_steps + 1, int(total_steps))
 
     class _Sink:  # cosine_lr writes the lr it computes into an optimiser's groups: give it a scratch one
         param_groups = [{}]
 
-    open_clip_factor = cosine_lr(_Sink(), 1.0, warmup_steps, total_steps)
+    resolved: list = []  # [total, open_clip's factor] once known
+
+    def schedule() -> tuple[int, Callable[[int], float]]:
+        if not resolved:
+            total = max(warmup_steps + 1, int(total_steps() if callable(total_steps) else total_steps))
+            resolved.extend([total, cosine_lr(_Sink(), 1.0, warmup_steps, total)])
+        return resolved[0], resolved[1]
 
     def factor(step: int) -> float:
-        f = open_clip_factor(min(step, total_steps))
+        if step == 0 and not resolved:
+            # warm-up's first factor, or the cosine at its start (1): the same for any length
+            f = cosine_lr(_Sink(), 1.0, warmup_steps, warmup_steps + 1)(0)
+        else:
+            total, open_clip_factor = schedule()
+            f = open_clip_factor(min(step, total))
         return f if step < warmup_steps else min_lr_ratio + (1 - min_lr_ratio) * f
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -71,7 +90,7 @@ def adamw_cosine(
     betas: tuple[float, float],
     eps: float,
     warmup_steps: int,
-    total_steps: int,
+    total_steps: int | Callable[[], int],
     fused: bool | None = None,
 ) -> dict:
     """What ``LightningModule.configure_optimizers`` returns: AdamW over parameter ``groups``

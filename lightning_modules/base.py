@@ -81,7 +81,8 @@ class StageModule(pl.LightningModule):
     def adamw_cosine(self, groups: list[dict]) -> dict:
         """What ``configure_optimizers`` returns for parameter ``groups`` (see ``core.optim.param_groups``)."""
         hp = self.hparams
-        return adamw_cosine(groups, hp.lr, hp.betas, hp.eps, hp.warmup_steps, total_training_steps(self.trainer),
+        # the run's length is asked for at the first step, not here (``core.optim.cosine_with_warmup``)
+        return adamw_cosine(groups, hp.lr, hp.betas, hp.eps, hp.warmup_steps, lambda: total_training_steps(self.trainer),
                             fused=hp.get("fused_adamw"))
 
     # ---------------------------------------------------------------------------------- export
