@@ -50,7 +50,11 @@ Resuming
     resume the history is restored, the baseline is not repeated, and ``alignment.jsonl`` is
     rewritten from the restored history, so evaluations made after the checkpoint by the
     interrupted run are dropped rather than duplicated, whether the resumed run logs into the
-    same directory or a new version.
+    same directory or a new version. A checkpoint and its step's evaluation are one unit: a
+    checkpoint written at a step whose evaluation had not run yet (a step-interval checkpoint at
+    the last batch of an epoch precedes the epoch-end hooks) records where it was written, and the
+    resumed run measures that step first, once, on the checkpoint's weights (evaluations draw no
+    training random numbers, so this changes nothing else).
 """
 from __future__ import annotations
 
@@ -170,6 +174,8 @@ class AlignmentSuite(Callback):
         self._restored = False
         self._layout_written = False
         self._epoch_of_last_batch = 0
+        self._position: dict[str, Any] | None = None  # where training is: {"step", "epoch", "epoch_end"}
+        self._resumed_at: dict[str, Any] | None = None  # the position a restored checkpoint was written at
         self._run_dir: Path | None = None
 
     # ----------------------------------------------------------------------------- set-up
@@ -227,12 +233,15 @@ class AlignmentSuite(Callback):
         self._run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         if self._restored:
             self._write_files(trainer)
+            self._evaluate_missed(trainer, pl_module)
         if self.baseline and not self._restored and trainer.global_step == 0 and not self.history:
             self.evaluate(trainer, pl_module, trigger="baseline", epoch=-1)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self._epoch_of_last_batch = trainer.current_epoch
         step = trainer.global_step
+        self._position = {"step": int(step), "epoch": int(trainer.current_epoch),
+                          "epoch_end": batch_idx + 1 >= trainer.num_training_batches}
         if step == 0 or not self._step_due(step):
             return
         if self._epoch_end_due(trainer) and batch_idx + 1 >= trainer.num_training_batches:
@@ -258,13 +267,27 @@ class AlignmentSuite(Callback):
         if self.at_end and (not self.history or self.history[-1]["step"] != trainer.global_step):
             self.evaluate(trainer, pl_module, trigger="end", epoch=self._epoch_of_last_batch)
 
+    def _evaluate_missed(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The evaluation due at the restored checkpoint's step that the checkpoint does not hold
+        (written before it ran): measured now, on the checkpoint's weights, as the uninterrupted run did."""
+        at, self._resumed_at = self._resumed_at, None
+        if not at or any(r["step"] == at["step"] for r in self.history):
+            return
+        epoch_end = bool(at["epoch_end"]) and self._epoch_end_due(at["epoch"])
+        if epoch_end or (at["step"] > 0 and self._step_due(at["step"])):
+            rank_zero_info(f"AlignmentSuite: the checkpoint of step {at['step']} was written before its evaluation; "
+                           "measuring it now")
+            self.evaluate(trainer, pl_module, trigger="epoch" if epoch_end else "step", epoch=at["epoch"],
+                          step=at["step"])
+
     def _step_due(self, step: int) -> bool:
         early = self.every_n_steps_until is None or step <= self.every_n_steps_until
         every = self.every_n_steps if early else self.then_every_n_steps
         return bool(every) and step % every == 0
 
-    def _epoch_end_due(self, trainer: pl.Trainer) -> bool:
-        return bool(self.every_n_epochs) and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+    def _epoch_end_due(self, trainer_or_epoch: pl.Trainer | int) -> bool:
+        epoch = trainer_or_epoch if isinstance(trainer_or_epoch, int) else trainer_or_epoch.current_epoch
+        return bool(self.every_n_epochs) and (epoch + 1) % self.every_n_epochs == 0
 
     # ------------------------------------------------------------------------- evaluation
     def directions(self) -> dict[str, str]:
@@ -408,11 +431,13 @@ class AlignmentSuite(Callback):
         # the peak and final replicates too: the drop intervals survive a resume (B floats per metric)
         return {"version": STATE_VERSION, "history": [dict(r) for r in self.history],
                 "replicates": self.tracker.replicates_state(),
-                "items": {name: e.items for name, e in self.tracker.entries.items() if e.items is not None}}
+                "items": {name: e.items for name, e in self.tracker.entries.items() if e.items is not None},
+                "position": self._position}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # version 1 kept the peak and final replicates only: its drop intervals are not restored
         self.history = [dict(r) for r in state_dict.get("history", [])]
+        self._resumed_at = self._position = state_dict.get("position")
         self.tracker = PeakTracker.from_history(self.history, self.directions(), state_dict.get("replicates"),
                                                 level=self.confidence, items=state_dict.get("items"))
         self._restored = True

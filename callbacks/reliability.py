@@ -12,7 +12,10 @@
   and when ``fit`` ends. Lightning's own writes none at epoch ends when a step interval is set
   (``--checkpoint_every_n_steps``; the last interval's write precedes those hooks), none when
   ``max_steps`` stops mid-epoch (the next stage would load weights a few steps old), and, when
-  validation does not run every epoch, writes at validation end, before the hooks.
+  validation does not run every epoch, writes at validation end, before the hooks. A step
+  interval that falls on an epoch's last batch is saved after the epoch-end hooks too: written in
+  ``on_train_batch_end`` it would miss that epoch's evaluation, and Lightning 2.6 resumes such a
+  checkpoint one epoch ahead (it counts the epoch as finished twice).
 * :class:`RNGStateCheckpoint` stores the random generators (torch, CUDA, numpy, python) in every
   checkpoint and restores them on resume, so a resumed run draws the same dropout, patch-dropout
   and augmentation numbers as the uninterrupted run (Lightning restores weights, optimiser,
@@ -94,11 +97,19 @@ class RunCheckpoint(ModelCheckpoint):
         super().__init__(*args, **kwargs)
         self._last_writes = 0
         self._defer_last = False
+        self._deferred_batch_end: tuple | None = None
 
     def _fitting(self, trainer: pl.Trainer) -> bool:
         from lightning.pytorch.trainer.states import TrainerFn
 
         return trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and not trainer.fast_dev_run
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        if self._fitting(trainer) and batch_idx + 1 >= trainer.num_training_batches:
+            self._deferred_batch_end = (outputs, batch, batch_idx)  # replayed in on_train_epoch_end
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
         if self._defer_last:
@@ -115,6 +126,9 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         writes = self._last_writes
+        deferred, self._deferred_batch_end = self._deferred_batch_end, None
+        if deferred is not None:  # the last batch's step-interval save, now after the epoch's hooks
+            super().on_train_batch_end(trainer, pl_module, *deferred)
         super().on_train_epoch_end(trainer, pl_module)
         if self.save_last and self._last_writes == writes and self._fitting(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

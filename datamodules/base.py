@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -20,6 +21,9 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from perceptlab.datamodules.sampling import EpochSampler
 
 
 @dataclass
@@ -53,6 +57,8 @@ class BackboneDataModule(pl.LightningDataModule):
                  image_size: int | None = None) -> None:
         super().__init__()
         self.model_name, self.pretrained, self.image_size = model_name, pretrained, image_size
+        self._train_sampler: EpochSampler | None = None
+        self._resume_epoch = 0  # the epoch of the next training batch, from a resumed checkpoint
 
     # ----------------------------------------------------------------------- the model's side
     def attached_backbone(self):
@@ -114,6 +120,32 @@ class BackboneDataModule(pl.LightningDataModule):
     def loader_kwargs(num_workers: int, pin_memory: bool) -> dict[str, Any]:
         return {"num_workers": num_workers, "pin_memory": bool(pin_memory) and torch.cuda.is_available(),
                 "persistent_workers": num_workers > 0}
+
+    @staticmethod
+    def run_seed() -> int:
+        """The run's seed (``seed_everything``), 0 when none was set."""
+        return int(os.environ.get("PL_GLOBAL_SEED", "0"))
+
+    def train_loader(self, dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool,
+                     shuffle: bool = True, drop_last: bool = False, seed: int | None = None,
+                     collate_fn: Callable | None = None, even_shards: bool = False) -> StatefulDataLoader:
+        """The training loader of a map-style ``dataset``: its order from :class:`EpochSampler`
+        (``seed`` + epoch; the run's seed by default; one rank's share under DDP, padded with
+        repeats unless ``even_shards`` drops the tail), stateful so that Lightning stores the
+        position inside an epoch; a resumed run's loader starts at the checkpoint's next epoch."""
+        rank, world = self.rank_world()
+        self._train_sampler = EpochSampler(dataset, shuffle=shuffle, seed=self.run_seed() if seed is None else seed,
+                                           rank=rank, world_size=world, drop_last=even_shards, epoch=self._resume_epoch)
+        return StatefulDataLoader(dataset, batch_size=batch_size, sampler=self._train_sampler, drop_last=drop_last,
+                                  collate_fn=collate_fn, **self.loader_kwargs(num_workers, pin_memory))
+
+    def state_dict(self) -> dict[str, Any]:
+        # Lightning restores a loader's position only for a checkpoint written inside an epoch:
+        # the epoch of the next batch comes back through the data module (``datamodules.sampling``).
+        return {} if self._train_sampler is None else {"train_epoch": self._train_sampler.next_epoch()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_epoch = int(state_dict.get("train_epoch", 0))
 
     def eval_loader(self, dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool,
                     collate_fn: Callable | None = None, persistent_workers: bool = True) -> DataLoader:

@@ -289,8 +289,7 @@ class NightsDataModule(BackboneDataModule):
         # Stateful: Lightning stores the sampler position in the checkpoint, so a resumed run
         # continues mid-epoch instead of replaying it.
         hp = self.hparams
-        return StatefulDataLoader(self.datasets["train"], batch_size=hp.batch_size, shuffle=True, drop_last=False,
-                                  **self.loader_kwargs(hp.num_workers, hp.pin_memory))
+        return self.train_loader(self.datasets["train"], hp.batch_size, hp.num_workers, hp.pin_memory)
 
     def _eval_loader(self, split: str) -> DataLoader:
         hp = self.hparams

@@ -299,8 +299,7 @@ class PerceptualDataModule(BackboneDataModule, abc.ABC):
     # -- loaders
     def train_dataloader(self) -> StatefulDataLoader:
         # Stateful: Lightning stores the sampler position, so a resumed run continues mid-epoch.
-        return StatefulDataLoader(self.datasets["train"], batch_size=self.batch_size, shuffle=True,
-                                  drop_last=False, **self.loader_kwargs(self.num_workers, self.pin_memory))
+        return self.train_loader(self.datasets["train"], self.batch_size, self.num_workers, self.pin_memory)
 
     def _eval_loader(self, key: str) -> DataLoader:
         return self.eval_loader(self.datasets[key], self.eval_batch_size or self.batch_size, self.num_workers,

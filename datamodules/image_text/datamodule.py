@@ -3,13 +3,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
-from torch.utils.data.distributed import DistributedSampler
-from torchdata.stateful_dataloader import StatefulDataLoader
 
 from perceptlab.core.transforms import uint8_transform
 from perceptlab.datamodules.base import BackboneDataModule
@@ -146,9 +143,7 @@ class ImageTextDataModule(BackboneDataModule):
 
     # ----------------------------------------------------------------------------- helpers
     def _seed(self) -> int:
-        if self.hparams.seed is not None:
-            return int(self.hparams.seed)
-        return int(os.environ.get("PL_GLOBAL_SEED", "0"))
+        return self.run_seed() if self.hparams.seed is None else int(self.hparams.seed)
 
     def processing(self) -> tuple[Callable, Callable, Callable]:
         """(train transform, eval transform, tokenizer): the attached backbone's, or ``model_name``'s."""
@@ -316,18 +311,10 @@ class ImageTextDataModule(BackboneDataModule):
             # Lightning stores this loader's state_dict, so a resumed run continues mid-epoch exactly.
             return StreamingDataLoader(self.train_set, batch_size=hp.batch_size, num_workers=workers, drop_last=True,
                                        collate_fn=MapPairCollate(tokenizer), pin_memory=self._pin())
-        rank, world = self.rank_world()
-        sampler = None
-        if world > 1:
-            # Our own sampler, so that `shuffle` holds under DDP too (Lightning's injected one always
-            # shuffles training data); Lightning keeps it and calls its set_epoch.
-            sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=hp.shuffle,
-                                         seed=self._seed(), drop_last=True)
-        return StatefulDataLoader(
-            self.train_set, batch_size=hp.batch_size, shuffle=hp.shuffle if sampler is None else None,
-            sampler=sampler, drop_last=True, num_workers=workers, collate_fn=MapPairCollate(tokenizer),
-            pin_memory=self._pin(), persistent_workers=workers > 0,
-        )
+        # Our own sampler (``datamodules.sampling``), so that `shuffle` holds under DDP too (Lightning's
+        # injected one always shuffles training data) and the order follows the run's seed and epoch.
+        return self.train_loader(self.train_set, hp.batch_size, workers, self._pin(), shuffle=hp.shuffle,
+                                 drop_last=True, seed=self._seed(), collate_fn=MapPairCollate(tokenizer), even_shards=True)
 
     def val_dataloader(self):
         if self.val_set is None and self.zeroshot_set is None:
