@@ -31,16 +31,19 @@ from typing import Any, Iterable, Mapping, TypedDict
 
 import numpy as np
 
+# The checkpoint names (aliases, end-of-fit exports, the end marker) are core.checkpoints' (what a
+# model file is); the run record writes the end marker and re-exports them for its readers.
+from perceptlab.core.checkpoints import (  # noqa: F401
+    ALIAS_CHECKPOINTS,
+    FIT_END_NAME,
+    PEAK_CHECKPOINT_NAME,
+    read_fit_end,
+)
+
 JSONL_NAME = "alignment.jsonl"
 SUMMARY_NAME = "alignment_summary.json"
 BOOTSTRAP_NAME = "alignment_bootstrap.npz"
 ITEMS_DIR = "alignment_items"
-PEAK_CHECKPOINT_NAME = "alignment-peak.ckpt"
-#: Written by ``perceptlab fit`` when training ends normally (not on a crash or a pre-emption), so
-#: that ``perceptlab evaluate --watch`` knows no checkpoint will follow: ``{"step", "epoch"}``.
-FIT_END_NAME = "fit_end.json"
-#: Checkpoint names that are moving aliases of some step, not a step of their own: a watcher skips them.
-ALIAS_CHECKPOINTS = ("last.ckpt", "epoch_latest.pt", PEAK_CHECKPOINT_NAME)
 CONFIG_NAME = "config.yaml"
 BOOTSTRAP_SEED_KEY = "__bootstrap_seed__"
 TRIGGERS = ("baseline", "epoch", "step", "end", "model")
@@ -204,15 +207,6 @@ def grouped(items: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 def write_fit_end(run_dir: str | os.PathLike, step: int, epoch: int) -> None:
     write_json_atomic(Path(run_dir) / FIT_END_NAME, {"step": int(step), "epoch": int(epoch)})
-
-
-def read_fit_end(run_dir: str | os.PathLike) -> dict | None:
-    """The training's end marker, or ``None`` while it runs (or if it ended abnormally)."""
-    path = Path(run_dir) / FIT_END_NAME
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def read_evaluations(path: str | os.PathLike) -> list[Evaluation]:

@@ -11,8 +11,14 @@
 is), with the same dotted overrides (``--trainer.callbacks.init_args.data_root=...``). A MODEL is
 a perceptlab Lightning checkpoint of any stage, a ``visual.pt``, an open_clip state dict or
 ``open_clip_train`` checkpoint, a transformers CLIP folder, an open_clip pretrained tag (with
-``--model_name``) or a glob; several form a trajectory, ordered by the step or epoch stored in
-each file, else the number in its name (``core.checkpoints``).
+``--model_name``) or a glob; several form a trajectory, each model at the training step it knows
+(``core.checkpoints.place_series``): a Lightning checkpoint's ``global_step``, stage 2's
+``open_clip_model.pt`` (or stage 1's ``visual.pt``) the run's last step (from ``fit_end.json``),
+an ``open_clip_train`` epoch times ``--steps_per_epoch``. A glob leaves out the aliases it matches
+(``last.ckpt``, ``alignment-peak.ckpt``), and an export at a step another file holds is measured
+once. A series mixing files with and without a step is refused, naming them (exit 2); one where
+no file knows its step is placed by epoch, else by the number in the names, else as given, and
+says so.
 
 Writes, by default in ``runs/evaluate/<name>/version_<n>/`` (``--out DIR`` to choose):
 ``alignment.jsonl`` (one record per model, the fields of training plus ``"model"``),
@@ -64,7 +70,7 @@ def run_dir_for(out: str | None, runs_dir: str, name: str, new_version: bool) ->
 def evaluate(models: list[str] | None = None, config: list[str] | None = None, out: str | None = None,
              name: str | None = None, runs_dir: str = "runs", model_name: str | None = None, new_version: bool = False,
              watch: str | None = None, poll: float = 30.0, settle: float = 10.0, idle_timeout: float = 3600.0,
-             trainer_overrides: list[str] = (), argv: list[str] | None = None) -> Path:
+             steps_per_epoch: int | None = None, trainer_overrides: list[str] = (), argv: list[str] | None = None) -> Path:
     """The alignment suite on any model, or on a series of checkpoints.
 
     Lightning's options pass through as --trainer.<key>=<value> (--trainer.accelerator=cpu,
@@ -83,6 +89,7 @@ def evaluate(models: list[str] | None = None, config: list[str] | None = None, o
         poll: --watch: seconds between looks at the folder.
         settle: --watch: a checkpoint is measured once unchanged for this many seconds (not while being written).
         idle_timeout: --watch: stop after this many seconds without a new checkpoint (a training that wrote its end stops it at once).
+        steps_per_epoch: place open_clip_train checkpoints (which record their epoch) at epoch x this step.
     """
     from perceptlab.commands.cli import parse_only
 
@@ -100,8 +107,10 @@ def evaluate(models: list[str] | None = None, config: list[str] | None = None, o
         from perceptlab.commands.watch import Watcher
 
         watcher = Watcher(Path(watch), settle=settle)  # a missing folder is named here, before any set-up
+    if steps_per_epoch is not None and steps_per_epoch < 1:
+        raise ValueError(f"--steps_per_epoch must be a positive integer, got {steps_per_epoch}")
     ns = argparse.Namespace(models=models, config=config, out=out, name=name, runs_dir=runs_dir,
-                            model_name=model_name, new_version=new_version)
+                            model_name=model_name, new_version=new_version, steps_per_epoch=steps_per_epoch)
     overrides = list(trainer_overrides)
 
     from perceptlab.callbacks.run_record import JSONL_NAME, read_evaluations
@@ -134,6 +143,8 @@ def build_series(ns, run_dir: Path, existing: list, done: list[str], overrides: 
         f"--trainer.logger={json.dumps(logger)}", "--trainer.enable_checkpointing=false", *overrides]
     if ns.model_name:
         args.append(f"--model.model_name={ns.model_name}")
+    if getattr(ns, "steps_per_epoch", None):
+        args.append(f"--model.steps_per_epoch={ns.steps_per_epoch}")
     # Lightning's DDP launcher re-runs this very command for the other processes.
     from perceptlab.lightning_modules.evaluation import CheckpointSeries
 
@@ -177,12 +188,19 @@ def watch_series(watcher, run_dir: Path, done: list[str], ns, overrides: list[st
     said = None
     print(f"watching {watcher.folder} -> {run_dir / JSONL_NAME}"
           + (f" ({len(measured)} measured before)" if measured else ""), flush=True)
+    taken = {int(r["step"]): r["model"] for r in read_evaluations(run_dir) if "model" in r}
     while True:
         ready, pending = watcher.poll(measured)
         if ready:
+            measured.update(ready)  # looked at once each, measured or left out with a line
+            ready, notes = watcher.place(ready, taken, ns.model_name, ns.steps_per_epoch)
+            for note in notes:
+                print(f"watch: {note}", flush=True)
+        if ready:
             if cli is None:
                 ns.models = ready
-                cli, _ = build_series(ns, run_dir, read_evaluations(run_dir), sorted(measured), overrides, argv)
+                cli, _ = build_series(ns, run_dir, read_evaluations(run_dir), sorted(measured - set(ready)), overrides,
+                                      argv)
                 if cli.trainer.world_size > 1:
                     raise ValueError("--watch measures in one process (--trainer.devices=1): "
                                      "a watcher's ranks would see the folder at different times")
@@ -190,7 +208,7 @@ def watch_series(watcher, run_dir: Path, done: list[str], ns, overrides: list[st
                 cli.model.extend(ready)
             start = time.perf_counter()
             cli.trainer.validate(cli.model)
-            measured.update(ready)
+            taken.update({int(s.at): s.spec for _, s in cli.model.todo})
             print(f"watch: {len(ready)} checkpoint(s) measured in {time.perf_counter() - start:.1f} s "
                   f"({len(measured)} in all)", flush=True)
             last_new = time.monotonic()

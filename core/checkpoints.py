@@ -11,9 +11,15 @@
 * an open_clip pretrained tag (``openai``, ``laion2b_s34b_b79k``, with ``model_name``), loaded by
   open_clip itself (its cache or the network).
 
-and ``expand_sources`` turns globs into files and orders a series: by the step stored in the files
-(Lightning's ``global_step``), else their epoch (open_clip's ``epoch``), else the number in the
-file name, else as given.
+and :func:`place_series` turns globs into files and places every model at the training step it
+knows (see there): a series is the run users made, so the step of a file is never guessed from
+its neighbours.
+
+The file names a run writes that are not steps of their own live here too (the one owner of them):
+the moving aliases of some step (``last.ckpt``, open_clip_train's ``epoch_latest.pt``, the
+suite's ``alignment-peak.ckpt``) and the exports written when ``fit`` ends (stage 2's
+``checkpoints/open_clip_model.pt``, stage 1's ``visual.pt``), whose step is the run's last one,
+read from ``fit_end.json`` (written by ``perceptlab fit`` when training returns normally).
 """
 from __future__ import annotations
 
@@ -30,6 +36,41 @@ from perceptlab.core.hf_clip import is_hf_clip_source, open_clip_state_from_hf, 
 
 VISUAL_FORMAT = "perceptlab-visual-v1"
 
+PEAK_CHECKPOINT_NAME = "alignment-peak.ckpt"
+#: Checkpoint names that are moving aliases of some step, not a step of their own.
+ALIAS_CHECKPOINTS = ("last.ckpt", "epoch_latest.pt", PEAK_CHECKPOINT_NAME)
+VISUAL_FILENAME = "visual.pt"  # stage 1's vision tower, in the run directory
+OPEN_CLIP_FILENAME = "open_clip_model.pt"  # stage 2's open_clip weights, in checkpoints/
+#: Files written when ``fit`` ends, at the run's last step.
+END_OF_FIT_FILES = (VISUAL_FILENAME, OPEN_CLIP_FILENAME)
+#: Written by ``perceptlab fit`` when training ends normally (not on a crash or a pre-emption):
+#: ``{"step", "epoch"}``; ``perceptlab evaluate --watch`` knows then that no checkpoint follows.
+FIT_END_NAME = "fit_end.json"
+
+
+def read_fit_end(run_dir: str | os.PathLike) -> dict | None:
+    """The training's end marker, or ``None`` while it runs (or if it ended abnormally)."""
+    import json
+
+    try:
+        return json.loads((Path(run_dir) / FIT_END_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def end_of_fit_run(path: str | os.PathLike) -> Path | None:
+    """The run directory of an end-of-fit export (``RUN/visual.pt``, ``RUN/checkpoints/open_clip_model.pt``)."""
+    path = Path(path)
+    if path.name == VISUAL_FILENAME:
+        return path.parent
+    if path.name == OPEN_CLIP_FILENAME:
+        return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return None
+
+
+class SeriesOrderError(ValueError):
+    """A series mixes models whose training step is known with models whose step is not."""
+
 
 @dataclass
 class ModelSource:
@@ -39,7 +80,14 @@ class ModelSource:
     step: int | None = None
     epoch: int | None = None
     has_text: bool = True
-    at: int | None = None  # the step the series records it at (``expand_sources``)
+    at: int | None = None  # the step the series records it at (``place_series``)
+    end_of_fit: bool = False  # an export written when fit ended: its step is the run's last (``fit_end.json``)
+
+    @property
+    def alias(self) -> bool:
+        """A moving alias of some step, or an end-of-fit export: the same weights as a step's checkpoint."""
+        name = Path(self.spec).name
+        return name in ALIAS_CHECKPOINTS or self.end_of_fit
 
     @property
     def name_number(self) -> int | None:
@@ -48,7 +96,19 @@ class ModelSource:
 
     @classmethod
     def read(cls, spec: str, model_name: str | None = None) -> "ModelSource":
-        """Recognise ``spec`` (see the module docstring); errors name the file and what is missing."""
+        """Recognise ``spec`` (see the module docstring); errors name the file and what is missing.
+        An end-of-fit export gets its run's last step and epoch when the run has ended."""
+        source = cls._read(spec, model_name)
+        run = end_of_fit_run(spec) if source.kind in ("visual", "open_clip") else None
+        if run is not None:
+            source.end_of_fit = True
+            end = read_fit_end(run)
+            if end is not None:
+                source.step, source.epoch = int(end["step"]), int(end["epoch"])
+        return source
+
+    @classmethod
+    def _read(cls, spec: str, model_name: str | None = None) -> "ModelSource":
         path = Path(spec).expanduser()
         if not path.exists():
             import open_clip
@@ -118,24 +178,80 @@ def load_file(path: str | Path, mmap: bool = True) -> Any:
 
 
 
-def expand_sources(specs: list[str], model_name: str | None = None) -> list[ModelSource]:
-    """Read every model of ``specs`` (globs expanded), in trajectory order (see the module docstring)."""
+def expand_specs(specs: list[str]) -> tuple[list[str], list[str]]:
+    """(files in the order given, globs expanded; aliases a glob matched, left out): a glob stands
+    for a series of steps, so the moving aliases it matches (``last.ckpt``, ...) are not points of
+    it; an alias named on its own is measured."""
     expanded: list[str] = []
+    aliases: list[str] = []
     for spec in specs:
         if glob.has_magic(os.path.expanduser(spec)):
             matches = sorted(glob.glob(os.path.expanduser(spec)))
             if not matches:
                 raise FileNotFoundError(f"model pattern {spec!r} matches no file")
-            expanded += matches
+            aliases += [m for m in matches if Path(m).name in ALIAS_CHECKPOINTS]
+            expanded += [m for m in matches if Path(m).name not in ALIAS_CHECKPOINTS]
         else:
             expanded.append(spec)
-    sources = [ModelSource.read(s, model_name) for s in dict.fromkeys(expanded)]
-    for key in ("step", "epoch", "name_number"):
-        if all(getattr(s, key) is not None for s in sources):
-            sources = sorted(sources, key=lambda s: getattr(s, key))
-            for s in sources:
-                s.at = int(getattr(s, key))
-            return sources
-    for i, s in enumerate(sources):  # nothing orders them all: as given, at 0, 1, 2, ...
-        s.at = i
-    return sources
+    return list(dict.fromkeys(expanded)), aliases
+
+
+def place_series(sources: list[ModelSource], steps_per_epoch: int | None = None,
+                 taken: dict[int, str] | None = None) -> tuple[list[ModelSource], list[str]]:
+    """Place every model at the training step it knows, in step order; returns (the models to
+    measure, notes for the user).
+
+    A Lightning checkpoint knows its ``global_step``; an end-of-fit export its run's last step;
+    an ``open_clip_train`` checkpoint its epoch, which is a step with ``steps_per_epoch``. A model
+    whose step is known is never moved by one whose step is not: a series mixing them raises
+    :class:`SeriesOrderError` naming the unplaced files. A series where no step is known is placed
+    by epoch (every file an open_clip_train checkpoint), else by the number in the file names,
+    else as given (0, 1, 2, ...), and the note says so. An alias (or end-of-fit export) at a step
+    another file of the series holds, or ``taken`` (steps already measured: step -> model), is the
+    same weights and is not measured again.
+    """
+    for s in sources:
+        s.at = s.step
+        if s.at is None and s.epoch is not None and s.kind == "open_clip_train" and steps_per_epoch:
+            s.at = s.epoch * int(steps_per_epoch)
+    notes: list[str] = []
+    known = [s for s in sources if s.at is not None]
+    if known and len(known) < len(sources):
+        unplaced = [s.spec for s in sources if s.at is None]
+        epochs = any(s.kind == "open_clip_train" for s in sources if s.at is None)
+        raise SeriesOrderError(
+            f"{len(unplaced)} model(s) have no training step while the others have one: {', '.join(unplaced)}; "
+            + ("give --steps_per_epoch N to place open_clip_train epochs at steps, " if epochs else "")
+            + "or evaluate them as a series of their own")
+    if not known:
+        if sources and all(s.kind == "open_clip_train" and s.epoch is not None for s in sources):
+            rule, key = "by epoch (open_clip_train checkpoints; --steps_per_epoch N places them at steps)", "epoch"
+        elif sources and all(s.name_number is not None for s in sources) and len(sources) > 1:
+            rule, key = "by the number in the file names (the files record no training step)", "name_number"
+        else:
+            rule, key = "as given, at 0, 1, 2, ... (the files record no training step)", None
+        for i, s in enumerate(sources):
+            s.at = int(getattr(s, key)) if key else i
+        if len(sources) > 1 or key is None:
+            notes.append(f"series placed {rule}")
+    ordered = sorted(sources, key=lambda s: (s.at, s.alias))  # a step's own checkpoint before its aliases
+    held = dict(taken or {})
+    kept = []
+    for s in ordered:
+        if s.at in held and s.alias:
+            notes.append(f"{s.spec} is step {s.at}, measured as {held[s.at]}: not measured again")
+            continue
+        held.setdefault(s.at, s.spec)
+        kept.append(s)
+    return kept, notes
+
+
+def expand_sources(specs: list[str], model_name: str | None = None, steps_per_epoch: int | None = None,
+                   taken: dict[int, str] | None = None) -> tuple[list[ModelSource], list[str]]:
+    """Read every model of ``specs`` (globs expanded) and place it (:func:`place_series`);
+    returns (the models in step order, notes for the user)."""
+    files, aliases = expand_specs(specs)
+    notes = [f"{', '.join(Path(a).name for a in aliases)}: an alias of some step, left out of the series "
+             "(name it on its own to measure it)"] if aliases else []
+    sources, placed = place_series([ModelSource.read(s, model_name) for s in files], steps_per_epoch, taken)
+    return sources, notes + placed

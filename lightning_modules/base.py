@@ -23,9 +23,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 
 from perceptlab.core.backbone import CLIPBackbone, LoadReport
+from perceptlab.core.checkpoints import VISUAL_FILENAME  # noqa: F401  (what a model file is: core.checkpoints)
 from perceptlab.core.optim import adamw_cosine, total_training_steps
-
-VISUAL_FILENAME = "visual.pt"
 
 
 class StageModule(pl.LightningModule):

@@ -63,13 +63,14 @@ from torch import nn
 from torchmetrics import CatMetric, MeanMetric
 
 from perceptlab.core.backbone import CLIPBackbone
+from perceptlab.core.checkpoints import OPEN_CLIP_FILENAME  # what a model file is
 from perceptlab.core.optim import no_weight_decay, param_groups
 from perceptlab.lightning_modules.base import StageModule
 from perceptlab.lightning_modules.contrastive_parallel import ContrastiveParallel, canonical_name
 from perceptlab.lightning_modules.contrastive_validation import ContrastiveValidation, _full, retrieval_recall  # noqa: F401 (re-exported)
 
 LOSSES = ("clip", "siglip")
-OPEN_CLIP_FILENAME = "open_clip_model.pt"
+
 class ContrastivePretrainModule(ContrastiveValidation, ContrastiveParallel, StageModule):
     """CLIP/SigLIP image-text pretraining of a ``CLIPBackbone`` (see the module docstring).
 

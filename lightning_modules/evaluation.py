@@ -1,7 +1,8 @@
 """``CheckpointSeries``: any model, or a run's checkpoints, as a LightningModule the alignment suite can measure.
 
-``perceptlab evaluate`` runs it through Lightning's validation loop: one "batch" per model, in
-trajectory order (``core.checkpoints.expand_sources``). Each step loads that model's weights into
+``perceptlab evaluate`` runs it through Lightning's validation loop: one "batch" per model, each
+at the training step it knows, in step order (``core.checkpoints.place_series``: a file without a
+step never moves those with one; the series' rule is printed). Each step loads that model's weights into
 the one backbone (every process loads every model: the probes share their items across
 processes, as in training) and returns ``{"evaluated_model", "step", "epoch"}``; the
 :class:`~perceptlab.callbacks.alignment.AlignmentSuite` then evaluates the model as loaded and
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset
 
 from perceptlab.core.backbone import CLIPBackbone
@@ -43,16 +45,22 @@ class CheckpointSeries(pl.LightningModule):
         models: files, folders, globs or open_clip pretrained tags.
         model_name: the architecture where a file does not record it (open_clip checkpoints, tags).
         skip: models already measured (``perceptlab evaluate`` on a growing folder): not loaded again.
+        steps_per_epoch: places ``open_clip_train`` checkpoints (which record their epoch) at
+            ``epoch x steps_per_epoch``.
+        taken: steps already measured (step -> model): an alias of one of them is not measured again.
     """
 
     evaluates_checkpoints = True
 
-    def __init__(self, models: list[str], model_name: str | None = None, skip: list[str] | None = None) -> None:
+    def __init__(self, models: list[str], model_name: str | None = None, skip: list[str] | None = None,
+                 steps_per_epoch: int | None = None, taken: dict[int, str] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         if not models:
             raise ValueError("perceptlab evaluate needs at least one MODEL")
-        self.sources: list[ModelSource] = expand_sources(list(models), model_name)
+        if steps_per_epoch is not None and steps_per_epoch < 1:
+            raise ValueError(f"--steps_per_epoch must be a positive integer, got {steps_per_epoch}")
+        self.sources: list[ModelSource] = self._placed(list(models), model_name, taken)
         names = {s.model_name for s in self.sources if s.model_name} | ({model_name} if model_name else set())
         first = self.sources[0]
         if first.kind == "hf" and not model_name:
@@ -70,11 +78,20 @@ class CheckpointSeries(pl.LightningModule):
         self.backbone.requires_grad_(False)
         done = set(skip or [])
         self.todo = [(i, s) for i, s in enumerate(self.sources) if s.spec not in done]
+        if not self.sources:
+            raise ValueError("every model given is an alias of a step already measured: nothing to measure")
 
-    def extend(self, models: list[str]) -> None:
+    def _placed(self, models: list[str], model_name: str | None, taken: dict[int, str] | None) -> list[ModelSource]:
+        sources, notes = expand_sources(models, model_name, self.hparams.steps_per_epoch, taken)
+        for note in notes:
+            rank_zero_info(f"perceptlab evaluate: {note}")
+        return sources
+
+    def extend(self, models: list[str], taken: dict[int, str] | None = None) -> None:
         """Models that appeared since (``perceptlab evaluate --watch``): they become the only ones to
-        measure, in trajectory order, into the same backbone (same architecture and towers)."""
-        new = expand_sources(list(models), self.hparams.model_name or self.backbone.model_name)
+        measure, each at its own step, into the same backbone (same architecture and towers);
+        ``taken``: the steps measured so far (an alias of one is not measured again)."""
+        new = self._placed(list(models), self.hparams.model_name or self.backbone.model_name, taken)
         other = sorted({s.model_name for s in new if s.model_name and s.model_name != self.backbone.model_name})
         if other:
             raise ValueError(f"new models of another architecture ({', '.join(other)}) than the series' "

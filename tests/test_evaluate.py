@@ -57,11 +57,11 @@ def test_a_checkpoint_measured_after_the_fact_equals_the_live_record(trained):
     summary = json.loads((out / "alignment_summary.json").read_text())
     assert summary["nights/2afc"]["peak_step"] == 3
     assert list(out.glob("events.out.tfevents.*"))
-    # its visual.pt (no step recorded: a series of files without steps is taken as given, at 0, 1, ...)
+    # its visual.pt: written when fit ended, so at the run's last step (fit_end.json)
     perceptlab(["evaluate", str(live / "visual.pt"), "--config", str(suite), "--out", str(tmp / "visual"),
                 "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"])
     (visual,) = records(tmp / "visual")
-    assert visual["step"] == 0 and visual["metrics"] == end["metrics"]
+    assert visual["step"] == 3 and visual["metrics"] == end["metrics"]
 
 
 def test_a_growing_series_is_ordered_by_step_and_only_new_models_are_measured(trained, tmp_path):
@@ -223,3 +223,107 @@ def test_watch_names_a_missing_folder_and_refuses_models_with_it(tmp_path, tiny_
         evaluate(watch=str(tmp_path / "no-such-run"), config=[str(suite)])
     with pytest.raises(ValueError, match="one of them"):
         evaluate(models=["a.ckpt"], watch=str(tmp_path), config=[str(suite)])
+
+
+def test_a_series_places_each_model_at_its_own_step_and_refuses_to_guess():
+    """place_series on constructed sources: steps win over names and order; an alias at a step
+    another file holds is measured once; a mix of known and unknown steps is refused, naming the
+    unknown; a series where nothing is known is taken as given and says so."""
+    from perceptlab.core.checkpoints import ModelSource, SeriesOrderError, place_series
+
+    def lightning(name, step):
+        return ModelSource(f"run/checkpoints/{name}", "lightning", "m", step=step, epoch=step // 4)
+
+    final = ModelSource("run/checkpoints/open_clip_model.pt", "open_clip", "m", step=16, epoch=3, end_of_fit=True)
+    series = [lightning("epoch=3-step=16.ckpt", 16), final, lightning("epoch=0-step=4.ckpt", 4),
+              lightning("last.ckpt", 16), lightning("b.ckpt", 8)]
+    kept, notes = place_series(series)
+    assert [(s.spec.rsplit("/", 1)[1], s.at) for s in kept] == [
+        ("epoch=0-step=4.ckpt", 4), ("b.ckpt", 8), ("epoch=3-step=16.ckpt", 16)]
+    assert len(notes) == 2 and all("measured as run/checkpoints/epoch=3-step=16.ckpt" in n for n in notes)
+    # the export alone is the final step; with that step taken already it is not measured again
+    kept, _ = place_series([ModelSource(final.spec, "open_clip", "m", step=16, epoch=3, end_of_fit=True)])
+    assert [s.at for s in kept] == [16]
+    kept, notes = place_series([ModelSource(final.spec, "open_clip", "m", step=16, epoch=3, end_of_fit=True)],
+                               taken={16: "x.ckpt"})
+    assert kept == [] and "measured as x.ckpt" in notes[0]
+
+    plain = ModelSource("elsewhere/model.pt", "open_clip", "m")
+    with pytest.raises(SeriesOrderError, match=r"1 model\(s\) have no training step.*elsewhere/model\.pt"):
+        place_series([lightning("a.ckpt", 4), plain])
+    epochs = [ModelSource(f"oc/epoch_{e}.pt", "open_clip_train", "m", epoch=e) for e in (3, 1, 2)]
+    with pytest.raises(SeriesOrderError, match="--steps_per_epoch"):
+        place_series([lightning("a.ckpt", 4), *epochs])
+    kept, notes = place_series(epochs, steps_per_epoch=100)
+    assert [s.at for s in kept] == [100, 200, 300] and not notes
+    kept, notes = place_series([ModelSource(s.spec, s.kind, "m", epoch=s.epoch) for s in epochs])
+    assert [s.at for s in kept] == [1, 2, 3] and "by epoch" in notes[0]
+    kept, notes = place_series([ModelSource("x/final.pt", "open_clip", "m"), ModelSource("x/init.pt", "open_clip", "m")])
+    assert [(s.spec, s.at) for s in kept] == [("x/final.pt", 0), ("x/init.pt", 1)] and "as given" in notes[0]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_series_keeps_its_real_steps_through_watch_and_globs(tiny_world, tmp_path, capsys):
+    """The shipped stage-2 toy config, 4 epochs of 4 steps, with a user's ModelCheckpoint every 4
+    steps (epoch=0-step=4.ckpt ... epoch=3-step=16.ckpt, last.ckpt) and the open_clip_model.pt
+    that fit writes at its end: a watcher started during the training, one started after it and a
+    glob of the checkpoint folder each record steps 4, 8, 12, 16 from the step files, no alias as
+    a point, and each metric's peak step is the step of its best value."""
+    import os
+    import subprocess
+    import sys
+
+    suite = suite_config(tmp_path, tiny_world)
+    cfg = yaml.safe_load(suite.read_text())
+    cfg["trainer"]["callbacks"][0]["init_args"]["probes"] = cfg["trainer"]["callbacks"][0]["init_args"]["probes"][:1]
+    suite.write_text(yaml.safe_dump(cfg))  # NIGHTS only: the series' steps are the point
+    every_4 = json.dumps({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                          "init_args": {"every_n_train_steps": 4, "save_top_k": -1, "save_last": True}})
+    it = tiny_world / "image_text"
+    run = tmp_path / "runs" / "pretrain_random" / "version_0"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    training = subprocess.Popen(
+        [sys.executable, "-m", "perceptlab", "fit", "--config", str(REPO / "experiments/toy/pretrain_random.yaml"),
+         "--data.init_args.format=csv", f"--data.init_args.train_data={it / 'pairs.csv'}",
+         "--data.init_args.val_data=null", f"--data.init_args.zeroshot_data={tiny_world / 'classification'}",
+         f"--runs_dir={tmp_path / 'runs'}", "--trainer.max_epochs=4", "--trainer.limit_val_batches=0",
+         "--trainer.enable_progress_bar=false", "--data.init_args.num_workers=0", f"--trainer.callbacks+={every_4}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = ["--config", str(suite), "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"]
+    watch = ["--poll", "0.3", "--settle", "0.5", "--idle_timeout", "300"]
+    try:
+        while not run.is_dir() and training.poll() is None:
+            time_sleep(0.2)
+        perceptlab(["evaluate", "--watch", str(run), "--out", str(tmp_path / "during"), *watch, *args])
+    finally:
+        log, _ = training.communicate(timeout=600)
+    assert training.returncode == 0, log[-3000:]
+    folder = run / "checkpoints"
+    assert {p.name for p in folder.iterdir()} >= {"epoch=3-step=16.ckpt", "last.ckpt", "open_clip_model.pt"}
+    steps = {f"epoch={s // 4 - 1}-step={s}.ckpt": s for s in (4, 8, 12, 16)}
+    perceptlab(["evaluate", "--watch", str(run), "--out", str(tmp_path / "after"), *watch, *args])
+    perceptlab(["evaluate", str(folder / "*"), "--out", str(tmp_path / "glob"), *args])
+    printed = capsys.readouterr().out
+    assert "open_clip_model.pt is step 16, measured as" in printed
+    assert "last.ckpt: an alias of some step, left out of the series" in printed
+    for how in ("during", "after", "glob"):
+        got = records(tmp_path / how)
+        assert [(Path(r["model"]).name, r["step"]) for r in got] == sorted(steps.items(), key=lambda kv: kv[1]), how
+        for r in got:  # each record's step is its checkpoint's global step
+            assert torch.load(r["model"], map_location="cpu", weights_only=False)["global_step"] == r["step"]
+        summary = json.loads((tmp_path / how / "alignment_summary.json").read_text())["nights/2afc"]
+        values = {r["step"]: r["metrics"]["nights/2afc"] for r in got}
+        best = max(values.values())
+        assert summary["peak_step"] == min(s for s, v in values.items() if v == best), how
+        assert summary["final_step"] == 16 and summary["drop"] == pytest.approx(best - values[16])
+    # the export alone is the run's final step (fit_end.json), and it is the step-16 checkpoint's weights
+    perceptlab(["evaluate", str(folder / "open_clip_model.pt"), "--model_name", "perceptlab-vit-tiny-64",
+                "--out", str(tmp_path / "export"), *args])
+    (export,) = records(tmp_path / "export")
+    assert export["step"] == 16 and export["metrics"] == records(tmp_path / "glob")[-1]["metrics"]
+
+
+def time_sleep(seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)
