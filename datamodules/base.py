@@ -156,8 +156,11 @@ class BackboneDataModule(pl.LightningDataModule):
             sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
         kwargs = self.loader_kwargs(num_workers, pin_memory)
         kwargs["persistent_workers"] = kwargs["persistent_workers"] and persistent_workers
+        # Its own generator for the workers' seed: drawn from the global one, a persistent loader's
+        # first iteration would take a training random number at whichever validation came first
+        # in this process -- another one after a resume, and the resumed run's dropout would differ.
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, collate_fn=collate_fn,
-                          **kwargs)
+                          generator=torch.Generator().manual_seed(0), **kwargs)
 
 
 def tar_sample_count(path, image_extensions) -> int:

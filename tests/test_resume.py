@@ -1,0 +1,138 @@
+"""Resume reproduces the run as users run it: the shipped toy configs (only sizes overridden), every
+exact data format, every kind of kill point, no evaluation lost or doubled.
+
+Each cell trains a config without interruption, then the same command killed at one point after
+another, each time resumed with ``--ckpt_path last`` (as after a pre-emption): mid-epoch, just
+after a checkpoint, just after an evaluation whose checkpoint is not written yet (the suite has
+recorded the epoch-end evaluation, ``last.ckpt`` is still the step before), and at an epoch
+boundary. It must end with the uninterrupted run's weights (to 1e-6) and the same evaluations,
+each once. The kills raise inside this process (``faults.Killed``: no hook saves anything, so the
+files left are those of a SIGKILL at the same point; ``test_reliability.py`` kills a real process
+with SIGKILL); the fits run in-process, so each costs its training, not its imports.
+
+The suite is the shipped fragment with its NIGHTS and shape-bias probes (every 2 steps), so that
+evaluations fall on checkpoint steps, mid-epoch and at epoch ends.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from perceptlab.commands.cli import main as perceptlab
+
+REPO = Path(__file__).resolve().parents[1]
+TOY = REPO / "experiments" / "toy"
+sys.path.insert(0, str(Path(__file__).parent))
+from faults import Killed  # noqa: E402
+
+# (step, when) -> the step of the last.ckpt the next run resumes from (checkpoints every 2 steps)
+MID_EPOCH = (3, "batch_start")  # resumes from 2, inside epoch 0
+AFTER_CHECKPOINT = (6, "batch_start")  # last.ckpt at 6 was just written, mid-epoch
+AFTER_EVALUATION = (8, "epoch_end")  # step 8's epoch-end evaluation is recorded, its checkpoint not yet
+EPOCH_BOUNDARY = (8, "batch_start")  # after the epoch-end checkpoint, before epoch 2's first batch
+
+
+def suite(world: Path, tmp: Path) -> Path:
+    cfg = yaml.safe_load((TOY / "alignment_suite.yaml").read_text())
+    init = cfg["trainer"]["callbacks"][0]["init_args"]
+    init.update(data_root=str(world), every_n_steps=2, every_n_steps_until=None, then_every_n_steps=None,
+                tensorboard_figure=False, num_workers=0)
+    kept = {"nights": 40, "cue_conflict": 48}
+    init["probes"] = [p for p in init["probes"] if p["init_args"]["root"] in kept]
+    for probe in init["probes"]:
+        probe["init_args"]["max_items"] = kept[probe["init_args"]["root"]]
+    path = tmp / "suite.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def shipped(name: str, world: Path) -> str:
+    """experiments/toy/<name>.yaml as shipped, reading ``world`` instead of data/toyworld."""
+    path = world.parent / f"{world.name}-{name}.yaml"
+    if not path.is_file():
+        path.write_text((TOY / f"{name}.yaml").read_text().replace("data/toyworld", str(world)))
+    return str(path)
+
+
+def stage2(world: Path, fmt: str) -> list[str]:
+    it = world / "image_text"
+    data = {"csv": (it / "pairs.csv", it / "val_pairs.csv"), "hf": (it / "hf" / "train.parquet", None),
+            "litdata": (it / "litdata" / "train", it / "litdata" / "val")}[fmt]
+    args = ["--config", shipped("pretrain_random", world), f"--data.init_args.format={fmt}",
+            f"--data.init_args.train_data={data[0]}", f"--data.init_args.zeroshot_data={world / 'classification'}",
+            "--data.init_args.num_workers=1", "--trainer.max_epochs=3"]  # 4 steps an epoch: 12 steps
+    return args + ([f"--data.init_args.val_data={data[1]}"] if data[1] else ["--data.init_args.val_data=null"])
+
+
+CELLS = {
+    # name: (config arguments, kills in order)
+    "stage1": (lambda w: ["--config", shipped("pi_nights", w), "--trainer.max_epochs=3"],  # 113 triplets in batches of 32: 4 steps an epoch
+               [MID_EPOCH, AFTER_CHECKPOINT, AFTER_EVALUATION, EPOCH_BOUNDARY]),
+    "stage2-csv": (lambda w: stage2(w, "csv"), [MID_EPOCH, AFTER_CHECKPOINT, AFTER_EVALUATION, EPOCH_BOUNDARY]),
+    "stage2-hf": (lambda w: stage2(w, "hf"), [AFTER_CHECKPOINT]),  # the CSV cell's loader path, another reader
+    "stage2-litdata": (lambda w: stage2(w, "litdata"), [AFTER_CHECKPOINT]),
+    "task-iqa": (lambda w: ["--config", shipped("perceptual_iqa", w), "--data.init_args.batch_size=16",
+                            "--trainer.max_epochs=4"],  # 45 images in batches of 16: 3 steps an epoch
+                 [(4, "batch_start"), (6, "epoch_end"), (6, "batch_start")]),
+}
+
+
+def fit(args: list[str], runs: Path, name: str, *extra: str) -> None:
+    argv = list(sys.argv)
+    try:
+        perceptlab(["fit", *args, "--runs_dir", str(runs), "--experiment", name, "--seed_everything=0",
+                    "--checkpoint_every_n_steps=2", "--trainer.enable_progress_bar=false",
+                    "--trainer.enable_model_summary=false", "--trainer.limit_val_batches=1", *extra])
+    finally:
+        sys.argv = argv  # the CLI rewrites it
+
+
+def records(run: Path) -> list[dict]:
+    """alignment.jsonl without the timings (which differ from run to run)."""
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (run / "alignment.jsonl").read_text().splitlines()]
+
+
+def weights(run: Path) -> tuple[int, dict[str, torch.Tensor]]:
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return state["global_step"], state["state_dict"]
+
+
+LITDATA_DEFECT = ("litdata 0.2.76's StreamingDataLoader, resumed mid-epoch from Lightning's stored state, yields no "
+                  "batch in the following epoch: the resumed run ends an epoch early (found by this test)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", [pytest.param(c, marks=pytest.mark.xfail(reason=LITDATA_DEFECT, strict=True))
+                                  if c == "stage2-litdata" else c for c in CELLS])
+def test_a_killed_run_resumed_from_last_ends_as_the_uninterrupted_one(cell, tiny_world, tmp_path):
+    config, kills = CELLS[cell]
+    args = config(tiny_world) + ["--config", str(suite(tiny_world, tmp_path))]
+    runs = tmp_path / "runs"
+    fit(args, runs, "full")
+    full = runs / "full" / "version_0"
+    expected = records(full)
+    steps = [r["step"] for r in expected]
+    assert len(steps) == len(set(steps)) and steps == sorted(steps)
+
+    run = runs / "resumed" / "version_0"
+    for i, (step, when) in enumerate(kills):
+        kill = json.dumps({"class_path": "faults.KillAt", "init_args": {"step": step, "when": when, "in_process": True}})
+        with pytest.raises(Killed):
+            fit(args, runs, "resumed", f"--trainer.callbacks+={kill}", *(("--ckpt_path", "last") if i else ()))
+        written = records(run)
+        assert written == expected[:len(written)], (cell, step, when)  # up to the kill: the same numbers
+    fit(args, runs, "resumed", "--ckpt_path", "last")
+    assert not (runs / "resumed" / "version_1").exists()
+    assert records(run) == expected, cell  # every evaluation once, none lost, none doubled
+    assert json.loads((run / "alignment_summary.json").read_text()) == json.loads(
+        (full / "alignment_summary.json").read_text())
+    (step_a, a), (step_b, b) = weights(full), weights(run)
+    assert step_a == step_b
+    for key, value in a.items():
+        torch.testing.assert_close(b[key], value, rtol=0, atol=1e-6, msg=f"{cell}: {key}")
