@@ -134,6 +134,7 @@ class BackboneDataModule(pl.LightningDataModule):
         repeats unless ``even_shards`` drops the tail), stateful so that Lightning stores the
         position inside an epoch; a resumed run's loader starts at the checkpoint's next epoch."""
         rank, world = self.rank_world()
+        self._train_batch_size = batch_size
         self._train_sampler = EpochSampler(dataset, shuffle=shuffle, seed=self.run_seed() if seed is None else seed,
                                            rank=rank, world_size=world, drop_last=even_shards, epoch=self._resume_epoch)
         return StatefulDataLoader(dataset, batch_size=batch_size, sampler=self._train_sampler, drop_last=drop_last,
@@ -142,7 +143,11 @@ class BackboneDataModule(pl.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         # Lightning restores a loader's position only for a checkpoint written inside an epoch:
         # the epoch of the next batch comes back through the data module (``datamodules.sampling``).
-        return {} if self._train_sampler is None else {"train_epoch": self._train_sampler.next_epoch()}
+        if self._train_sampler is None:
+            return {}
+        batches = getattr(self.trainer, "num_training_batches", None) if self.trainer is not None else None
+        batches = int(batches) if isinstance(batches, (int, float)) and batches == batches and batches < float("inf") else None
+        return {"train_epoch": self._train_sampler.next_epoch(batches, self._train_batch_size)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume_epoch = int(state_dict.get("train_epoch", 0))

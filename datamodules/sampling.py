@@ -35,7 +35,7 @@ class _EpochIterator(Iterator[int]):
 
     def _start(self, epoch: int, yielded: int) -> None:
         self.epoch = int(epoch)
-        self.sampler.set_epoch(self.epoch)
+        self.sampler.epoch = self.epoch  # what DistributedSampler.__iter__ seeds with
         self.indices = list(DistributedSampler.__iter__(self.sampler))
         self.yielded = int(yielded)
         self.sampler.current = self
@@ -62,7 +62,12 @@ class _EpochIterator(Iterator[int]):
 
 class EpochSampler(DistributedSampler):
     """``DistributedSampler``'s permutation (seed + epoch; one rank's share) with a stateful
-    iterator; ``epoch``: the epoch of the first iterator (a resumed run's next epoch)."""
+    iterator; ``epoch``: the epoch of the first iterator (a resumed run's next epoch).
+
+    It counts its epochs itself: each new iterator is the epoch after the last one that handed out
+    indices (restored or not). Lightning's ``set_epoch`` is ignored -- after a resume from an epoch-end checkpoint of a
+    ``max_steps`` run, Lightning passes the epoch index one too high (it counts the restored,
+    finished epoch once more)."""
 
     def __init__(self, dataset: Dataset, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
                  drop_last: bool = True, epoch: int = 0) -> None:
@@ -71,11 +76,20 @@ class EpochSampler(DistributedSampler):
         self.current: _EpochIterator | None = None
 
     def __iter__(self) -> _EpochIterator:
+        # a new iterator after one that handed out indices is the next epoch; one that handed out
+        # none (torch's loader iterators build their sampler iterator twice) is replaced
+        if self.current is not None and self.current.yielded > 0:
+            self.epoch = self.current.epoch + 1
         return _EpochIterator(self)
 
-    def next_epoch(self) -> int:
+    def set_epoch(self, epoch: int) -> None:
+        """Ignored: the sampler counts its epochs itself (see the class docstring)."""
+
+    def next_epoch(self, batches_done: int | None = None, batch_size: int = 1) -> int:
         """The epoch the next batch belongs to: the current one, or the one after it once its
-        indices are all handed out (at an epoch end)."""
+        indices are all handed out or ``batches_done`` (the epoch's batches, e.g. Lightning's
+        ``num_training_batches`` under ``limit_train_batches``) batches of ``batch_size`` are."""
         if self.current is None:
             return self.epoch
-        return self.current.epoch + 1 if self.current.exhausted else self.current.epoch
+        done = self.current.exhausted or (batches_done is not None and self.current.yielded >= batches_done * batch_size)
+        return self.current.epoch + 1 if done else self.current.epoch

@@ -263,16 +263,18 @@ def test_a_series_places_each_model_at_its_own_step_and_refuses_to_guess():
 
 
 @pytest.mark.slow
-def test_a_checkpoint_series_keeps_its_real_steps_through_watch_and_globs(tiny_world, tmp_path, capsys):
+def test_a_checkpoint_series_keeps_its_real_steps_through_watch_and_globs(tiny_world, tmp_path, capsys, caplog):
     """The shipped stage-2 toy config, 4 epochs of 4 steps, with a user's ModelCheckpoint every 4
     steps (epoch=0-step=4.ckpt ... epoch=3-step=16.ckpt, last.ckpt) and the open_clip_model.pt
     that fit writes at its end: a watcher started during the training, one started after it and a
     glob of the checkpoint folder each record steps 4, 8, 12, 16 from the step files, no alias as
     a point, and each metric's peak step is the step of its best value."""
+    import logging
     import os
     import subprocess
     import sys
 
+    caplog.set_level(logging.INFO)
     suite = suite_config(tmp_path, tiny_world)
     cfg = yaml.safe_load(suite.read_text())
     cfg["trainer"]["callbacks"][0]["init_args"]["probes"] = cfg["trainer"]["callbacks"][0]["init_args"]["probes"][:1]
@@ -303,7 +305,7 @@ def test_a_checkpoint_series_keeps_its_real_steps_through_watch_and_globs(tiny_w
     steps = {f"epoch={s // 4 - 1}-step={s}.ckpt": s for s in (4, 8, 12, 16)}
     perceptlab(["evaluate", "--watch", str(run), "--out", str(tmp_path / "after"), *watch, *args])
     perceptlab(["evaluate", str(folder / "*"), "--out", str(tmp_path / "glob"), *args])
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().out + caplog.text  # the watcher prints; the series logs through Lightning
     assert "open_clip_model.pt is step 16, measured as" in printed
     assert "last.ckpt: an alias of some step, left out of the series" in printed
     for how in ("during", "after", "glob"):

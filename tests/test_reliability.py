@@ -4,7 +4,6 @@ Each starts real trainings (tiny model, toy world) and checks what is left on di
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -173,88 +172,6 @@ def test_probe_pointed_at_a_missing_folder_fails_at_start_up_naming_probe_and_pa
         trainer.fit(model, NightsDataModule(root=str(tiny_world / "nights"), batch_size=8, num_workers=0))
     assert trainer.global_step == 0
     assert not (tmp_path / "ckpt").exists()
-
-
-def _resume_suite(world: Path, kill_at: int | None) -> str:
-    """A trainer.callbacks config: three cheap probes every 2 steps, plus a SIGKILL at ``kill_at``."""
-    probes = [
-        {"class_path": "perceptlab.callbacks.probes.nights.NightsProbe", "init_args": {"root": "nights", "split": "test", "max_items": 40}},
-        {"class_path": "perceptlab.callbacks.probes.shape_bias.ShapeBiasProbe",
-         "init_args": {"root": "cue_conflict", "dataset": "cue_conflict", "max_items": 48}},
-        {"class_path": "perceptlab.callbacks.probes.noise.NoiseRobustnessProbe",
-         "init_args": {"root": "classification", "dataset": "classification", "sigmas": [0.1], "max_items": 32}},
-    ]
-    callbacks = [{"class_path": "perceptlab.callbacks.alignment.AlignmentSuite", "init_args": {
-        "data_root": str(world), "every_n_epochs": 1, "every_n_steps": 2, "every_n_steps_until": 14, "baseline": True,
-        "batch_size": 64, "tensorboard_figure": False, "probes": probes}}]
-    if kill_at is not None:
-        callbacks.append({"class_path": "faults.KillAt", "init_args": {"step": kill_at}})
-    return json.dumps({"trainer": {"callbacks": callbacks}})
-
-
-def _records(run: Path) -> list[dict]:
-    """alignment.jsonl without the timings (which differ from run to run)."""
-    lines = (run / "alignment.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
-
-
-def _fit_resume_run(tmp: Path, world: Path, name: str, *extra: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
-    """Stage 2 on the toy CSV pairs (StatefulDataLoader with a worker), patch dropout 0.5, the
-    alignment suite every 2 steps, a step checkpoint every 4 steps; 6 batches per epoch, 14 steps."""
-    it = world / "image_text"
-    callbacks = tmp / f"{name}_{kill_at}.yaml"
-    callbacks.write_text(_resume_suite(world, kill_at))
-    args = ["fit", "--config", PRETRAIN_CONFIG, "--config", str(callbacks), "--runs_dir", str(tmp / "runs"),
-            "--experiment", name, "--trainer.enable_progress_bar=false", "--data.init_args.format=csv",
-            f"--data.init_args.train_data={it / 'pairs.csv'}", f"--data.init_args.val_data={it / 'val_pairs.csv'}",
-            f"--data.init_args.zeroshot_data={world / 'classification'}", "--data.init_args.batch_size=16",
-            "--data.init_args.num_workers=1", "--trainer.limit_train_batches=6", "--trainer.limit_val_batches=1",
-            "--trainer.max_steps=14", "--trainer.max_epochs=-1", "--checkpoint_every_n_steps=4",
-            "--model.init_args.warmup_steps=3", *extra]
-    return perceptlab(*args, env={**os.environ, "PYTHONPATH": str(REPO / "tests")})
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, tiny_world) -> Path:
-    tmp = tmp_path_factory.mktemp("uninterrupted")
-    full = _fit_resume_run(tmp, tiny_world, "full")
-    assert full.returncode == 0, full.stderr[-3000:]
-    return tmp / "runs" / "full" / "version_0"
-
-
-@pytest.mark.slow
-def test_killed_pretraining_resumed_from_last_reproduces_the_uninterrupted_run(tmp_path, tiny_world, uninterrupted):
-    """The run is SIGKILLed (no handler runs, as on a node failure) twice: before step 12, mid
-    epoch 1 (resumed from the step-8 checkpoint; the step-10 evaluation is past it), and, resumed,
-    again before step 14, just after the end of epoch 1 (resumed from step 12, whose evaluations
-    are in the checkpoint). Resumed with ``--ckpt_path last`` it must end with the uninterrupted
-    run's weights and the same evaluations, each exactly once. Up to each kill the runs are the
-    same config and seed in separate processes, so their evaluations must agree exactly too."""
-    expected = _records(uninterrupted)
-    # baseline, every 2 steps, epoch ends (6, 12, 14): each evaluation once
-    assert [(r["trigger"], r["step"]) for r in expected] == [
-        ("baseline", 0), ("step", 2), ("step", 4), ("epoch", 6), ("step", 8), ("step", 10), ("epoch", 12), ("epoch", 14)]
-    run = tmp_path / "runs" / "resumed" / "version_0"
-    for kill_at, resume_step, before_kill, extra in ((11, 8, [0, 2, 4, 6, 8, 10], ()),
-                                                     (13, 12, [0, 2, 4, 6, 8, 10, 12], ("--ckpt_path", "last"))):
-        killed = _fit_resume_run(tmp_path, tiny_world, "resumed", *extra, kill_at=kill_at)
-        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-        assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == resume_step
-        written = _records(run)
-        assert [r["step"] for r in written] == before_kill, kill_at
-        assert written == expected[:len(before_kill)]  # same seed and config, run again: the same metrics
-
-    resumed = _fit_resume_run(tmp_path, tiny_world, "resumed", "--ckpt_path", "last")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert not (tmp_path / "runs" / "resumed" / "version_1").exists()
-    assert _records(run) == expected  # re-evaluated once, nothing duplicated or missing
-    assert json.loads((run / "alignment_summary.json").read_text()) == json.loads(
-        (uninterrupted / "alignment_summary.json").read_text())
-    a = torch.load(uninterrupted / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
-    assert a["global_step"] == b["global_step"] == 14  # last.ckpt holds the end of fit (mid epoch 2)
-    for key, value in a["state_dict"].items():
-        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=1e-6, msg=key)
 
 
 class _Linear(pl.LightningModule):

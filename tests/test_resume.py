@@ -6,9 +6,11 @@ another, each time resumed with ``--ckpt_path last`` (as after a pre-emption): m
 after a checkpoint, just after an evaluation whose checkpoint is not written yet (the suite has
 recorded the epoch-end evaluation, ``last.ckpt`` is still the step before), and at an epoch
 boundary. It must end with the uninterrupted run's weights (to 1e-6) and the same evaluations,
-each once. The kills raise inside this process (``faults.Killed``: no hook saves anything, so the
-files left are those of a SIGKILL at the same point; ``test_reliability.py`` kills a real process
-with SIGKILL); the fits run in-process, so each costs its training, not its imports.
+each once. The first kill of the stage-2 CSV cell is a real SIGKILL of a ``perceptlab fit``
+process; the others raise inside this process (``faults.Killed``: no hook saves anything, so the
+files left are those of a SIGKILL at the same point), so that each fit costs its training, not
+its imports. The stage-2 CSV cell is bounded by ``max_steps`` (Lightning's iteration-based
+restore, the issue's case); the others by ``max_epochs`` (its epoch-based restore).
 
 The suite is the shipped fragment with its NIGHTS and shape-bias probes (every 2 steps), so that
 evaluations fall on checkpoint steps, mid-epoch and at epoch ends.
@@ -42,7 +44,7 @@ def suite(world: Path, tmp: Path) -> Path:
     init = cfg["trainer"]["callbacks"][0]["init_args"]
     init.update(data_root=str(world), every_n_steps=2, every_n_steps_until=None, then_every_n_steps=None,
                 tensorboard_figure=False, num_workers=0)
-    kept = {"nights": 40, "cue_conflict": 48}
+    kept = {"nights": 24, "cue_conflict": 32}
     init["probes"] = [p for p in init["probes"] if p["init_args"]["root"] in kept]
     for probe in init["probes"]:
         probe["init_args"]["max_items"] = kept[probe["init_args"]["root"]]
@@ -70,16 +72,18 @@ def stage2(world: Path, fmt: str) -> list[str]:
 
 
 CELLS = {
-    # name: (config arguments, kills in order)
-    "stage1": (lambda w: ["--config", shipped("pi_nights", w), "--trainer.max_epochs=3"],  # 113 triplets in batches of 32: 4 steps an epoch
-               [MID_EPOCH, AFTER_CHECKPOINT, AFTER_EVALUATION, EPOCH_BOUNDARY]),
-    "stage2-csv": (lambda w: stage2(w, "csv"), [MID_EPOCH, AFTER_CHECKPOINT, AFTER_EVALUATION, EPOCH_BOUNDARY]),
-    "stage2-hf": (lambda w: stage2(w, "hf"), [AFTER_CHECKPOINT]),  # the CSV cell's loader path, another reader
+    # name: (config arguments, kills in order); every kind of kill point is in at least two cells
+    "stage1": (lambda w: ["--config", shipped("pi_nights", w), "--trainer.max_epochs=3"],  # 113 triplets / 32: 4 steps an epoch
+               [MID_EPOCH, AFTER_EVALUATION, EPOCH_BOUNDARY]),
+    "stage2-csv": (lambda w: stage2(w, "csv") + ["--trainer.max_epochs=-1", "--trainer.max_steps=11"],
+                   [AFTER_CHECKPOINT, AFTER_EVALUATION, EPOCH_BOUNDARY]),
+    "stage2-hf": (lambda w: stage2(w, "hf"), [MID_EPOCH, EPOCH_BOUNDARY]),
     "stage2-litdata": (lambda w: stage2(w, "litdata"), [AFTER_CHECKPOINT]),
     "task-iqa": (lambda w: ["--config", shipped("perceptual_iqa", w), "--data.init_args.batch_size=16",
-                            "--trainer.max_epochs=4"],  # 45 images in batches of 16: 3 steps an epoch
+                            "--trainer.max_epochs=3"],  # 45 images in batches of 16: 3 steps an epoch
                  [(4, "batch_start"), (6, "epoch_end"), (6, "batch_start")]),
 }
+SIGKILL_CELL = "stage2-csv"  # its first kill: a real SIGKILL of a perceptlab process
 
 
 def fit(args: list[str], runs: Path, name: str, *extra: str) -> None:
@@ -90,6 +94,22 @@ def fit(args: list[str], runs: Path, name: str, *extra: str) -> None:
                     "--trainer.enable_model_summary=false", "--trainer.limit_val_batches=1", *extra])
     finally:
         sys.argv = argv  # the CLI rewrites it
+
+
+def fit_and_sigkill(args: list[str], runs: Path, name: str, step: int, when: str) -> None:
+    """The same command in a process of its own, killed by SIGKILL at ``step`` (nothing is saved)."""
+    import os
+    import signal
+    import subprocess
+
+    kill = json.dumps({"class_path": "faults.KillAt", "init_args": {"step": step, "when": when}})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(REPO)])}
+    proc = subprocess.run([sys.executable, "-m", "perceptlab", "fit", *args, "--runs_dir", str(runs), "--experiment",
+                           name, "--seed_everything=0", "--checkpoint_every_n_steps=2",
+                           "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+                           "--trainer.limit_val_batches=1", f"--trainer.callbacks+={kill}"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
 
 
 def records(run: Path) -> list[dict]:
@@ -122,9 +142,12 @@ def test_a_killed_run_resumed_from_last_ends_as_the_uninterrupted_one(cell, tiny
 
     run = runs / "resumed" / "version_0"
     for i, (step, when) in enumerate(kills):
-        kill = json.dumps({"class_path": "faults.KillAt", "init_args": {"step": step, "when": when, "in_process": True}})
-        with pytest.raises(Killed):
-            fit(args, runs, "resumed", f"--trainer.callbacks+={kill}", *(("--ckpt_path", "last") if i else ()))
+        if i == 0 and cell == SIGKILL_CELL:
+            fit_and_sigkill(args, runs, "resumed", step, when)
+        else:
+            kill = json.dumps({"class_path": "faults.KillAt", "init_args": {"step": step, "when": when, "in_process": True}})
+            with pytest.raises(Killed):
+                fit(args, runs, "resumed", f"--trainer.callbacks+={kill}", *(("--ckpt_path", "last") if i else ()))
         written = records(run)
         assert written == expected[:len(written)], (cell, step, when)  # up to the kill: the same numbers
     fit(args, runs, "resumed", "--ckpt_path", "last")
