@@ -17,11 +17,39 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from litdata import StreamingDataset
+from litdata import StreamingDataLoader, StreamingDataset
 
 from perceptlab.datamodules.image_text.common import first_readable
 
 INDEX_NAME = "index.json"
+
+
+class ResumableStreamingLoader(StreamingDataLoader):
+    """litdata's ``StreamingDataLoader``, whose restored position is used for one epoch only.
+
+    Restored with ``load_state_dict``, litdata replays the saved position until an epoch's
+    iterator runs to its end; Lightning stops an epoch at its batch count, before that end, so
+    litdata 0.2.76 replayed the finished position at the next epoch too -- an epoch of no batch,
+    and the resumed run ended an epoch early. Here the next iterator after the restored epoch has
+    yielded starts a new epoch, as an uninterrupted run does. Its epoch count (which seeds litdata's
+    shuffle) is kept by the data module too: Lightning restores no loader state from an epoch-end
+    checkpoint, and a fresh loader would count from 0 and replay the first epoch's order.
+    """
+
+    def load_state_dict(self, obj: dict[str, Any]) -> None:
+        super().load_state_dict(obj)
+        self._replayed = False
+        if int(obj.get("num_samples_yielded", 0)) >= len(self) * int(self.batch_size or 1):
+            # saved at the epoch's end (Lightning restores that too when max_steps bounds the run):
+            # replayed, it would be an epoch of no batch; the next iterator is the next epoch
+            self.restore = False
+
+    def __iter__(self) -> Any:
+        if self.restore and getattr(self, "_replayed", False):
+            self.restore = False  # the restored epoch was read: a new epoch begins
+        for batch in super().__iter__():
+            self._replayed = True
+            yield batch
 
 
 def check_litdata(root: str | os.PathLike, image_key: str | None = "image", caption_key: str | None = "caption") -> dict:
