@@ -14,6 +14,9 @@ A run directory (``runs/<experiment>/version_<n>/``, or ``perceptlab evaluate``'
     bootstrap replicates: ``<metric>@peak``, ``@final``, ``@baseline`` ``(B,)`` and the whole
     trajectory ``<metric>@trajectory`` ``(T, B)`` with its steps ``<metric>@steps`` ``(T,)``;
     :data:`BOOTSTRAP_SEED_KEY` records the seed that fixed the resampled items.
+``data_resumes.jsonl`` (``datamodules.image_text.wds_pairs.RESUMES_NAME``)
+    one line per webdataset resume inside an epoch: where, and the samples that epoch is expected
+    to repeat and skip (the only resume that is not exact).
 ``config.yaml``, TensorBoard event files (``test/*`` scalars of perceptual-task runs).
 
 The writers replace a file atomically (a reader or a crash never sees half a file); the one

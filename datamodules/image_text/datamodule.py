@@ -14,7 +14,9 @@ from perceptlab.datamodules.image_text.common import MapPairCollate, mocov2_tran
 from perceptlab.datamodules.image_text.csv_pairs import CsvPairs
 from perceptlab.datamodules.image_text.hf_pairs import HFPairs, HFStreamPairs, load_hf
 from perceptlab.datamodules.image_text.wds_pairs import (
+    RESUMES_NAME,
     WebDatasetPairs,
+    resume_redraw_estimate,
     _is_remote,
     count_samples,
     expand_shards,
@@ -140,6 +142,8 @@ class ImageTextDataModule(BackboneDataModule):
         self.val_set: Dataset | IterableDataset | None = None
         self.zeroshot_set: Dataset | None = None
         self._processing: tuple[Callable, Callable, Callable] | None = None
+        self._litdata_loader = None
+        self._resume_litdata_epoch = 0
 
     # ----------------------------------------------------------------------------- helpers
     def _seed(self) -> int:
@@ -278,6 +282,16 @@ class ImageTextDataModule(BackboneDataModule):
     def val_batch_size(self) -> int:
         return int(self.hparams.val_batch_size or self.hparams.batch_size)
 
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self._litdata_loader is not None:  # litdata counts its epochs itself (its shuffle's seed)
+            state["litdata_epoch"] = int(self._litdata_loader.current_epoch)
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._resume_litdata_epoch = int(state_dict.get("litdata_epoch", 0))
+
     # -------------------------------------------------------------------------- loaders
     def _pin(self) -> bool:
         return torch.cuda.is_available() if self.hparams.pin_memory is None else bool(self.hparams.pin_memory)
@@ -292,12 +306,12 @@ class ImageTextDataModule(BackboneDataModule):
             trainer = self.trainer
             self.train_set.start_epoch = int(trainer.current_epoch) if trainer is not None else 0
             if isinstance(self.train_set, WebDatasetPairs):
-                self.train_set.resume_step = int(trainer.global_step) if trainer is not None else 0
+                self._place_stream(self.train_set, trainer)
             # Persistent workers keep their copy of the stream, so each counts its own epochs.
             return DataLoader(self.train_set, batch_size=None, num_workers=workers, pin_memory=self._pin(),
                               persistent_workers=workers > 0)
         if hp.format == "litdata":
-            from litdata import StreamingDataLoader
+            from perceptlab.datamodules.image_text.litdata_pairs import ResumableStreamingLoader
 
             rank, world = self.rank_world()
             built = self.train_set.distributed_env
@@ -309,12 +323,46 @@ class ImageTextDataModule(BackboneDataModule):
 
             # litdata splits the items over ranks and workers itself and reshuffles each epoch;
             # Lightning stores this loader's state_dict, so a resumed run continues mid-epoch exactly.
-            return StreamingDataLoader(self.train_set, batch_size=hp.batch_size, num_workers=workers, drop_last=True,
-                                       collate_fn=MapPairCollate(tokenizer), pin_memory=self._pin())
+            self._litdata_loader = ResumableStreamingLoader(
+                self.train_set, batch_size=hp.batch_size, num_workers=workers, drop_last=True,
+                collate_fn=MapPairCollate(tokenizer), pin_memory=self._pin())
+            self._litdata_loader.current_epoch = self._resume_litdata_epoch  # litdata's count of finished epochs
+            return self._litdata_loader
         # Our own sampler (``datamodules.sampling``), so that `shuffle` holds under DDP too (Lightning's
         # injected one always shuffles training data) and the order follows the run's seed and epoch.
         return self.train_loader(self.train_set, hp.batch_size, workers, self._pin(), shuffle=hp.shuffle,
                                  drop_last=True, seed=self._seed(), collate_fn=MapPairCollate(tokenizer), even_shards=True)
+
+    def _place_stream(self, stream: WebDatasetPairs, trainer) -> None:
+        """Where a (resumed) webdataset run's stream starts: the epoch of the next batch from the
+        global step (one batch a step), and, resumed inside an epoch, a redraw of that epoch's
+        rest seeded by the step (``wds_pairs``: approximate), written to the run's ``RESUMES_NAME``."""
+        step = int(trainer.global_step) if trainer is not None else 0
+        per_epoch = len(stream)
+        limit = getattr(trainer, "limit_train_batches", None)
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+            per_epoch = min(per_epoch, limit)
+        elif isinstance(limit, float) and 0 < limit < 1:
+            per_epoch = max(1, int(per_epoch * limit))
+        stream.start_epoch, read = divmod(step, per_epoch)
+        stream.resume_step = step if read else 0  # at an epoch boundary the next epoch is the uninterrupted one's
+        if not read:
+            return
+        rank, world = self.rank_world()
+        samples = (self.hparams.samples_per_epoch or count_samples(stream.urls)) // max(1, world)
+        estimate = resume_redraw_estimate(samples, self.hparams.batch_size, read, per_epoch)
+        log.warning("webdataset resumed inside epoch %d after %d of its %d batches: the rest is redrawn, "
+                    "about %.0f samples repeated and %.0f skipped in this epoch (per rank)", stream.start_epoch,
+                    read, per_epoch, estimate["repeated"], estimate["skipped"])
+        run_dir = getattr(getattr(trainer, "logger", None), "log_dir", None)
+        if run_dir and rank == 0:
+            import json
+            from pathlib import Path
+
+            with open(Path(run_dir) / RESUMES_NAME, "a") as f:
+                f.write(json.dumps({"format": "webdataset", "step": step, "epoch": stream.start_epoch,
+                                    "batches_read": read, "epoch_batches": per_epoch, "batch_size": self.hparams.batch_size,
+                                    "samples_per_rank": samples, "expected": estimate}) + "\n")
 
     def val_dataloader(self):
         if self.val_set is None and self.zeroshot_set is None:

@@ -1,4 +1,11 @@
-"""Image-text pairs from webdataset tar shards (img2dataset's layout), as batches."""
+"""Image-text pairs from webdataset tar shards (img2dataset's layout), as batches.
+
+Resuming mid-epoch is approximate: a stream cannot seek, so the rest of the killed epoch is drawn
+from a new shard order and shuffle, seeded by the resume step. Its ``B - b`` batches (after batch
+``b`` of ``B``) repeat some of the ``b`` batches already read and leave as many of the epoch unread;
+:func:`resume_redraw_estimate` gives the expected counts (``benchmarks/resume_webdataset.py``
+measures them), and the data module writes them to the run directory's :data:`RESUMES_NAME`.
+"""
 from __future__ import annotations
 
 import glob
@@ -30,6 +37,24 @@ log = logging.getLogger(__name__)
 _REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "hf://", "ais://")
 # A stream that opens this many shards in a row without one sample is stuck, not unlucky.
 _SHARDS_WITHOUT_SAMPLES = 64
+
+
+#: One JSON line per approximate (webdataset) resume in a run directory: where it resumed and the
+#: samples it is expected to repeat and skip in that epoch (:func:`resume_redraw_estimate`).
+RESUMES_NAME = "data_resumes.jsonl"
+
+
+def resume_redraw_estimate(samples: int, batch_size: int, batches_read: int, epoch_batches: int) -> dict[str, float]:
+    """Expected samples repeated and skipped in an epoch of ``epoch_batches`` batches over
+    ``samples`` pairs, resumed after ``batches_read``: the remaining batches are a fresh draw
+    without replacement from all ``samples``, each drawn pair already read with probability
+    ``read / samples``; the epoch's own pairs not drawn again are skipped."""
+    read = batches_read * batch_size
+    redrawn = max(0, epoch_batches - batches_read) * batch_size
+    share = min(1.0, read / samples) if samples else 0.0
+    epoch = min(samples, epoch_batches * batch_size)
+    return {"redrawn": redrawn, "repeated": round(redrawn * share, 1),
+            "skipped": round(max(0.0, (epoch - read) - redrawn * (1 - share) * (epoch - read) / max(1, samples - read)), 1)}
 
 
 # ----------------------------------------------------------------------------------- shards
@@ -159,7 +184,7 @@ class WebDatasetPairs(IterableDataset):
         return self.epoch_batches * max(1, self.num_workers)
 
     def _shard_stream(self, epoch: int, consumer: int, consumers: int, by_shard: bool, progress: dict) -> Iterator[dict]:
-        tag = f"{self.seed}-{epoch}-{self.resume_step}"
+        tag = f"{self.seed}-{epoch}-{self._resume_tag(epoch)}"
         if self.resampled:
             rng = random.Random(f"resample-{tag}-{consumer}")
             while True:
@@ -178,6 +203,11 @@ class WebDatasetPairs(IterableDataset):
             cycle += 1
             if self.epoch_batches is None:
                 return
+
+    def _resume_tag(self, epoch: int) -> int:
+        """The resume step seeds the redraw of the resumed epoch only; the epochs after it are the
+        uninterrupted run's."""
+        return self.resume_step if epoch == self.start_epoch else 0
 
     def _check_progress(self, progress: dict) -> None:
         if progress["shards"] - progress["at_last_sample"] > max(_SHARDS_WITHOUT_SAMPLES, 2 * len(self.urls)):
@@ -223,7 +253,7 @@ class WebDatasetPairs(IterableDataset):
             n = math.ceil(self.num_samples / consumers)
             stages.append(lambda samples: _pad_to(samples, n))
         if self.shuffle and self.shuffle_buffer > 1 and training:
-            rng = random.Random(f"buffer-{self.seed}-{epoch}-{self.resume_step}-{consumer}")
+            rng = random.Random(f"buffer-{self.seed}-{epoch}-{self._resume_tag(epoch)}-{consumer}")
             stages.append(wds.shuffle(self.shuffle_buffer, min(self.shuffle_buffer, max(1, self.shuffle_buffer // 10)),
                                       rng=rng))
         stages += [
