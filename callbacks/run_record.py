@@ -26,6 +26,7 @@ benchmark headline numbers, chart) live here too, so the suite, the report and T
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ from perceptlab.core.checkpoints import (  # noqa: F401
     PEAK_CHECKPOINT_NAME,
     read_fit_end,
 )
+
+log = logging.getLogger(__name__)
 
 JSONL_NAME = "alignment.jsonl"
 SUMMARY_NAME = "alignment_summary.json"
@@ -218,12 +221,21 @@ def read_evaluations(path: str | os.PathLike) -> list[Evaluation]:
     if not jsonl.is_file():
         return []
     out = []
-    for number, line in enumerate(jsonl.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{jsonl}:{number}: not a JSON record ({exc.msg})") from None
+    try:
+        lines = [(n, line) for n, line in enumerate(jsonl.read_text().splitlines(), 1) if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{jsonl}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    for number, line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == lines[-1][0]:  # a line torn by a kill while it was written: the records before it stand
+                log.warning("%s:%d: ignored a torn last line (%s): %r", jsonl, number, exc.msg, line[:80])
+                break
+            raise ValueError(f"{jsonl}:{number}: not a JSON record ({exc.msg})") from None
+        if not isinstance(record, dict) or "step" not in record:
+            raise ValueError(f"{jsonl}:{number}: not an evaluation record (no step)")
+        out.append(record)
     return out
 
 
@@ -236,11 +248,17 @@ def read_run(path: str | os.PathLike, require: bool = True) -> RunRecord:
     run = RunRecord(path=path, evaluations=read_evaluations(path))
     summary = path / SUMMARY_NAME
     if summary.is_file():
-        run.summary = json.loads(summary.read_text())
+        try:
+            run.summary = json.loads(summary.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{summary}: not a JSON summary ({' '.join(str(exc).split())[:120]})") from None
     bootstrap = path / BOOTSTRAP_NAME
     if bootstrap.is_file():
-        with np.load(bootstrap) as z:
-            run.replicates = {k: z[k] for k in z.files}
+        try:
+            with np.load(bootstrap) as z:
+                run.replicates = {k: z[k] for k in z.files}
+        except Exception as exc:  # noqa: BLE001  zip and pickle errors of a torn or foreign file
+            raise ValueError(f"{bootstrap}: not a readable .npz ({type(exc).__name__}: {str(exc)[:120]})") from None
     run.task_results = read_test_scalars(path)
     run.seed = read_seed(path)
     if require and not run.evaluations and not run.summary and not run.task_results:

@@ -13,6 +13,8 @@ learning rate logged, and seed 0.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import sys
 from pathlib import Path
 from typing import Literal
@@ -40,10 +42,14 @@ commands:
 the full resolved configuration. Overrides use dotted keys: --trainer.max_epochs=3
 A mistake (a missing file, an unknown key, a bad value) is one line and exit status 2;
 `--debug` (or PERCEPTLAB_DEBUG=1) shows the traceback instead.
+Model files are read as data: one that would run code when opened is refused. Only for files you
+made yourself, `perceptlab --trust_model_files <command> ...` (or PERCEPTLAB_TRUST_MODEL_FILES=1)
+reads them anyway.
 """
 
 #: Exceptions that mean the user asked for something that cannot be done (a path, key or value).
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, KeyError, ValueError)
+USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, KeyError,
+               ValueError)
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
@@ -156,6 +162,18 @@ def experiment_name(configs) -> str:
     return paths[0].stem if paths else "default"
 
 
+def check_checkpoint_file(ckpt_path) -> None:
+    """A ``--ckpt_path`` file is read as data before Lightning opens it: one that would run code is
+    refused naming it (torch's own refusal names no file), as is one that is not a checkpoint."""
+    if not ckpt_path or str(ckpt_path) in ("last", "best", "hpc", "registry") or "://" in str(ckpt_path):
+        return
+    from perceptlab.core.safe_load import load_file
+
+    raw = load_file(ckpt_path)
+    if not isinstance(raw, dict) or "state_dict" not in raw:
+        raise ValueError(f"--ckpt_path {ckpt_path}: not a Lightning checkpoint (no state_dict)")
+
+
 def _resumed_version(runs_dir: str, experiment: str, ckpt_path) -> int | None:
     """The run version a resumed ``fit`` continues in, so its outputs stay in one directory.
 
@@ -200,6 +218,11 @@ def _fast_dev_run_as_limits(config: dict) -> None:
 def run_lightning(args: list[str]) -> None:
     import lightning.pytorch as pl
 
+    for i, arg in enumerate(args):  # LightningCLI opens --ckpt_path while parsing: check it first
+        if arg.startswith("--ckpt_path="):
+            check_checkpoint_file(arg.split("=", 1)[1])
+        elif arg == "--ckpt_path" and i + 1 < len(args):
+            check_checkpoint_file(args[i + 1])
     cli_class = make_cli_class()
     # LightningCLI reads sys.argv itself; hand it exactly the command's arguments. argv[0] stays the
     # real script: Lightning's DDP launcher re-runs `python argv[0] argv[1:]` for the other ranks.
@@ -305,7 +328,11 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     debug = "--debug" in argv or os.environ.get("PERCEPTLAB_DEBUG", "") not in ("", "0")
-    argv = [a for a in argv if a != "--debug"]
+    from perceptlab.core.safe_load import TRUST_ENV, TRUST_FLAG
+
+    if TRUST_FLAG in argv:  # an environment variable, so that DDP's other ranks and loader workers see it too
+        os.environ[TRUST_ENV] = "1"
+    argv = [a for a in argv if a not in ("--debug", TRUST_FLAG)]
     command, rest = argv[0], argv[1:]
     if command not in LIGHTNING_COMMANDS and command != "synth" and command not in MODULE_COMMANDS:
         print(f"perceptlab: unknown command {command!r}\n", file=sys.stderr)
@@ -321,6 +348,14 @@ def main(argv: list[str] | None = None) -> None:
             import importlib
 
             importlib.import_module(MODULE_COMMANDS[command]).main(rest)
+    except pickle.UnpicklingError as exc:  # a file torch refused to unpickle, opened by a library
+        if debug:
+            raise
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        print(f"perceptlab {command}: error: a checkpoint was refused: reading it would run code"
+              + (f" (it loads {found.group(1)})" if found else "") + f"; {TRUST_FLAG} reads files you made yourself",
+              file=sys.stderr)
+        raise SystemExit(2) from None
     except USER_ERRORS + _lightning_user_errors() as exc:
         if debug:
             raise

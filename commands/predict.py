@@ -27,16 +27,20 @@ from typing import Literal
 def load_task_model(model: str, merge_lora: bool = False):
     """A ``PerceptualTaskModule`` from a Lightning checkpoint of one, or from a PerceptCLIP release
     file (then its attribute ``release_file`` is the file's path)."""
-    import torch
-
+    from perceptlab.core.safe_load import load_file, trusted
     from perceptlab.lightning_modules.perceptual_tasks import PerceptualTaskModule
 
     path = Path(model).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"model not found: {path} (a task checkpoint or a PerceptCLIP release file)")
-    raw = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(raw, dict) and "state_dict" in raw and "hyper_parameters" in raw:
-        return PerceptualTaskModule.load_from_checkpoint(path, map_location="cpu")
+    raw = load_file(path, mmap=False)  # as data: a file that would run code is refused here
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: not a task checkpoint or a PerceptCLIP release (a {type(raw).__name__})")
+    if "state_dict" in raw and "hyper_parameters" in raw:
+        if (raw.get("hyper_parameters") or {}).get("task") is None:
+            raise ValueError(f"{path}: a Lightning checkpoint of another stage, not of a perceptual task "
+                             "(no hyper-parameter 'task'); predict scores task models")
+        return PerceptualTaskModule.load_from_checkpoint(path, map_location="cpu", weights_only=not trusted())
     module = PerceptualTaskModule(release=str(path), release_merge_lora=merge_lora)
     module.release_file = str(path)
     return module

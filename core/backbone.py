@@ -311,9 +311,11 @@ class CLIPBackbone(nn.Module):
             elif not path.is_file():
                 raise FileNotFoundError(f"visual weights not found: {path}")
             else:
-                from perceptlab.core.checkpoints import load_file
+                from perceptlab.core.safe_load import load_file
 
-                source = read_hf_clip(path)[1] if path.suffix == ".safetensors" else load_file(path, mmap=False)
+                source = load_file(path, mmap=False)
+                if not isinstance(source, Mapping):
+                    raise ValueError(f"{path}: not a checkpoint or state dict (a {type(source).__name__})")
         inner = source["state_dict"] if isinstance(source.get("state_dict"), Mapping) else source
         if is_hf_clip_source(inner):  # transformers CLIP keys: open_clip's first
             source = open_clip_state_from_hf(inner)
@@ -408,9 +410,11 @@ def open_clip_model_from_checkpoint(source: str | os.PathLike, model_name: str |
     path = Path(source).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    from perceptlab.core.checkpoints import load_file
+    from perceptlab.core.safe_load import load_file
 
     raw = load_file(path, mmap=False)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: not a checkpoint or state dict (a {type(raw).__name__})")
     recorded = (raw.get("hyper_parameters") or {}).get("model_name") or raw.get("model_name")
     model_name = model_name or recorded
     if not model_name:

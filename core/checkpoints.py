@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from perceptlab.core.hf_clip import is_hf_clip_source, open_clip_state_from_hf, read_hf_clip
+from perceptlab.core.safe_load import load_file
 
 VISUAL_FORMAT = "perceptlab-visual-v1"
 
@@ -117,9 +118,9 @@ class ModelSource:
                 return cls(spec, "tag", model_name)
             raise FileNotFoundError(f"model {spec!r}: no such file or folder, nor an open_clip pretrained tag of "
                                     f"{model_name or '--model_name (not given)'}")
-        if path.is_dir() or path.suffix in (".safetensors", ".bin"):
+        if path.is_dir():
             if not is_hf_clip_source(path):
-                raise ValueError(f"model {spec!r}: not a transformers CLIP folder or file")
+                raise ValueError(f"model {spec!r}: not a transformers CLIP folder")
             converted = open_clip_state_from_hf(read_hf_clip(path)[1])
             return cls(spec, "hf", model_name, has_text=any(k.startswith("token_embedding") for k in converted))
         raw = load_file(path)
@@ -143,6 +144,7 @@ class ModelSource:
             raise ValueError(f"model {spec!r}: no CLIP weights found (visual.* keys)")
         kind = "open_clip_train" if "epoch" in raw and "state_dict" in raw else "open_clip"
         epoch = int(raw["epoch"]) if kind == "open_clip_train" else None
+        model_name = model_name or (raw.get("model_name") if isinstance(raw.get("model_name"), str) else None)
         return cls(spec, kind, model_name, epoch=epoch, has_text="token_embedding.weight" in keys)
 
     def open_clip_state(self) -> dict[str, torch.Tensor]:
@@ -155,27 +157,6 @@ class ModelSource:
         if self.kind == "lightning":
             return {k[len("backbone.model."):]: v for k, v in state.items() if k.startswith("backbone.model.")}
         return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
-
-
-def load_file(path: str | Path, mmap: bool = True) -> Any:
-    """``torch.load`` of a weights or checkpoint file on the CPU; a missing file is a
-    ``FileNotFoundError`` and a truncated or foreign one a ``ValueError``, each naming the file
-    (the one loader of model files, so every command reports them the same way)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
-    try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
-        except RuntimeError:
-            if not mmap:
-                raise
-            # an old (non-zip) serialisation cannot be memory-mapped
-            return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exn:  # noqa: BLE001  named, with the file, before any work starts
-        first = str(exn).strip().splitlines()[0] if str(exn).strip() else ""
-        raise ValueError(f"{path}: not a readable model file ({type(exn).__name__}: {first})") from exn
-
 
 
 def expand_specs(specs: list[str]) -> tuple[list[str], list[str]]:

@@ -69,11 +69,7 @@ def is_hf_clip_source(source: str | os.PathLike | Mapping | None) -> bool:
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    from perceptlab.core.checkpoints import load_file
+    from perceptlab.core.safe_load import load_file
 
     state = load_file(path, mmap=False)
     return state.get("state_dict", state) if isinstance(state, dict) else state

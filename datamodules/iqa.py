@@ -136,14 +136,25 @@ def split_labels(table, csv: str | os.PathLike, split_column: str | None = "auto
     when present; a name takes that column; ``None`` (or ``auto`` without such a column) a seeded
     ratio split (``split_ratio``, ``split_seed``). Raises ``ValueError`` naming the CSV.
     """
-    import pickle
+    from perceptlab.core.safe_load import load_plain_pickle
 
     c = {"split_file": split_file, "split_index": split_index, "split_column": split_column,
          "preset_split": preset_split, "split_ratio": split_ratio, "split_seed": split_seed}
     n = len(table)
     if c["split_file"]:
-        with open(Path(c["split_file"]).expanduser(), "rb") as f:
-            splits = pickle.load(f)[c["split_index"]]
+        split_path = Path(c["split_file"]).expanduser()
+        content = load_plain_pickle(split_path)
+        if not isinstance(content, dict) or c["split_index"] not in content:
+            have = sorted(map(str, content)) if isinstance(content, dict) else type(content).__name__
+            raise ValueError(f"{split_path}: no split {c['split_index']!r} (split_index); it holds {have}")
+        splits = content[c["split_index"]]
+        if not isinstance(splits, dict):
+            raise ValueError(f"{split_path}: split {c['split_index']!r} is not a {{phase: [rows]}} mapping")
+        for phase, rows in splits.items():
+            bad = [r for r in rows if not isinstance(r, (int, np.integer)) or not -n <= int(r) < n]
+            if bad:
+                raise ValueError(f"{split_path}: split {c['split_index']!r} {phase} has {len(bad)} row(s) that are not "
+                                 f"rows of {csv} ({n} rows), e.g. {bad[0]!r}")
         labels = np.full(n, "", dtype=object)
         for phase in PHASES:
             labels[list(splits.get(phase, []))] = phase

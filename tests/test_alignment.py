@@ -265,7 +265,7 @@ def test_step_schedule_dedup_and_checkpoint_at_peak(tiny_world, tmp_path):
     summary = json.loads((run / SUMMARY_NAME).read_text())
     peak = summary["iqa_fr/tid2013/srcc"]
     assert peak["checkpoint"] == f"checkpoints/{PEAK_CHECKPOINT_NAME}"
-    ckpt = torch.load(run / "checkpoints" / PEAK_CHECKPOINT_NAME, map_location="cpu", weights_only=False)
+    ckpt = torch.load(run / "checkpoints" / PEAK_CHECKPOINT_NAME, map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == peak["peak_step"]
     state = next(v for k, v in ckpt["callbacks"].items() if "AlignmentSuite" in k)
     assert state["history"][-1]["step"] == peak["peak_step"]

@@ -68,7 +68,7 @@ def test_a_growing_series_is_ordered_by_step_and_only_new_models_are_measured(tr
     _, suite, live = trained
     folder = tmp_path / "ckpts"
     folder.mkdir()
-    ckpt = torch.load(live / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(live / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     for step, name in ((30, "a"), (10, "b"), (20, "c")):  # file names in another order than the steps
         torch.manual_seed(step)
         ckpt["global_step"] = step
@@ -102,7 +102,7 @@ def test_a_growing_series_is_ordered_by_step_and_only_new_models_are_measured(tr
 def test_open_clip_files_need_an_architecture_and_bad_models_are_named_before_any_work(trained, tmp_path):
     _, suite, live = trained
     exported = export(str(live / "checkpoints" / "last.ckpt"), "open_clip", str(tmp_path / "model.pt"))
-    state = torch.load(exported, weights_only=False)
+    state = torch.load(exported, weights_only=True)
     # open_clip_train's layout: epoch_N.pt with DDP's module. prefixes
     for epoch in (2, 1):
         torch.save({"epoch": epoch, "name": "run", "state_dict": {f"module.{k}": v for k, v in state.items()}},
@@ -312,7 +312,7 @@ def test_a_checkpoint_series_keeps_its_real_steps_through_watch_and_globs(tiny_w
         got = records(tmp_path / how)
         assert [(Path(r["model"]).name, r["step"]) for r in got] == sorted(steps.items(), key=lambda kv: kv[1]), how
         for r in got:  # each record's step is its checkpoint's global step
-            assert torch.load(r["model"], map_location="cpu", weights_only=False)["global_step"] == r["step"]
+            assert torch.load(r["model"], map_location="cpu", weights_only=True)["global_step"] == r["step"]
         summary = json.loads((tmp_path / how / "alignment_summary.json").read_text())["nights/2afc"]
         values = {r["step"]: r["metrics"]["nights/2afc"] for r in got}
         best = max(values.values())

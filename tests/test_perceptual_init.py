@@ -141,7 +141,7 @@ def test_init_visual_from_is_applied_at_setup_in_every_variant(tmp_path, variant
     model = module(variant=variant, init_visual_from=str(path))
     model.setup("fit")
     assert not model.visual_load_report.missing
-    exported = torch.load(model.export_visual(tmp_path / "visual.pt"), weights_only=False)["state_dict"]
+    exported = torch.load(model.export_visual(tmp_path / "visual.pt"), weights_only=True)["state_dict"]
     for k, v in source.model.visual.state_dict().items():
         assert torch.equal(exported[f"visual.{k}"], v), k
     resumed = module(variant=variant, init_visual_from=str(tmp_path / "gone.pt"))
@@ -225,7 +225,7 @@ def test_cli_fast_dev_run_writes_the_run_layout(tiny_world, tmp_path):
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"]["class_path"] == "perceptlab.lightning_modules.perceptual_init.PerceptualInitModule"
     assert config["data"]["init_args"]["root"] == str(tiny_world / "nights")
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 1
     assert list(run.glob("events.out.tfevents.*"))
     # visual.pt is the checkpoint's tower, and stage 2 loads either one the same.

@@ -383,7 +383,7 @@ def test_toy_configs_fit_and_test_through_the_cli(tiny_world, tmp_path, monkeypa
               "--data.init_args.num_workers=0"]
     main(["fit", *common, "--trainer.fast_dev_run=2"])
     ckpt = runs / name / "version_0" / "checkpoints" / "last.ckpt"
-    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 2
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 2
     main(["test", *common, f"--ckpt_path={ckpt}", "--trainer.limit_test_batches=1"])
     tags = set().union(*(scalars(run) for run in (runs / name).iterdir()))
     assert expected <= tags, sorted(tags)

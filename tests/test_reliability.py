@@ -58,7 +58,7 @@ def test_nan_loss_stops_with_the_step_named_and_keeps_the_last_good_checkpoint(t
     model = PoisonedRegression(poison_at=5)
     with pytest.raises(NonFiniteLossError, match=r"training loss is nan at global step 5 .*last\.ckpt"):
         trainer.fit(model, loader)
-    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["global_step"] == 5
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
     # the guard fires before backward: the live weights are still the finite ones of step 5
@@ -82,7 +82,7 @@ def test_sigterm_saves_last_checkpoint_and_resume_continues_in_the_same_run(tmp_
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert "SIGTERM received: saved" in out, out[-2000:]
-    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     stopped_at = state["global_step"]
     assert stopped_at > 0
 
@@ -90,7 +90,7 @@ def test_sigterm_saves_last_checkpoint_and_resume_continues_in_the_same_run(tmp_
     resumed = perceptlab(*args, f"--trainer.max_steps={target}", "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not (runs / "pi_nights" / "version_1").exists()
-    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["global_step"] == target
     assert not list((run / "checkpoints").glob("last-v*.ckpt"))
 
@@ -122,7 +122,7 @@ def test_a_kill_during_checkpoint_writes_never_leaves_a_corrupt_last_ckpt(tmp_pa
         time.sleep(0.02 * attempt)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=True)
         w = state["state_dict"]["w"]
         assert w.numel() == 2_000_000 and torch.all(w == w[0])
 
@@ -218,7 +218,7 @@ def test_last_ckpt_is_written_once_per_epoch_end_after_the_epoch_hooks_and_at_th
     class Recorded(RunCheckpoint):
         def _save_checkpoint(self, trainer, filepath):
             super()._save_checkpoint(trainer, filepath)
-            state = torch.load(filepath, weights_only=False)["callbacks"]
+            state = torch.load(filepath, weights_only=True)["callbacks"]
             written.append((trainer.global_step, Path(filepath).name, next(s["ends"] for k, s in state.items() if "_EpochEnds" in k)))
 
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)), batch_size=2)

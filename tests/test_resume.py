@@ -123,7 +123,7 @@ def records(run: Path) -> list[dict]:
 
 
 def weights(run: Path) -> tuple[int, dict[str, torch.Tensor]]:
-    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     return state["global_step"], state["state_dict"]
 
 

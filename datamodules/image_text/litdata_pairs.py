@@ -19,9 +19,13 @@ from typing import Any
 import torch
 from litdata import StreamingDataLoader, StreamingDataset
 
+from perceptlab.core.safe_load import TRUST_ENV, TRUST_FLAG, UnsafeFileError, trusted
 from perceptlab.datamodules.image_text.common import first_readable
 
 INDEX_NAME = "index.json"
+#: litdata serialisers that decode bytes as data (``pickle`` and ``graph`` unpickle, so they could run code).
+DATA_FORMATS = frozenset({"str", "text", "bool", "int", "float", "image", "pil", "jpeg", "jpeg_array", "bytes",
+                          "no_header_numpy", "numpy", "no_header_tensor", "tensor", "json", "file"})
 
 
 class ResumableStreamingLoader(StreamingDataLoader):
@@ -80,6 +84,11 @@ def check_litdata(root: str | os.PathLike, image_key: str | None = "image", capt
         if "chunk_bytes" in c and size != int(c["chunk_bytes"]) and not index.get("config", {}).get("compression"):
             raise ValueError(f"{folder / c['filename']}: {size} bytes, {INDEX_NAME} says {c['chunk_bytes']} "
                              "(a truncated or corrupt chunk)")
+    formats = [str(f) for f in index.get("config", {}).get("data_format") or []]
+    unsafe = sorted({f for f in formats if f.split(":")[0] not in DATA_FORMATS})
+    if unsafe and not trusted():
+        raise UnsafeFileError(f"{index_path}: refused: items stored as {', '.join(unsafe)} run code when read "
+                              f"(litdata unpickles them); {TRUST_FLAG} (or {TRUST_ENV}=1) reads a dataset you made yourself")
     fields = _fields(index.get("config", {}))
     for key, what in ((image_key, "litdata_image_key"), (caption_key, "litdata_caption_key")):
         if key is not None and fields is not None and key not in fields:
