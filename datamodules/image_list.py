@@ -19,6 +19,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from perceptlab.core.images import to_rgb
+
 
 def read_image_list(source: str | os.PathLike, column: str | None = None) -> list[str]:
     """Image paths of a folder, a list file or a CSV (see the module docstring), in order."""
@@ -57,7 +59,7 @@ class ImagePaths(Dataset):
     def __getitem__(self, index: int) -> tuple[int, Any]:
         try:
             with Image.open(self.paths[index]) as image:
-                return index, self.transform(image.convert("RGB"))
+                return index, self.transform(to_rgb(image))
         except Exception as exn:  # noqa: BLE001  one unreadable image is reported, not fatal
             return index, f"{type(exn).__name__}: {exn}"[:300]
 

@@ -39,6 +39,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from perceptlab.core.images import to_rgb
 from perceptlab.datamodules.base import BackboneDataModule, name_some
 
 SPLITS = ("train", "val", "test", "test_imagenet", "test_no_imagenet")
@@ -190,7 +191,7 @@ class NightsTriplets(Dataset):
     def _load(self, path: str):
         try:
             with Image.open(path) as im:
-                image = im.convert("RGB")
+                image = to_rgb(im)
         except Exception as err:
             raise OSError(f"cannot decode NIGHTS image {path}: {err}") from err
         return self.transform(image)

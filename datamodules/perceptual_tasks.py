@@ -55,8 +55,16 @@ from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision import transforms as T
 
+from perceptlab.core.images import to_rgb
 from perceptlab.datamodules.base import BackboneDataModule, name_some
-from perceptlab.datamodules.iqa import PHASES, IQASet, iqa_preset, pyiqa_column, read_iqa_set, split_labels  # noqa: F401 (re-exported)
+from perceptlab.datamodules.iqa import (  # noqa: F401 (re-exported)
+    PHASES,
+    IQASet,
+    iqa_preset,
+    pyiqa_column,
+    read_iqa_set,
+    split_labels,
+)
 from perceptlab.datamodules.protocols import get_protocol
 
 log = logging.getLogger(__name__)
@@ -161,7 +169,7 @@ class ImageTargets(Dataset):
         path = self.paths[index]
         try:
             with Image.open(path) as im:
-                image = im.convert("RGB")
+                image = to_rgb(im)
         except Exception as err:
             raise OSError(f"cannot decode image {path}: {err}") from err
         return {"image": self.transform(image), "target": self.targets[index]}

@@ -28,6 +28,8 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
+from perceptlab.core.images import to_rgb
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -100,7 +102,7 @@ class ProtocolTransform:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         p = self.protocol
-        resized = self.resize(image.convert("RGB"))
+        resized = self.resize(to_rgb(image))
         if not p.random_crops:
             views = [F.center_crop(resized, [p.crop, p.crop])] * p.crops
         else:

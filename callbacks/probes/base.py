@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from perceptlab.core.images import to_rgb
+
 log = logging.getLogger(__name__)
 
 Direction = str  # "max": higher is more human-like / better; "min": lower is
@@ -106,7 +108,7 @@ def decode_images(paths: Sequence[str | os.PathLike], transform: Callable, num_w
         if not path.is_file():
             raise FileNotFoundError(f"image not found: {path}")
         with Image.open(path) as im:
-            return to_uint8(transform(im.convert("RGB")))
+            return to_uint8(transform(to_rgb(im)))
 
     if not paths:
         return torch.empty(0, 3, 0, 0, dtype=torch.uint8)

@@ -47,6 +47,7 @@ from perceptlab.core.benchmark_metrics import (
     zeroshot_classification_items,
     zeroshot_retrieval_items,
 )
+from perceptlab.core.images import to_rgb
 from perceptlab.datamodules.benchmark_sets import (
     LoadedTask,
     check_tasks,
@@ -64,7 +65,7 @@ class _ToUint8:
         self.transform = transform
 
     def __call__(self, image) -> torch.Tensor:
-        return self.transform(image.convert("RGB"))
+        return self.transform(to_rgb(image))
 
 
 class CLIPBenchmarkProbe(Probe):

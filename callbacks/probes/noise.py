@@ -21,8 +21,17 @@ from typing import Callable, Sequence
 
 import torch
 
+from perceptlab.callbacks.probes.base import (
+    Items,
+    ProbeContext,
+    TableProbe,
+    ZeroShotMixin,
+    decode_images,
+    select_items,
+    to_uint8,
+)
 from perceptlab.core import scores, uncertainty
-from perceptlab.callbacks.probes.base import Items, ProbeContext, TableProbe, ZeroShotMixin, decode_images, select_items, to_uint8
+from perceptlab.core.images import to_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -157,7 +166,7 @@ class NoiseRobustnessProbe(ZeroShotMixin, TableProbe):
         if self.hf_dataset:
             rows = [self.kept[i] for i in items]
             images = self.hf.select(rows)[self.image_column] if rows else []
-            self.images = torch.stack([to_uint8(transform(im.convert("RGB"))) for im in images]) if rows else \
+            self.images = torch.stack([to_uint8(transform(to_rgb(im))) for im in images]) if rows else \
                 torch.empty(0, 3, 0, 0, dtype=torch.uint8)
         else:
             self.images = decode_images([self.files[self.kept[i]] for i in items], transform, self.num_workers)

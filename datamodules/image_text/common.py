@@ -16,6 +16,7 @@ from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 from torchvision import transforms as T
 
+from perceptlab.core.images import to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ _MAX_REPLACEMENTS = 64
 
 # ----------------------------------------------------------------------- transforms, tokens
 def _to_rgb(image: Image.Image) -> Image.Image:
-    return image.convert("RGB")
+    return to_rgb(image)
 
 
 def mocov2_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
@@ -89,7 +90,7 @@ def decode_image(value: Any, root: Path | None = None) -> Image.Image:
         image = Image.open(path if path.is_absolute() or root is None else root / path)
     else:
         raise TypeError(f"cannot read an image from {type(value).__name__}")
-    return image.convert("RGB")  # forces the full decode, so a truncated file fails here
+    return to_rgb(image)  # forces the full decode, so a truncated file fails here
 
 
 def clean_caption(value: Any) -> str:
