@@ -234,7 +234,8 @@ def run_lightning(args: list[str]) -> None:
         subclass_mode_data=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "omegaconf"},
+        # a mistake raises (one line in ``main``) instead of printing the whole usage before it
+        parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
     )
 
 
@@ -359,23 +360,64 @@ def main(argv: list[str] | None = None) -> None:
     except USER_ERRORS + _lightning_user_errors() as exc:
         if debug:
             raise
-        print(f"perceptlab {command}: error: {user_message(exc)}", file=sys.stderr)
+        print(f"perceptlab {command}: error: {_unparsable_config(rest) or user_message(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
 def _lightning_user_errors() -> tuple[type[BaseException], ...]:
+    from argparse import ArgumentError
+
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    return (MisconfigurationException,)
+    return (MisconfigurationException, ArgumentError)
 
 
 def user_message(exc: BaseException) -> str:
     """One line for a user error, with the fix where we know it."""
     message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    message = _innermost(str(message))
     message = " ".join(str(message).split())
     if "No supported gpu backend found" in message or "CUDAAccelerator can not run on your system" in message:
         message += " (this machine has no GPU: pass --trainer.accelerator=cpu)"
     return message
+
+
+def _unparsable_config(args: list[str]) -> str | None:
+    """The first ``--config`` file of ``args`` that is not YAML, named with the parser's reason
+    (jsonargparse says only "Problems parsing config" and the line)."""
+    import yaml
+
+    paths = [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    paths += [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config", "-c")]
+    for path in paths:
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except (OSError, UnicodeDecodeError):
+            continue
+        except yaml.YAMLError as exn:
+            mark = getattr(exn, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            return f"{path}: not YAML{where}: {getattr(exn, 'problem', None) or exn}"
+    return None
+
+
+def _innermost(message: str) -> str:
+    """A nested configuration error (jsonargparse lists every alternative it tried, indented, and
+    the whole value given) as its first line and its deepest reasons: ``Parser key "trainer.callbacks":
+    Option 'max_itmes' is not accepted``."""
+    lines = [line for line in message.splitlines() if line.strip()]
+    if len(lines) < 2:
+        return message
+    body = []
+    for line in lines[1:]:
+        if line.strip().lstrip("- ").startswith(("Given value", "Not a valid subclass")):
+            break
+        body.append(line)
+    if not body:
+        return lines[0]
+    depth = max(len(line) - len(line.lstrip()) for line in body)
+    deepest = [line.strip().lstrip("- ") for line in body if len(line) - len(line.lstrip()) == depth]
+    return f"{lines[0].rstrip(':')}: {'; '.join(deepest)}"
 
 
 def quiet_third_party() -> None:

@@ -153,7 +153,8 @@ def build_series(ns, run_dir: Path, existing: list, done: list[str], overrides: 
     sys.argv = command[:1]  # LightningCLI reads `args`, and warns when sys.argv holds arguments too
     try:
         cli = make_cli_class()(CheckpointSeries, None, run=False, args=args, seed_everything_default=0,
-                               save_config_kwargs={"overwrite": True}, parser_kwargs={"parser_mode": "omegaconf"})
+                               save_config_kwargs={"overwrite": True},
+                               parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False})
     finally:
         sys.argv = command  # Lightning's DDP launcher re-runs this very command for the other processes
     suites = [c for c in cli.trainer.callbacks if isinstance(c, AlignmentSuite)]

@@ -20,6 +20,7 @@ score and ``raw_score`` the head's mean), with crops that are the same in every 
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -88,7 +89,7 @@ def class_names(module, config: dict | None, given: list[str] | None) -> list[st
 def predict(model: str, images: str, out: str = "predictions.csv", column: str | None = None,
             config: str | None = None, crops: Literal[1, 5, 10] | None = None, batch_size: int = 32, num_workers: int = 4,
             accelerator: str = "auto", devices: int | str = "auto", classes: list[str] | None = None,
-            merge_lora: bool = False, protocol: str | None = None, seed: int = 0) -> Path:
+            merge_lora: bool = False, protocol: str | None = None, seed: int = 0, overwrite: bool = False) -> Path:
     """Score images with a task model or a PerceptCLIP release; writes a CSV.
 
     Args:
@@ -107,6 +108,7 @@ def predict(model: str, images: str, out: str = "predictions.csv", column: str |
         protocol: a model card's test protocol (perceptclip_iqa, perceptclip_memorability,
             perceptclip_emotions) or none; default: the release's own for a release file.
         seed: the seed of a protocol's random crops (the same image gets the same crops in every run).
+        overwrite: replace an existing --out (without it, an earlier result is never written over).
     """
     import lightning.pytorch as pl
     import pandas as pd
@@ -118,6 +120,9 @@ def predict(model: str, images: str, out: str = "predictions.csv", column: str |
     from perceptlab.datamodules.image_list import ImagePaths, collate_scored, read_image_list
     from perceptlab.datamodules.perceptual_tasks import multicrop_transform
 
+    out_path = Path(out).expanduser()
+    if out_path.exists() and not overwrite:
+        raise FileExistsError(f"{out_path} exists: give --overwrite to replace it, or another --out")
     cfg = yaml.safe_load(Path(config).read_text()) if config else None
     paths = read_image_list(images, column)  # a bad path or column is named before any model is loaded
     module = load_task_model(model, merge_lora).eval()
@@ -137,7 +142,6 @@ def predict(model: str, images: str, out: str = "predictions.csv", column: str |
             float(data.get("test_resize_ratio", 1.15)), backbone.interpolation)
     regression = module.hparams.task == "regression"
     names = None if regression else class_names(module, cfg, classes)
-    out_path = Path(out).expanduser()
 
     class Collect(Callback):
         """Rows and failures of this rank; rank zero writes the files once every rank is done."""
@@ -174,7 +178,9 @@ def predict(model: str, images: str, out: str = "predictions.csv", column: str |
                                       "label": [names[max(range(len(v)), key=v.__getitem__)] for _, v in rows]})
                 for k, name in enumerate(names):
                     table[f"p_{name}"] = [v[k] for _, v in rows]
-            table.to_csv(out_path, index=False)
+            partial = out_path.with_name(f".{out_path.name}.partial")
+            table.to_csv(partial, index=False)
+            os.replace(partial, out_path)  # whole or not at all
             bad = out_path.with_name(out_path.stem + ".unreadable.csv")
             if failed:
                 pd.DataFrame({"path": [paths[i] for i, _ in failed], "error": [e for _, e in failed]}).to_csv(bad, index=False)

@@ -88,8 +88,10 @@ def load_file(path: str | os.PathLike, mmap: bool = True) -> Any:
             # an old (non-zip) serialisation cannot be memory-mapped
             return torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as exn:
-        if weights_only and "Weights only load failed" in str(exn):
+        if weights_only and re.search(r"GLOBAL [\w.]+", str(exn)):
             raise _refused(path, exn) from None
+        if weights_only and "Weights only load failed" in str(exn):  # not a pickle at all (a page, text)
+            raise ValueError(f"{path}: not a readable model file (neither a torch file nor a pickle)") from None
         raise ValueError(f"{path}: not a readable model file (UnpicklingError: {_first_line(exn)})") from exn
     except Exception as exn:  # noqa: BLE001  named, with the file, before any work starts
         raise ValueError(f"{path}: not a readable model file ({type(exn).__name__}: {_first_line(exn)})") from exn

@@ -194,3 +194,32 @@ def name_some(items, shown: int = 5) -> str:
     more = len(items) - shown
     return ", ".join(items[:shown]) + (f" (and {more} more)" if more > 0 else "")
 
+
+
+def _unreadable(path: str | os.PathLike) -> str | None:
+    """``None`` when the file exists and PIL identifies it from its header (format, size, within
+    PIL's decompression-bomb limit), else why not. Header only: cheap enough for every file at
+    set-up; a body truncated after a valid header fails later, at decode, with the path named."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.size  # noqa: B018 - forces the header parse
+        return None
+    except FileNotFoundError:
+        return f"{path} (missing)"
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # PIL's failure types
+        return f"{path} ({type(err).__name__}: {err})"
+
+
+def check_images(paths, what: str, workers: int = 16) -> None:
+    """Raise ``ValueError`` naming the images of ``paths`` that are missing or that PIL cannot
+    identify (the first few and the count), before any training step: the one set-up check of
+    the labelled sets (NIGHTS, the perceptual tasks), where an image left out would change what a
+    judgement or a score refers to."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # file-system latency bound, not CPU
+        bad = [msg for msg in pool.map(_unreadable, sorted({str(p) for p in paths})) if msg]
+    if bad:
+        raise ValueError(f"{len(bad)} unreadable {what} image(s): {name_some(bad)}")

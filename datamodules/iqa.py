@@ -22,6 +22,7 @@ in every probe and data set.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,6 +31,10 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 import pandas as pd
+
+from perceptlab.datamodules.base import name_some
+
+log = logging.getLogger(__name__)
 
 #: Our names for pyiqa's registry keys.
 ALIASES = {"koniq": "koniq10k"}
@@ -298,9 +303,16 @@ def read_iqa_set(cfg: IQASet, phase: str) -> pd.DataFrame:
                 f"{csv}: no {role} column {col!r} (set {role.split()[-1].lower()}_column of IQA set {cfg.name!r}); "
                 f"columns: {', '.join(map(str, table.columns))}"
             )
+    first = int(c["drop_first"])  # CSV line of row i: i + 2 + first (the header is line 1)
+    table = table.iloc[first:].reset_index(drop=True)
     if not pd.api.types.is_numeric_dtype(table[c["mos_column"]]):
-        raise ValueError(f"{csv}: MOS column {c['mos_column']!r} is not numeric")
-    table = table.iloc[int(c["drop_first"]):].reset_index(drop=True)
+        text = table[pd.to_numeric(table[c["mos_column"]], errors="coerce").isna()][c["mos_column"]]
+        raise ValueError(f"{csv}: MOS column {c['mos_column']!r} is not numeric: "
+                         f"{name_some(f'line {i + 2 + first}: {v!r}' for i, v in text.items())}")
+    empty = table[c["mos_column"]].isna()
+    if empty.any():
+        raise ValueError(f"{csv}: {int(empty.sum())} row(s) without a MOS ({c['mos_column']!r} empty or NaN): "
+                         f"{name_some(f'line {i + 2 + first}' for i in table.index[empty])}")
 
     split = split_labels(table, csv, c["split_column"], c["preset_split"], c["split_file"], c["split_index"],
                          c["split_ratio"], c["split_seed"])
@@ -308,6 +320,10 @@ def read_iqa_set(cfg: IQASet, phase: str) -> pd.DataFrame:
     fit_rows = split == "train" if (split == "train").any() else np.ones(len(table), bool)
     score = _normalize(mos, c, fit_rows)
     keep = np.ones(len(table), bool) if c["subset"] == "all" else split == phase
+    duplicated = table.duplicated().to_numpy()  # after the split: a split file's row numbers stay valid
+    if duplicated.any():
+        log.warning("%s: %d duplicate rows left out (each image and score is counted once)", csv, int(duplicated.sum()))
+        keep &= ~duplicated
     if not keep.any():
         raise ValueError(f"IQA set {cfg.name!r}: no rows for phase {phase!r} in {csv}")
     image_dir = Path(c["image_dir"]).expanduser()

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from perceptlab.core.images import to_rgb
-from perceptlab.datamodules.base import BackboneDataModule, name_some
+from perceptlab.datamodules.base import BackboneDataModule, check_images, name_some
 
 SPLITS = ("train", "val", "test", "test_imagenet", "test_no_imagenet")
 REQUIRED_COLUMNS = ("id", "right_vote", "votes", "ref_path", "left_path", "right_path", "split", "is_imagenet")
@@ -107,10 +106,15 @@ def load_nights_table(root: str | os.PathLike, split: str, min_votes: int = 6) -
             f"({n_split} rows before the vote filter; splits present: "
             f"{', '.join(sorted(table['split'].astype(str).unique()))})"
         )
-    out_of_range = rows[(rows["right_vote"] < 0) | (rows["right_vote"] > 1) | rows["right_vote"].isna()]
-    if not out_of_range.empty:
-        ids = [f"id={i} ({v})" for i, v in zip(out_of_range["id"], out_of_range["right_vote"])]
-        raise ValueError(f"{csv}: 'right_vote' must be a share of people in [0, 1]; bad rows: {name_some(ids)}")
+    for column in ("left_vote", "right_vote"):
+        if column not in rows.columns:
+            continue
+        votes = pd.to_numeric(rows[column], errors="coerce")
+        bad = rows[(votes < 0) | (votes > 1) | votes.isna()]
+        if not bad.empty:
+            ids = [f"id={i} ({v!r})" for i, v in zip(bad["id"], bad[column])]
+            raise ValueError(f"{csv}: {column!r} must be a share of people in [0, 1]; bad rows: {name_some(ids)}")
+        rows[column] = votes
 
     missing = [
         f"{rel} (id={row_id}, {col})"
@@ -126,27 +130,10 @@ def load_nights_table(root: str | os.PathLike, split: str, min_votes: int = 6) -
     return rows
 
 
-def _unreadable(path: Path) -> str | None:
-    """Reads the image header only (format, size): cheap enough for every file at set-up.
-
-    A body truncated after a valid header still fails later, at decode, with the path named.
-    """
-    try:
-        with Image.open(path) as im:
-            im.size  # noqa: B018 - forces the header parse
-        return None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # PIL's failure types
-        return f"{path} ({type(err).__name__}: {err})"
-
-
 def check_images_readable(root: str | os.PathLike, table: pd.DataFrame, workers: int = 16) -> None:
-    """Raise ``OSError`` naming every image of ``table`` that PIL cannot identify (first few + count)."""
+    """Raise ``ValueError`` naming every image of ``table`` that PIL cannot identify (first few + count)."""
     root = Path(root).expanduser()
-    paths = sorted({root / str(rel) for col in IMAGE_COLUMNS for rel in table[col]})
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # file-system latency bound, not CPU
-        bad = [msg for msg in pool.map(_unreadable, paths) if msg]
-    if bad:
-        raise OSError(f"{len(bad)} unreadable NIGHTS image(s): {name_some(bad)}")
+    check_images([root / str(rel) for col in IMAGE_COLUMNS for rel in table[col]], "NIGHTS", workers)
 
 
 class NightsTriplets(Dataset):

@@ -56,7 +56,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision import transforms as T
 
 from perceptlab.core.images import to_rgb
-from perceptlab.datamodules.base import BackboneDataModule, name_some
+from perceptlab.datamodules.base import BackboneDataModule, check_images, name_some
 from perceptlab.datamodules.iqa import (  # noqa: F401 (re-exported)
     PHASES,
     IQASet,
@@ -83,6 +83,7 @@ def _check_files(paths: Sequence[str], what: str) -> None:
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise FileNotFoundError(f"{len(missing)} {what} image file(s) missing: {name_some(missing)}")
+    check_images(paths, what)
 
 
 # ------------------------------------------------------------------------------------ readers

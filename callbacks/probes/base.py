@@ -107,8 +107,13 @@ def decode_images(paths: Sequence[str | os.PathLike], transform: Callable, num_w
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"image not found: {path}")
-        with Image.open(path) as im:
-            return to_uint8(transform(to_rgb(im)))
+        try:
+            with Image.open(path) as im:
+                return to_uint8(transform(to_rgb(im)))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # PIL's failure types
+            # a probe's items are fixed at set-up (the same items at every evaluation): one that cannot
+            # be read is named, not dropped from some evaluations and not others
+            raise ValueError(f"unreadable probe image {path} ({type(err).__name__}: {err})") from None
 
     if not paths:
         return torch.empty(0, 3, 0, 0, dtype=torch.uint8)

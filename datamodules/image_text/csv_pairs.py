@@ -21,7 +21,11 @@ class CsvPairs(_MapPairs):
         self.path = Path(path).expanduser()
         if not self.path.is_file():
             raise FileNotFoundError(f"image-text CSV not found: {self.path}")
-        table = pd.read_csv(self.path, sep=separator, dtype=str, keep_default_na=False)
+        try:
+            table = pd.read_csv(self.path, sep=separator, dtype=str, keep_default_na=False)
+        except UnicodeDecodeError as exn:
+            raise ValueError(f"{self.path}: not UTF-8 text ({exn.reason} at byte {exn.start}); "
+                             "captions are read as UTF-8 (re-save the file so)") from None
         for key, what in ((image_key, "csv_image_key"), (caption_key, "csv_caption_key")):
             if key not in table.columns:
                 raise ValueError(
