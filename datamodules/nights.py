@@ -106,7 +106,7 @@ def load_nights_table(root: str | os.PathLike, split: str, min_votes: int = 6) -
             f"({n_split} rows before the vote filter; splits present: "
             f"{', '.join(sorted(table['split'].astype(str).unique()))})"
         )
-    for column in ("left_vote", "right_vote"):
+    for column in ("right_vote", "left_vote"):  # right_vote is the label
         if column not in rows.columns:
             continue
         votes = pd.to_numeric(rows[column], errors="coerce")

@@ -10,6 +10,12 @@ import pytest
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# Lightning gives its logger a StreamHandler bound to sys.stderr when first imported. Imported
+# inside a test that captures output (capsys), that stream is closed when the test ends, and every
+# later Lightning log line in the process ("Seed set to 0") becomes a "--- Logging error ---"
+# traceback in another test's output. Imported here, it binds to pytest's session-long stream.
+import lightning.pytorch  # noqa: E402,F401
+
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):

@@ -201,7 +201,7 @@ def test_unreadable_image_stops_setup(tmp_path):
     root = write_nights(tmp_path, [{"split": "train", "p": 1.0, "votes": 6}, {"split": "train", "p": 0.0, "votes": 6}])
     (root / "distort/000/001_0.png").write_bytes(b"not a png")
     dm = NightsDataModule(str(root), num_workers=0, model_name=TINY)
-    with pytest.raises(OSError, match=r"1 unreadable NIGHTS image.*distort/000/001_0\.png"):
+    with pytest.raises(ValueError, match=r"1 unreadable NIGHTS image.*distort/000/001_0\.png"):
         dm.setup("fit")
     # Without the set-up check, the loader still names the file when it fails to decode it.
     ds = NightsTriplets(root, "train", transform=lambda im: im, verify_images=False)
