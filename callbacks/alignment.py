@@ -17,12 +17,8 @@ Add it to any stage's trainer (the modules keep their model as ``self.backbone``
                 init_args: {root: iqa/tid2013, dataset: tid2013}
 
 When it evaluates
-    Once before training (the *baseline*, ``epoch: -1, step: 0``), after every ``every_n_epochs``
-    epochs (``epoch`` = Lightning's 0-based index of the epoch just finished, as in checkpoint
-    names ``epoch=N``), every ``every_n_steps`` optimiser steps up to ``every_n_steps_until``
-    and every ``then_every_n_steps`` steps after it (``epoch`` = the epoch in progress), and at the
-    end of training if the last step was not evaluated yet. Never twice at one step:
-    an evaluation that is due on both schedules is recorded once, as the epoch-end one.
+    :mod:`perceptlab.callbacks.alignment_schedule` (a baseline, epoch ends, a step schedule that can
+    thin out after ``every_n_steps_until``, the end of training; never twice at one step).
 
 What it writes (rank 0), in ``trainer.log_dir`` (``runs/<experiment>/version_<n>/``)
     the run record (``perceptlab.callbacks.run_record`` documents each file): ``alignment.jsonl``
@@ -69,10 +65,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from perceptlab.callbacks import run_record
-from perceptlab.callbacks.alignment_views import describe, log_record
+from perceptlab.callbacks.alignment_schedule import EvaluationSchedule
+from perceptlab.callbacks.alignment_views import describe, headline_metrics, log_record
 from perceptlab.callbacks.peaks import PeakTracker, trajectory_figure
-from perceptlab.callbacks.probes.base import Probe, ProbeContext
-from perceptlab.callbacks.probes.runner import Measurement, measure
+from perceptlab.callbacks.probes.base import Probe
+from perceptlab.callbacks.probes.runner import Measurement, measure, trainer_context
 from perceptlab.callbacks.run_record import PEAK_CHECKPOINT_NAME, finite
 from perceptlab.core import uncertainty
 
@@ -135,10 +132,7 @@ class AlignmentSuite(Callback):
         save_items: bool = True,
     ) -> None:
         super().__init__()
-        for key, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps),
-                           ("every_n_steps_until", every_n_steps_until), ("then_every_n_steps", then_every_n_steps)):
-            if value is not None and value < 1:
-                raise ValueError(f"AlignmentSuite.{key} must be a positive integer or null, got {value}")
+        self.schedule = EvaluationSchedule(every_n_epochs, every_n_steps, every_n_steps_until, then_every_n_steps)
         if bootstrap_resamples < 0:
             raise ValueError(f"AlignmentSuite.bootstrap_resamples must be >= 0 (0: no intervals), got {bootstrap_resamples}")
         if not 0 < confidence < 1:
@@ -149,12 +143,6 @@ class AlignmentSuite(Callback):
             raise ValueError(f"AlignmentSuite: probe names must differ; set `name:` on the probes named {duplicates}")
         self.probes = list(probes)
         self.data_root = data_root
-        self.every_n_epochs = every_n_epochs
-        self.every_n_steps = every_n_steps
-        self.every_n_steps_until = every_n_steps_until
-        self.then_every_n_steps = then_every_n_steps
-        if then_every_n_steps is not None and every_n_steps_until is None:
-            raise ValueError("AlignmentSuite.then_every_n_steps needs every_n_steps_until (the step where it takes over)")
         self.baseline = baseline
         self.at_end = at_end
         self.batch_size = batch_size
@@ -242,9 +230,9 @@ class AlignmentSuite(Callback):
         step = trainer.global_step
         self._position = {"step": int(step), "epoch": int(trainer.current_epoch),
                           "epoch_end": batch_idx + 1 >= trainer.num_training_batches}
-        if step == 0 or not self._step_due(step):
+        if step == 0 or not self.schedule.step_due(step):
             return
-        if self._epoch_end_due(trainer) and batch_idx + 1 >= trainer.num_training_batches:
+        if self.schedule.epoch_end_due(trainer.current_epoch) and batch_idx + 1 >= trainer.num_training_batches:
             return  # the epoch-end evaluation follows at this very step
         self.evaluate(trainer, pl_module, trigger="step", epoch=trainer.current_epoch)
 
@@ -260,7 +248,7 @@ class AlignmentSuite(Callback):
                       extra={"model": outputs["evaluated_model"]})
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._epoch_end_due(trainer):
+        if self.schedule.epoch_end_due(trainer.current_epoch):
             self.evaluate(trainer, pl_module, trigger="epoch", epoch=trainer.current_epoch)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -273,21 +261,12 @@ class AlignmentSuite(Callback):
         at, self._resumed_at = self._resumed_at, None
         if not at or any(r["step"] == at["step"] for r in self.history):
             return
-        epoch_end = bool(at["epoch_end"]) and self._epoch_end_due(at["epoch"])
-        if epoch_end or (at["step"] > 0 and self._step_due(at["step"])):
+        epoch_end = bool(at["epoch_end"]) and self.schedule.epoch_end_due(at["epoch"])
+        if epoch_end or (at["step"] > 0 and self.schedule.step_due(at["step"])):
             rank_zero_info(f"AlignmentSuite: the checkpoint of step {at['step']} was written before its evaluation; "
                            "measuring it now")
             self.evaluate(trainer, pl_module, trigger="epoch" if epoch_end else "step", epoch=at["epoch"],
                           step=at["step"])
-
-    def _step_due(self, step: int) -> bool:
-        early = self.every_n_steps_until is None or step <= self.every_n_steps_until
-        every = self.every_n_steps if early else self.then_every_n_steps
-        return bool(every) and step % every == 0
-
-    def _epoch_end_due(self, trainer_or_epoch: pl.Trainer | int) -> bool:
-        epoch = trainer_or_epoch if isinstance(trainer_or_epoch, int) else trainer_or_epoch.current_epoch
-        return bool(self.every_n_epochs) and (epoch + 1) % self.every_n_epochs == 0
 
     # ------------------------------------------------------------------------- evaluation
     def directions(self) -> dict[str, str]:
@@ -303,24 +282,11 @@ class AlignmentSuite(Callback):
         name = run_record.owner(metric, [p.name for p in self.probes])
         return next((p for p in self.probes if p.name == name), None)
 
-    def _context(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ProbeContext:
-        def gather(t: torch.Tensor) -> torch.Tensor:
-            return trainer.strategy.all_gather(t).reshape(trainer.world_size, *t.shape)
-
-        return ProbeContext(
-            backbone=self.backbone_of(pl_module),
-            device=pl_module.device,
-            rank=trainer.global_rank,
-            world_size=trainer.world_size,
-            gather=gather,
-            autocast=trainer.precision_plugin.forward_context,
-            batch_size=self.batch_size,
-        )
-
     def run_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Measurement:
         """Every active probe on the model as it is (``probes.runner.measure``)."""
         progress = self.verbose and getattr(pl_module, "evaluates_checkpoints", False)
-        return measure(self.active, self._context(trainer, pl_module), pl_module, self.bootstrap_resamples,
+        context = trainer_context(trainer, pl_module, self.backbone_of(pl_module), self.batch_size)
+        return measure(self.active, context, pl_module, self.bootstrap_resamples,
                        self.bootstrap_seed, progress=rank_zero_info if progress else None)
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, trigger: str, epoch: int,
@@ -358,7 +324,8 @@ class AlignmentSuite(Callback):
         self._write_files(trainer, summary)
         self._log(trainer, record, summary)
         if self.verbose:
-            rank_zero_info(self.describe(record, self.tracker.surpassed, self.tracker.beyond_noise))
+            rank_zero_info(describe(record, headline_metrics(self.active, record["metrics"]), self.tracker.surpassed,
+                                    self.tracker.beyond_noise))
         if self.checkpoint_peak_of:
             if self.checkpoint_peak_of not in record["metrics"]:
                 raise KeyError(
@@ -369,20 +336,6 @@ class AlignmentSuite(Callback):
                 # Every process takes this branch (the metrics are gathered), as save_checkpoint needs.
                 trainer.save_checkpoint(self.peak_checkpoint_path(trainer))
         return record
-
-    def headline_metrics(self, metrics: dict[str, float | None]) -> dict[str, float | None]:
-        """Each active probe's main metric: its ``headline`` if it names one, else ``<name>``,
-        ``<name>/2afc``, ``/srcc`` or ``/drop``."""
-        out = {}
-        for probe in self.active:
-            key = run_record.headline_metric(probe.name, metrics, getattr(probe, "headline", None))
-            if key is not None:
-                out[key] = metrics[key]
-        return out
-
-    def describe(self, record: dict, surpassed: set[str] | list[str] = (), beyond_noise: set[str] | list[str] = ()) -> str:
-        """One console line for an evaluation (``alignment_views.describe``)."""
-        return describe(record, self.headline_metrics(record["metrics"]), surpassed, beyond_noise)
 
     # ---------------------------------------------------------------------------- outputs
     def run_dir(self, trainer: pl.Trainer) -> Path:
@@ -422,7 +375,7 @@ class AlignmentSuite(Callback):
         first = not self._layout_written
         self._layout_written = True
         log_record(trainer.loggers, record, self.prefix, [p.name for p in self.active],
-                   self.headline_metrics(record["metrics"]), layout=first, summary=summary,
+                   headline_metrics(self.active, record["metrics"]), layout=first, summary=summary,
                    figure=(lambda: trajectory_figure(self.history, summary, [p.name for p in self.active],
                                                      title=self.prefix)) if self.tensorboard_figure else None)
 
@@ -441,35 +394,3 @@ class AlignmentSuite(Callback):
         self.tracker = PeakTracker.from_history(self.history, self.directions(), state_dict.get("replicates"),
                                                 level=self.confidence, items=state_dict.get("items"))
         self._restored = True
-
-    def replay(self, run_dir: str | Path) -> PeakTracker:
-        """The peak tracker recomputed post hoc from a run's per-item outputs (``alignment_items/``):
-        each evaluation's replicates re-derived by the probes' own statistics over the same
-        resampled items (``bootstrap_seed``, ``bootstrap_resamples``), in step order. Needs only
-        this suite's probe settings, not their data. ``FileNotFoundError`` names a missing file."""
-        record = run_record.read_run(run_dir)
-        if not record.evaluations:
-            raise FileNotFoundError(f"{Path(run_dir) / run_record.JSONL_NAME}: no evaluations to replay")
-        self.history = [dict(r) for r in record.evaluations]
-        tracker = PeakTracker(self.confidence)
-        for evaluation in sorted(record.evaluations, key=lambda r: r["step"]):
-            groups = run_record.grouped(record.items(evaluation))
-            replicates, counts = {}, {}
-            for probe in self.probes:
-                own = {g: f for g, f in groups.items() if g == probe.name or g.startswith(probe.name + "/")}
-                if not own:
-                    continue
-                items = {g: {k: torch.as_tensor(v) for k, v in f.items()} for g, f in own.items()}
-                idx = {g: uncertainty.resample_indices(len(next(iter(f.values()))), self.bootstrap_resamples,
-                                                       self.bootstrap_seed, g) for g, f in items.items()}
-                reps = {k: v.float() for k, v in probe.resampled(items, idx).items()}
-                replicates.update(reps)
-                n_items = max(len(next(iter(f.values()))) for f in items.values())
-                counts.update({k: n_items for k in reps})
-            tracker.update(evaluation["epoch"], evaluation["step"], evaluation["metrics"], self.directions(),
-                           baseline=evaluation.get("trigger") == "baseline", replicates=replicates or None, items=counts)
-        return tracker
-
-    def set_run_dir(self, path: str | Path) -> None:
-        """Write into ``path`` instead of the trainer's log directory (``perceptlab evaluate --out``)."""
-        self._run_dir = Path(path)

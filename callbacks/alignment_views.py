@@ -6,7 +6,19 @@ from typing import Callable, Iterable, Mapping
 
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from perceptlab.callbacks import run_record
 from perceptlab.callbacks.peaks import custom_scalars_layout, interval_tags, summary_scalars
+
+
+def headline_metrics(probes, metrics: Mapping[str, float | None]) -> dict[str, float | None]:
+    """Each probe's main metric: its ``headline`` if it names one, else ``<name>``,
+    ``<name>/2afc``, ``/srcc`` or ``/drop`` (``run_record.headline_metric``)."""
+    out = {}
+    for probe in probes:
+        key = run_record.headline_metric(probe.name, metrics, getattr(probe, "headline", None))
+        if key is not None:
+            out[key] = metrics[key]
+    return out
 
 
 def describe(record: Mapping, headline: Mapping[str, float | None], surpassed: Iterable[str] = (),

@@ -13,11 +13,11 @@ learning rate logged, and seed 0.
 from __future__ import annotations
 
 import os
-import pickle
-import re
 import sys
 from pathlib import Path
 from typing import Literal
+
+from perceptlab.commands.errors import check_checkpoint_file, error_line, user_errors
 
 USAGE = """usage: perceptlab <command> [options]
 
@@ -41,15 +41,11 @@ commands:
 `perceptlab <command> --help` documents every option of a command; `fit --print_config` prints
 the full resolved configuration. Overrides use dotted keys: --trainer.max_epochs=3
 A mistake (a missing file, an unknown key, a bad value) is one line and exit status 2;
-`--debug` (or PERCEPTLAB_DEBUG=1) shows the traceback instead.
+`--debug` (or PERCEPTLAB_DEBUG=1) shows the traceback instead (commands/errors.py makes the line).
 Model files are read as data: one that would run code when opened is refused. Only for files you
 made yourself, `perceptlab --trust_model_files <command> ...` (or PERCEPTLAB_TRUST_MODEL_FILES=1)
 reads them anyway.
 """
-
-#: Exceptions that mean the user asked for something that cannot be done (a path, key or value).
-USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, KeyError,
-               ValueError)
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
@@ -160,18 +156,6 @@ def experiment_name(configs) -> str:
         if isinstance(model, dict) and "class_path" in model:
             return path.stem
     return paths[0].stem if paths else "default"
-
-
-def check_checkpoint_file(ckpt_path) -> None:
-    """A ``--ckpt_path`` file is read as data before Lightning opens it: one that would run code is
-    refused naming it (torch's own refusal names no file), as is one that is not a checkpoint."""
-    if not ckpt_path or str(ckpt_path) in ("last", "best", "hpc", "registry") or "://" in str(ckpt_path):
-        return
-    from perceptlab.core.safe_load import load_file
-
-    raw = load_file(ckpt_path)
-    if not isinstance(raw, dict) or "state_dict" not in raw:
-        raise ValueError(f"--ckpt_path {ckpt_path}: not a Lightning checkpoint (no state_dict)")
 
 
 def _resumed_version(runs_dir: str, experiment: str, ckpt_path) -> int | None:
@@ -349,75 +333,11 @@ def main(argv: list[str] | None = None) -> None:
             import importlib
 
             importlib.import_module(MODULE_COMMANDS[command]).main(rest)
-    except pickle.UnpicklingError as exc:  # a file torch refused to unpickle, opened by a library
+    except user_errors() as exc:
         if debug:
             raise
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        print(f"perceptlab {command}: error: a checkpoint was refused: reading it would run code"
-              + (f" (it loads {found.group(1)})" if found else "") + f"; {TRUST_FLAG} reads files you made yourself",
-              file=sys.stderr)
+        print(f"perceptlab {command}: error: {error_line(exc, rest)}", file=sys.stderr)
         raise SystemExit(2) from None
-    except USER_ERRORS + _lightning_user_errors() as exc:
-        if debug:
-            raise
-        print(f"perceptlab {command}: error: {_unparsable_config(rest) or user_message(exc)}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def _lightning_user_errors() -> tuple[type[BaseException], ...]:
-    from argparse import ArgumentError
-
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    return (MisconfigurationException, ArgumentError)
-
-
-def user_message(exc: BaseException) -> str:
-    """One line for a user error, with the fix where we know it."""
-    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-    message = _innermost(str(message))
-    message = " ".join(str(message).split())
-    if "No supported gpu backend found" in message or "CUDAAccelerator can not run on your system" in message:
-        message += " (this machine has no GPU: pass --trainer.accelerator=cpu)"
-    return message
-
-
-def _unparsable_config(args: list[str]) -> str | None:
-    """The first ``--config`` file of ``args`` that is not YAML, named with the parser's reason
-    (jsonargparse says only "Problems parsing config" and the line)."""
-    import yaml
-
-    paths = [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
-    paths += [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config", "-c")]
-    for path in paths:
-        try:
-            yaml.safe_load(Path(path).read_text())
-        except (OSError, UnicodeDecodeError):
-            continue
-        except yaml.YAMLError as exn:
-            mark = getattr(exn, "problem_mark", None)
-            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-            return f"{path}: not YAML{where}: {getattr(exn, 'problem', None) or exn}"
-    return None
-
-
-def _innermost(message: str) -> str:
-    """A nested configuration error (jsonargparse lists every alternative it tried, indented, and
-    the whole value given) as its first line and its deepest reasons: ``Parser key "trainer.callbacks":
-    Option 'max_itmes' is not accepted``."""
-    lines = [line for line in message.splitlines() if line.strip()]
-    if len(lines) < 2:
-        return message
-    body = []
-    for line in lines[1:]:
-        if line.strip().lstrip("- ").startswith(("Given value", "Not a valid subclass")):
-            break
-        body.append(line)
-    if not body:
-        return lines[0]
-    depth = max(len(line) - len(line.lstrip()) for line in body)
-    deepest = [line.strip().lstrip("- ") for line in body if len(line) - len(line.lstrip()) == depth]
-    return f"{lines[0].rstrip(':')}: {'; '.join(deepest)}"
 
 
 def quiet_third_party() -> None:

@@ -43,7 +43,7 @@ def export(source: str, to: Literal["open_clip", "hf"], out: str, model_name: st
     import open_clip
     import torch
 
-    from perceptlab.core.backbone import open_clip_model_from_checkpoint
+    from perceptlab.core.checkpoints import open_clip_model_from_checkpoint
     from perceptlab.core.hf_clip import hf_config_from_open_clip, hf_state_from_open_clip
 
     if to not in ("open_clip", "hf"):

@@ -74,7 +74,7 @@ def choose_protocol(module, protocol: str | None, crops: int | None):
 
 
 def class_names(module, config: dict | None, given: list[str] | None) -> list[str]:
-    from perceptlab.datamodules.perceptual_tasks import EMOTIONS
+    from perceptlab.datamodules.task_sets import EMOTIONS
 
     n = int(module.hparams.num_classes)
     names = given or ((config or {}).get("data", {}).get("init_args", {}) or {}).get("emotions")
@@ -118,7 +118,7 @@ def predict(model: str, images: str, out: str = "predictions.csv", column: str |
     from torch.utils.data import DataLoader
 
     from perceptlab.datamodules.image_list import ImagePaths, collate_scored, read_image_list
-    from perceptlab.datamodules.perceptual_tasks import multicrop_transform
+    from perceptlab.datamodules.task_sets import multicrop_transform
 
     out_path = Path(out).expanduser()
     if out_path.exists() and not overwrite:

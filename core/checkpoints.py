@@ -11,7 +11,8 @@
 * an open_clip pretrained tag (``openai``, ``laion2b_s34b_b79k``, with ``model_name``), loaded by
   open_clip itself (its cache or the network).
 
-and :func:`place_series` turns globs into files and places every model at the training step it
+:func:`open_clip_model_from_checkpoint` builds the open_clip model any of them holds, and
+:func:`place_series` turns globs into files and places every model at the training step it
 knows (see there): a series is the run users made, so the step of a file is never guessed from
 its neighbours.
 
@@ -24,16 +25,19 @@ read from ``fit_end.json`` (written by ``perceptlab fit`` when training returns 
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from perceptlab.core.backbone import CLIPBackbone
 from perceptlab.core.hf_clip import is_hf_clip_source, open_clip_state_from_hf, read_hf_clip
 from perceptlab.core.safe_load import load_file
+
+log = logging.getLogger(__name__)
 
 VISUAL_FORMAT = "perceptlab-visual-v1"
 
@@ -236,3 +240,47 @@ def expand_sources(specs: list[str], model_name: str | None = None, steps_per_ep
              "(name it on its own to measure it)"] if aliases else []
     sources, placed = place_series([ModelSource.read(s, model_name) for s in files], steps_per_epoch, taken)
     return sources, notes + placed
+
+
+def open_clip_model_from_checkpoint(source: str | os.PathLike, model_name: str | None = None) -> tuple[str, torch.nn.Module]:
+    """The open_clip CLIP model held by any perceptlab file: ``(architecture name, model)``.
+
+    ``source`` is a Lightning checkpoint of any stage (keys ``backbone.model.*``; LoRA adapters
+    are merged), a ``visual.pt``, or an open_clip state dict. ``model_name`` defaults to the one
+    the file records (the checkpoint's hyper-parameters, ``visual.pt``'s header). A file without a
+    text tower (stage 1, the perceptual tasks) gives a model whose text tower is open_clip's
+    random initialisation under seed 0 (logged): a vision-only checkpoint has nothing better.
+    """
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    raw = load_file(path, mmap=False)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: not a checkpoint or state dict (a {type(raw).__name__})")
+    recorded = (raw.get("hyper_parameters") or {}).get("model_name") or raw.get("model_name")
+    model_name = model_name or recorded
+    if not model_name:
+        raise ValueError(f"{path} does not record its architecture: give --model_name (e.g. ViT-B-32)")
+    state = raw.get("state_dict", raw)
+    prefix = "backbone.model." if any(k.startswith("backbone.model.") for k in state) else ""
+    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and isinstance(v, torch.Tensor)}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        backbone = CLIPBackbone(model_name)
+    report = backbone.load_visual({f"visual.{k[len('visual.'):]}": v for k, v in state.items() if k.startswith("visual.")},
+                                  strict=False)
+    if report.missing:
+        raise ValueError(f"{path}: the vision tower lacks {', '.join(report.missing[:5])}: not a {model_name} checkpoint?")
+    model = backbone.model
+    rest = {k: v for k, v in state.items() if not k.startswith("visual.")}
+    if "logit_scale" in rest:  # stage 2 keeps it as shape (1,); open_clip as a scalar
+        rest["logit_scale"] = rest["logit_scale"].reshape(model.logit_scale.shape)
+    text_keys = [k for k in model.state_dict() if not k.startswith("visual.")]
+    if any(k in rest for k in text_keys if k != "logit_scale"):
+        absent = [k for k in text_keys if k not in rest]
+        if absent:
+            raise ValueError(f"{path}: text tower incomplete, lacks {', '.join(absent[:5])}")
+        model.load_state_dict({k: v for k, v in rest.items() if k in text_keys}, strict=False)
+    else:
+        log.info("%s holds no text tower: the exported text tower is open_clip's random initialisation (seed 0)", path)
+    return model_name, model

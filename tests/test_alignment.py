@@ -158,13 +158,14 @@ def test_three_epoch_run_writes_every_probe_at_every_epoch_and_a_consistent_summ
 
     summary = json.loads((run / SUMMARY_NAME).read_text())
     # the one reader gives back what the suite holds (a JSON round trip)
+    from perceptlab.callbacks.replay import replay
     from perceptlab.callbacks.run_record import read_run
 
     record = read_run(run)
     assert record.evaluations == json.loads(json.dumps(suite.history)) and record.summary == summary
     assert summary == json.loads(json.dumps(suite.summary()))
     # ... and the tracker recomputed post hoc from the per-item files alone gives the same summary
-    replayed = AlignmentSuite(probes=suite.probes, bootstrap_seed=suite.bootstrap_seed).replay(run)
+    replayed = replay(AlignmentSuite(probes=suite.probes, bootstrap_seed=suite.bootstrap_seed), run)
     assert json.loads(json.dumps(replayed.summary())) == summary
     # null = undefined at that evaluation (e.g. shape bias of a model hitting neither cue): not a peak.
     assert set(summary) == {n for n in names if any(r["metrics"][n] is not None for r in records)}

@@ -55,3 +55,14 @@ def measure(probes: Sequence[Probe], ctx: ProbeContext, module: torch.nn.Module,
         for m, training in modes.items():
             m.train(training)
     return out
+
+
+def trainer_context(trainer, pl_module: torch.nn.Module, backbone, batch_size: int) -> ProbeContext:
+    """What the probes need of a Lightning run: the backbone, the device, the ranks, the gather of
+    per-item results across them, and the trainer's precision context."""
+    def gather(t: torch.Tensor) -> torch.Tensor:
+        return trainer.strategy.all_gather(t).reshape(trainer.world_size, *t.shape)
+
+    return ProbeContext(backbone=backbone, device=pl_module.device, rank=trainer.global_rank,
+                        world_size=trainer.world_size, gather=gather,
+                        autocast=trainer.precision_plugin.forward_context, batch_size=batch_size)
