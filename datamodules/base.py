@@ -178,13 +178,23 @@ def tar_sample_count(path, image_extensions) -> int:
 
     extensions = {e.lower() for e in image_extensions}
     keys = set()
-    with tarfile.open(path) as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, ext = base_plus_ext(member.name)
-            if key is not None and ext.lower().rsplit(".", 1)[-1] in extensions:
-                keys.add(key)
+    size = os.path.getsize(path)
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.offset_data + member.size > size:  # tarfile reads a cut-off member as the end
+                    raise tarfile.ReadError(f"member {member.name} ends past the end of the file")
+                if not member.isfile():
+                    continue
+                key, ext = base_plus_ext(member.name)
+                if key is not None and ext.lower().rsplit(".", 1)[-1] in extensions:
+                    keys.add(key)
+            # a tar ends with two zero blocks (POSIX); a copy cut at a block boundary reads as a shorter
+            # archive without them
+            if size - tar.offset < 1024:
+                raise tarfile.ReadError("no end-of-archive blocks")
+    except (tarfile.TarError, EOFError) as exn:  # counted before training: a broken shard is named then
+        raise ValueError(f"{path}: not a whole tar file ({type(exn).__name__}: {exn}); a truncated copy?") from None
     return len(keys)
 
 
@@ -197,19 +207,38 @@ def name_some(items, shown: int = 5) -> str:
 
 
 def _unreadable(path: str | os.PathLike) -> str | None:
-    """``None`` when the file exists and PIL identifies it from its header (format, size, within
-    PIL's decompression-bomb limit), else why not. Header only: cheap enough for every file at
-    set-up; a body truncated after a valid header fails later, at decode, with the path named."""
+    """``None`` when the file exists, PIL identifies it from its header (format, size, within
+    PIL's decompression-bomb limit) and, for PNG and JPEG, its end is there; else why not. Header
+    and tail only: cheap enough for every file at set-up (damage inside a whole file fails later,
+    at decode, with the path named)."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             im.size  # noqa: B018 - forces the header parse
-        return None
+            kind = im.format
+        return _cut_short(path, kind)
     except FileNotFoundError:
         return f"{path} (missing)"
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # PIL's failure types
         return f"{path} ({type(err).__name__}: {err})"
+
+
+#: What the last bytes of a whole file hold: PNG's IEND chunk, JPEG's end-of-image marker (some
+#: cameras append data after it, hence a search in the tail rather than an exact ending).
+_ENDINGS = {"PNG": b"IEND", "JPEG": b"\xff\xd9"}
+
+
+def _cut_short(path: str | os.PathLike, kind: str | None) -> str | None:
+    """A PNG or JPEG whose end is missing (an interrupted download or copy): found from its last
+    kilobyte, without decoding, so the check stays a header read in cost."""
+    ending = _ENDINGS.get(kind or "")
+    if ending is None:
+        return None
+    with open(path, "rb") as f:
+        f.seek(max(0, os.path.getsize(path) - 1024))
+        tail = f.read()
+    return None if ending in tail else f"{path} (truncated: its {kind} end marker is missing)"
 
 
 def check_images(paths, what: str, workers: int = 16) -> None:

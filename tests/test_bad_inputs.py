@@ -362,7 +362,7 @@ CASES: list[Bad] = [
     # NIGHTS triplets (stage 1)
     *[Bad("NIGHTS", f"a{'n' if how[0] in 'aeiou' else ''} {how} image", "refused",
           (lambda how: lambda w: (spoil(nights_image(w), how), fit("pi_nights"))[1])(how), "unreadable NIGHTS image")
-      for how in ("zero-byte", "not an image", "bomb")],
+      for how in ("zero-byte", "truncated", "not an image", "bomb")],
     Bad("NIGHTS", "data.csv without the right_vote column", "refused",
         lambda w: (edit_csv(w / "nights" / "data.csv", drop="right_vote"), fit("pi_nights"))[1], "right_vote"),
     Bad("NIGHTS", "text in the left_vote column", "refused",
@@ -387,7 +387,7 @@ CASES: list[Bad] = [
         lambda w: iqa_split_file(w, plain_evil_pickle), "refused: reading it would run code"),
     *[Bad("IQA images", f"a{'n' if how[0] in 'aeiou' else ''} {how} image", "refused",
           (lambda how: lambda w: (spoil(koniq_image(w), how), fit("perceptual_iqa"))[1])(how), "unreadable")
-      for how in ("zero-byte", "not an image")],
+      for how in ("zero-byte", "truncated", "not an image")],
     Bad("IQA images", "a CMYK image", "read",
         lambda w: (spoil(koniq_image(w), "CMYK"), fit("perceptual_iqa"))[1]),
     # image-text pairs (stage 2)
@@ -395,6 +395,14 @@ CASES: list[Bad] = [
         lambda w: webdataset_member(w, "jpg", b"not a jpeg"), "skipped"),
     Bad("webdataset", "a caption that is not UTF-8", "skipped",
         lambda w: webdataset_member(w, "txt", b"\xff\xfe caption"), "skipped"),
+    Bad("webdataset", "a truncated shard (its sample count read from the tar)", "refused",
+        lambda w: (_half(sorted((w / "image_text" / "shards").glob("*.tar"))[0]),
+                   [p.unlink() for p in (w / "image_text" / "shards").glob("*_stats.json")],
+                   stage2("webdataset", str(w / "image_text" / "shards" / "*.tar")))[2], "not a whole tar file"),
+    Bad("webdataset", "a truncated shard (its count from _stats.json)", "skipped",
+        lambda w: (_tenth(sorted((w / "image_text" / "shards").glob("*.tar"))[0]),
+                   stage2("webdataset", str(w / "image_text" / "shards" / "*.tar"), "--trainer.fast_dev_run=false",
+                          "--trainer.max_epochs=1"))[1], "skipped"),
     Bad("webdataset", "a shard pattern that matches nothing", "refused",
         lambda w: stage2("webdataset", str(w / "image_text" / "nothing" / "*.tar")), "nothing"),
     Bad("CSV pairs", "no caption column", "refused",
@@ -445,6 +453,12 @@ def _touch(path: Path) -> Path:
 def _half(path: Path) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _tenth(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 10])
     return path
 
 
