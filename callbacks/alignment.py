@@ -69,6 +69,7 @@ from perceptlab.callbacks.alignment_schedule import EvaluationSchedule
 from perceptlab.callbacks.alignment_views import describe, headline_metrics, log_record
 from perceptlab.callbacks.peaks import PeakTracker, trajectory_figure
 from perceptlab.callbacks.probes.base import Probe
+from perceptlab.callbacks.probes.metric_info import MetricInfo, legacy_info
 from perceptlab.callbacks.probes.runner import Measurement, measure, trainer_context
 from perceptlab.callbacks.run_record import PEAK_CHECKPOINT_NAME, finite
 from perceptlab.core import uncertainty
@@ -157,6 +158,7 @@ class AlignmentSuite(Callback):
         self.save_items = save_items
 
         self.history: list[dict[str, Any]] = []
+        self.metric_info: dict[str, MetricInfo] = {}  # what each metric is, as its probe describes it
         self.tracker = PeakTracker(confidence)
         self.active: list[Probe] = []
         self._restored = False
@@ -269,18 +271,20 @@ class AlignmentSuite(Callback):
                           step=at["step"])
 
     # ------------------------------------------------------------------------- evaluation
-    def directions(self) -> dict[str, str]:
-        out = {}
-        for record in self.history:
-            for name in record["metrics"]:
-                if name not in out:
-                    probe = self._owner(name)
-                    out[name] = probe.direction(name) if probe is not None else "max"
-        return out
+    def describe(self, metric: str) -> MetricInfo:
+        """What ``metric`` is, as its probe described it when it was measured (a history restored
+        from a checkpoint of an earlier version: by the name rules of that version)."""
+        info = self.metric_info.get(metric)
+        if info is None:
+            metrics = {m for r in self.history for m in r["metrics"]}
+            info = self.metric_info[metric] = legacy_info(metric, [p.name for p in self.probes], metrics)
+        return info
 
-    def _owner(self, metric: str) -> Probe | None:
-        name = run_record.owner(metric, [p.name for p in self.probes])
-        return next((p for p in self.probes if p.name == name), None)
+    def directions(self) -> dict[str, str]:
+        return {name: self.describe(name).direction for record in self.history for name in record["metrics"]}
+
+    def reliable_from(self) -> dict[str, int]:
+        return {name: self.describe(name).reliable_from for record in self.history for name in record["metrics"]}
 
     def run_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Measurement:
         """Every active probe on the model as it is (``probes.runner.measure``)."""
@@ -314,17 +318,18 @@ class AlignmentSuite(Callback):
             record["items"] = run_record.items_path(step)
             self._write_items(trainer, step, measured.items)
         record.update(extra or {})
+        self.metric_info.update(measured.info)
         self.history.append(record)
         # a model older than those already measured (a rerun on a folder) is put in step order
         self.history.sort(key=lambda r: r["step"])
         improved = self.tracker.update(epoch, step, record["metrics"], self.directions(),
                                        baseline=trigger == "baseline", replicates=measured.replicates or None,
-                                       items=measured.counts)
+                                       items=measured.counts, reliable_from=self.reliable_from())
         summary = self.summary() if trainer.is_global_zero else None  # the drop tests, computed once per evaluation
         self._write_files(trainer, summary)
         self._log(trainer, record, summary)
         if self.verbose:
-            rank_zero_info(describe(record, headline_metrics(self.active, record["metrics"]), self.tracker.surpassed,
+            rank_zero_info(describe(record, headline_metrics(self.metric_info, record["metrics"]), self.tracker.surpassed,
                                     self.tracker.beyond_noise))
         if self.checkpoint_peak_of:
             if self.checkpoint_peak_of not in record["metrics"]:
@@ -361,6 +366,7 @@ class AlignmentSuite(Callback):
         run_dir = self.run_dir(trainer)
         run_record.write_evaluations(run_dir, self.history)
         run_record.write_summary(run_dir, summary if summary is not None else self.summary())
+        run_record.write_metric_info(run_dir, {m: self.describe(m) for r in self.history for m in r["metrics"]})
         # the seed decides the resampled items: a report pairs two runs' replicates only when these agree
         run_record.write_bootstrap(run_dir, {k: (steps, reps.numpy()) for k, (steps, reps) in self.tracker.trajectories().items()},
                                    self.tracker.marks(), self.bootstrap_seed)
@@ -374,10 +380,10 @@ class AlignmentSuite(Callback):
             return
         first = not self._layout_written
         self._layout_written = True
-        log_record(trainer.loggers, record, self.prefix, [p.name for p in self.active],
-                   headline_metrics(self.active, record["metrics"]), layout=first, summary=summary,
-                   figure=(lambda: trajectory_figure(self.history, summary, [p.name for p in self.active],
-                                                     title=self.prefix)) if self.tensorboard_figure else None)
+        info = {m: self.describe(m) for r in self.history for m in r["metrics"]}
+        log_record(trainer.loggers, record, self.prefix, info, layout=first, summary=summary,
+                   figure=(lambda: trajectory_figure(self.history, summary, info, title=self.prefix))
+                   if self.tensorboard_figure else None)
 
     # ------------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
@@ -385,12 +391,15 @@ class AlignmentSuite(Callback):
         return {"version": STATE_VERSION, "history": [dict(r) for r in self.history],
                 "replicates": self.tracker.replicates_state(),
                 "items": {name: e.items for name, e in self.tracker.entries.items() if e.items is not None},
+                "metric_info": {name: info.to_json() for name, info in self.metric_info.items()},
                 "position": self._position}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # version 1 kept the peak and final replicates only: its drop intervals are not restored
         self.history = [dict(r) for r in state_dict.get("history", [])]
+        self.metric_info = {k: MetricInfo.from_json(v) for k, v in (state_dict.get("metric_info") or {}).items()}
         self._resumed_at = self._position = state_dict.get("position")
         self.tracker = PeakTracker.from_history(self.history, self.directions(), state_dict.get("replicates"),
-                                                level=self.confidence, items=state_dict.get("items"))
+                                                level=self.confidence, items=state_dict.get("items"),
+                                                reliable_from=self.reliable_from())
         self._restored = True

@@ -6,19 +6,13 @@ from typing import Callable, Iterable, Mapping
 
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from perceptlab.callbacks import run_record
 from perceptlab.callbacks.peaks import custom_scalars_layout, interval_tags, summary_scalars
+from perceptlab.callbacks.probes.metric_info import MetricInfo
 
 
-def headline_metrics(probes, metrics: Mapping[str, float | None]) -> dict[str, float | None]:
-    """Each probe's main metric: its ``headline`` if it names one, else ``<name>``,
-    ``<name>/2afc``, ``/srcc`` or ``/drop`` (``run_record.headline_metric``)."""
-    out = {}
-    for probe in probes:
-        key = run_record.headline_metric(probe.name, metrics, getattr(probe, "headline", None))
-        if key is not None:
-            out[key] = metrics[key]
-    return out
+def headline_metrics(info: Mapping[str, MetricInfo], metrics: Mapping[str, float | None]) -> dict[str, float | None]:
+    """Each probe's main metric (``MetricInfo.headline``) among ``metrics``, in the order measured."""
+    return {k: v for k, v in metrics.items() if k in info and info[k].headline}
 
 
 def describe(record: Mapping, headline: Mapping[str, float | None], surpassed: Iterable[str] = (),
@@ -47,18 +41,20 @@ def describe(record: Mapping, headline: Mapping[str, float | None], surpassed: I
             f"{sum(record['seconds'].values()):.1f} s: " + ", ".join(parts) + legend)
 
 
-def log_record(loggers, record: Mapping, prefix: str, probe_names: list[str], headline: Mapping[str, float | None],
+def log_record(loggers, record: Mapping, prefix: str, info: Mapping[str, MetricInfo],
                layout: bool = False, figure: Callable | None = None, summary: Mapping | None = None) -> None:
     """Log an evaluation to every logger at its step: ``<prefix>/<metric>``, the interval ends
     ``<prefix>_ci/<metric>/low|high``, ``<prefix>/seconds`` and the peak summary so far
     (``<prefix>_peak/<metric>/peak|peak_step|final|drop|drop_p|drop_significant``, so that a
     tracker without the run directory has the verdict too); for TensorBoard also the
-    custom-scalars layout (``layout``: once per run) and the trajectory ``figure`` (a callable)."""
-    scalars = {f"{prefix}/{k}": v for k, v in record["metrics"].items() if v is not None}
-    scalars.update(summary_scalars(dict(summary or {}), prefix))
+    custom-scalars layout (``layout``: once per run) and the trajectory ``figure`` (a callable).
+    Reference lines (model-free constants) are left out: they are in the figure and the run record."""
+    reference = {k for k, i in info.items() if i.reference}
+    scalars = {f"{prefix}/{k}": v for k, v in record["metrics"].items() if v is not None and k not in reference}
+    scalars.update(summary_scalars({k: v for k, v in (summary or {}).items() if k not in reference}, prefix))
     scalars[f"{prefix}/seconds"] = sum(record["seconds"].values())
     for k, interval in (record.get("ci") or {}).items():
-        if interval is not None and record["metrics"].get(k) is not None:
+        if interval is not None and record["metrics"].get(k) is not None and k not in reference:
             scalars.update(zip(interval_tags(k, prefix), interval))
     for logger in loggers:
         logger.log_metrics(scalars, step=record["step"])
@@ -66,7 +62,8 @@ def log_record(loggers, record: Mapping, prefix: str, probe_names: list[str], he
             writer = logger.experiment
             if layout:
                 intervals = [k for k, v in (record.get("ci") or {}).items() if v is not None]
-                writer.add_custom_scalars(custom_scalars_layout(record["metrics"], probe_names, prefix, headline, intervals))
+                described = {k: info[k] for k in record["metrics"] if k in info}
+                writer.add_custom_scalars(custom_scalars_layout(described, prefix, intervals))
             if figure is not None:
                 writer.add_figure(f"{prefix}/trajectories", figure(), global_step=record["step"])
             writer.flush()

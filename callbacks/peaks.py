@@ -41,7 +41,8 @@ from typing import Iterable, Mapping
 
 import torch
 
-from perceptlab.callbacks.run_record import MetricSummary, chart_of, finite, interval_kind
+from perceptlab.callbacks.probes.metric_info import MetricInfo
+from perceptlab.callbacks.run_record import MetricSummary, finite
 from perceptlab.core import uncertainty
 
 
@@ -56,6 +57,7 @@ class _Trajectory:
     replicates: list[torch.Tensor | None] = field(default_factory=list)
     baseline: int | None = None  # row of the baseline evaluation
     items: int | None = None
+    reliable_from: int = 0  # items from which the metric's interval covers (MetricInfo.reliable_from)
 
     def oriented(self, x):
         return x if self.direction == "max" else -x
@@ -80,8 +82,9 @@ class PeakTracker:
     def update(self, epoch: int, step: int, metrics: Mapping[str, float | None],
                directions: Mapping[str, str], baseline: bool = False,
                replicates: Mapping[str, torch.Tensor] | None = None,
-               items: Mapping[str, int] | None = None) -> list[str]:
+               items: Mapping[str, int] | None = None, reliable_from: Mapping[str, int] | None = None) -> list[str]:
         """Add one evaluation (kept in step order; a later one at the same step goes after it).
+        ``reliable_from``: per metric, the items from which its interval is to be trusted.
         Returns the metrics that reached a new peak with it (noise or not); those that beat every
         earlier evaluation beyond noise are in :attr:`beyond_noise` afterwards."""
         improved: list[str] = []
@@ -91,6 +94,8 @@ class PeakTracker:
             if value is None:
                 continue
             e = self.entries.setdefault(name, _Trajectory(directions.get(name, "max")))
+            if reliable_from is not None and name in reliable_from:
+                e.reliable_from = int(reliable_from[name])
             rep = None if replicates is None or replicates.get(name) is None else \
                 torch.as_tensor(replicates[name]).detach().float().cpu()
             previous = self._peak_row(e)
@@ -145,7 +150,7 @@ class PeakTracker:
         base_rep = None if e.baseline is None else e.replicates[e.baseline]
         s["change_ci"] = None if base_rep is None or e.replicates[final] is None else \
             uncertainty.percentile_interval(e.replicates[final] - base_rep, self.level)
-        note = uncertainty.summary_note(s["peak_ci"], s["final_ci"], e.items, interval_kind(name))
+        note = uncertainty.summary_note(s["peak_ci"], s["final_ci"], e.items, e.reliable_from)
         s["ci_note"], s["ci_reliable"] = note, None if s["final_ci"] is None else note is None
         return s
 
@@ -175,7 +180,8 @@ class PeakTracker:
     @classmethod
     def from_history(cls, history: Iterable[Mapping], directions: Mapping[str, str],
                      replicates: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
-                     level: float = 0.95, items: Mapping[str, int] | None = None) -> "PeakTracker":
+                     level: float = 0.95, items: Mapping[str, int] | None = None,
+                     reliable_from: Mapping[str, int] | None = None) -> "PeakTracker":
         """Rebuild from ``alignment.jsonl`` records; ``replicates`` (:meth:`replicates_state`)
         puts back each metric's replicates, row by row in the order of its finite values."""
         tracker = cls(level)
@@ -191,7 +197,8 @@ class PeakTracker:
                     reps[name] = torch.as_tensor(stacked[row])
                 rows[name] = row + 1
             tracker.update(record["epoch"], record["step"], record["metrics"], directions,
-                           baseline=record.get("trigger") == "baseline", replicates=reps or None, items=items)
+                           baseline=record.get("trigger") == "baseline", replicates=reps or None, items=items,
+                           reliable_from=reliable_from)
         return tracker
 
 
@@ -216,23 +223,28 @@ def summary_scalars(summary: dict, prefix: str = "alignment") -> dict[str, float
     return out
 
 
-def custom_scalars_layout(metrics: Iterable[str], probe_names: Iterable[str] = (), prefix: str = "alignment",
-                          headlines: Iterable[str] = (), intervals: Iterable[str] = ()) -> dict:
-    """TensorBoard custom-scalars layout: one category per probe family; in it one chart per
-    headline metric, drawn with its interval band (a ``Margin`` chart) when it has one, and one
-    chart per remaining metric group (``run_record.chart_of``: each correlation on its own, the
-    classical reference lines of a data set and statistic together, a probe's other metrics together)."""
-    probe_names, headlines, intervals = list(probe_names), set(headlines), set(intervals)
+def custom_scalars_layout(info: Mapping[str, MetricInfo], prefix: str = "alignment",
+                          intervals: Iterable[str] = ()) -> dict:
+    """TensorBoard custom-scalars layout of the metrics ``info`` describes: one category per
+    family; in it one chart per headline metric, drawn with its interval band (a ``Margin`` chart)
+    when it has one, and one chart per remaining ``MetricInfo.chart`` (each correlation on its
+    own, a probe's other metrics together). Reference lines are not logged as scalars (a
+    model-free constant is no trajectory): they are drawn in the trajectory figure and the report."""
+    intervals = set(intervals)
+    headlines = {m for m, i in info.items() if i.headline}
     charts: dict[str, dict[str, list]] = {}
-    for metric in sorted(metrics):
-        family = metric.split("/")[0]
+    for metric in sorted(info):
+        described = info[metric]
+        if described.reference:
+            continue
+        family = described.family
         tag = f"{prefix}/{metric}"
-        if metric in headlines:
+        if described.headline:
             entry = ["Margin", [tag, *interval_tags(metric, prefix)]] if metric in intervals else \
                 ["Multiline", [f"^{re.escape(tag)}$"]]
             charts.setdefault(family, {})[metric] = entry
             continue
-        chart = chart_of(metric, probe_names)
+        chart = described.chart_name
         if chart in headlines:  # a probe's headline has its own chart; its siblings share another
             chart = f"{chart} (more)"
         entry = charts.setdefault(family, {}).setdefault(chart, ["Multiline", []])
@@ -240,27 +252,20 @@ def custom_scalars_layout(metrics: Iterable[str], probe_names: Iterable[str] = (
     return {f"{prefix}: {family}": dict(sorted(by_chart.items())) for family, by_chart in sorted(charts.items())}
 
 
-def _panel_of(metric: str, probe_names: list[str]) -> str:
-    """The figure's panel: a probe's chart, except that an IQA data set's correlations and their
-    reference lines share one panel (TensorBoard keeps each on its own chart; a figure of one panel
-    per statistic grew to 27 panels and 2.5 s of drawing per evaluation)."""
-    chart = chart_of(metric, probe_names)
-    return "/".join(chart.split("/")[:2]) if chart.startswith("iqa_") else chart
-
-
-def trajectory_figure(history: list[Mapping], summary: Mapping[str, Mapping], probe_names: Iterable[str] = (),
+def trajectory_figure(history: list[Mapping], summary: Mapping[str, Mapping], info: Mapping[str, MetricInfo],
                       title: str = "alignment"):
-    """A matplotlib figure: one panel per probe (see :func:`_panel_of`), every metric's trajectory
+    """A matplotlib figure: one panel per ``MetricInfo.panel`` (an IQA data set's correlations and
+    their reference lines share one: a figure of one panel per statistic grew to 27 panels and 2.5 s
+    of drawing per evaluation), every metric's trajectory
     against the training step with its 95 % interval shaded (when the records have ``ci``), its peak
     marked with a star; constant metrics (reference lines such as PSNR's correlation) dashed."""
     # A bare Figure: no pyplot global state, no GUI backend, nothing to close (it is garbage-collected).
     from matplotlib.figure import Figure
 
-    probe_names = list(probe_names)
-    names = sorted({m for r in history for m in r["metrics"]})
+    names = sorted({m for r in history for m in r["metrics"]} & set(info))
     charts: dict[str, list[str]] = {}
     for m in names:
-        charts.setdefault(_panel_of(m, probe_names), []).append(m)
+        charts.setdefault(info[m].panel_name, []).append(m)
     n = max(1, len(charts))
     cols = min(3, n)
     rows = math.ceil(n / cols)

@@ -25,6 +25,7 @@ def replay(suite: AlignmentSuite, run_dir: str | Path) -> PeakTracker:
     if not record.evaluations:
         raise FileNotFoundError(f"{Path(run_dir) / run_record.JSONL_NAME}: no evaluations to replay")
     suite.history = [dict(r) for r in record.evaluations]
+    suite.metric_info = dict(record.metric_info)
     tracker = PeakTracker(suite.confidence)
     for evaluation in sorted(record.evaluations, key=lambda r: r["step"]):
         groups = run_record.grouped(record.items(evaluation))
@@ -41,5 +42,6 @@ def replay(suite: AlignmentSuite, run_dir: str | Path) -> PeakTracker:
             n_items = max(len(next(iter(f.values()))) for f in items.values())
             counts.update({k: n_items for k in reps})
         tracker.update(evaluation["epoch"], evaluation["step"], evaluation["metrics"], suite.directions(),
-                       baseline=evaluation.get("trigger") == "baseline", replicates=replicates or None, items=counts)
+                       baseline=evaluation.get("trigger") == "baseline", replicates=replicates or None, items=counts,
+                       reliable_from=suite.reliable_from())
     return tracker

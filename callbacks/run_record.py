@@ -10,6 +10,8 @@ A run directory (``runs/<experiment>/version_<n>/``, or ``perceptlab evaluate``'
     per metric a :class:`MetricSummary` (``perceptlab.callbacks.peaks``).
 ``alignment_items/step=<step>.npz`` (:func:`items_path`)
     every evaluation's per-item outputs, ``<group>/<field>`` arrays.
+``alignment_metrics.json`` (:data:`METRICS_NAME`)
+    per metric its description by the probe that computed it (``MetricInfo``'s non-default fields).
 ``alignment_bootstrap.npz`` (:data:`BOOTSTRAP_NAME`)
     bootstrap replicates: ``<metric>@peak``, ``@final``, ``@baseline`` ``(B,)`` and the whole
     trajectory ``<metric>@trajectory`` ``(T, B)`` with its steps ``<metric>@steps`` ``(T,)``;
@@ -20,8 +22,10 @@ A run directory (``runs/<experiment>/version_<n>/``, or ``perceptlab evaluate``'
 ``config.yaml``, TensorBoard event files (``test/*`` scalars of perceptual-task runs).
 
 The writers replace a file atomically (a reader or a crash never sees half a file); the one
-reader is :func:`read_run`. The metric-name rules (family, reference lines, headline metric,
-benchmark headline numbers, chart) live here too, so the suite, the report and TensorBoard agree.
+reader is :func:`read_run`. What each metric is (its direction, statistic, chart, whether it is a
+headline or a reference line) is the probes' word, stored in ``alignment_metrics.json``
+(:class:`~perceptlab.callbacks.probes.metric_info.MetricInfo`), so the suite, the report and
+TensorBoard agree, and a run made with a user's probe reports without importing it.
 """
 from __future__ import annotations
 
@@ -34,6 +38,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, TypedDict
 
 import numpy as np
+
+from perceptlab.callbacks.probes.metric_info import MetricInfo, legacy_info
 
 # The checkpoint names (aliases, end-of-fit exports, the end marker) are core.checkpoints' (what a
 # model file is); the run record writes the end marker and re-exports them for its readers.
@@ -49,6 +55,7 @@ log = logging.getLogger(__name__)
 JSONL_NAME = "alignment.jsonl"
 SUMMARY_NAME = "alignment_summary.json"
 BOOTSTRAP_NAME = "alignment_bootstrap.npz"
+METRICS_NAME = "alignment_metrics.json"
 ITEMS_DIR = "alignment_items"
 CONFIG_NAME = "config.yaml"
 BOOTSTRAP_SEED_KEY = "__bootstrap_seed__"
@@ -142,6 +149,11 @@ def write_summary(run_dir: str | os.PathLike, summary: Mapping[str, MetricSummar
     write_json_atomic(Path(run_dir) / SUMMARY_NAME, dict(summary))
 
 
+def write_metric_info(run_dir: str | os.PathLike, info: Mapping[str, MetricInfo]) -> None:
+    """What each metric is (``{metric: MetricInfo fields}``), as the probes described them."""
+    write_json_atomic(Path(run_dir) / METRICS_NAME, {k: v.to_json() for k, v in info.items()})
+
+
 def write_items(run_dir: str | os.PathLike, step: int, items: Mapping[str, Any]) -> str:
     """Write one evaluation's per-item outputs; returns their relative path."""
     relative = items_path(step)
@@ -176,6 +188,19 @@ class RunRecord:
     replicates: dict[str, np.ndarray] = field(default_factory=dict)  # keys as in the bootstrap file
     task_results: dict[str, float] = field(default_factory=dict)
     seed: int | None = None
+    metric_info: dict[str, MetricInfo] = field(default_factory=dict)  # as stored; see describe()
+
+    def metrics(self) -> list[str]:
+        """Every metric the run measured or summarised, sorted."""
+        return sorted({m for e in self.evaluations for m in e["metrics"]} | set(self.summary))
+
+    def describe(self, metric: str) -> MetricInfo:
+        """What ``metric`` is: as its probe described it, or for a run written before probes
+        described their metrics, by the name rules of that time (``metric_info.legacy_info``)."""
+        info = self.metric_info.get(metric)
+        if info is None:
+            info = self.metric_info[metric] = legacy_info(metric, (), self.metrics())
+        return info
 
     @property
     def bootstrap_seed(self) -> int | None:
@@ -259,6 +284,12 @@ def read_run(path: str | os.PathLike, require: bool = True) -> RunRecord:
                 run.replicates = {k: z[k] for k in z.files}
         except Exception as exc:  # noqa: BLE001  zip and pickle errors of a torn or foreign file
             raise ValueError(f"{bootstrap}: not a readable .npz ({type(exc).__name__}: {str(exc)[:120]})") from None
+    described = path / METRICS_NAME
+    if described.is_file():
+        try:
+            run.metric_info = {k: MetricInfo.from_json(v) for k, v in json.loads(described.read_text()).items()}
+        except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{described}: not a metric description ({' '.join(str(exc).split())[:120]})") from None
     run.task_results = read_test_scalars(path)
     run.seed = read_seed(path)
     if require and not run.evaluations and not run.summary and not run.task_results:
@@ -295,69 +326,3 @@ def read_test_scalars(path: Path) -> dict[str, float]:
             if tag.startswith("test/"):
                 out[tag] = float(acc.Scalars(tag)[-1].value)
     return out
-
-
-# ------------------------------------------------------------------------------ metric names
-BENCHMARK_FAMILIES = ("zeroshot", "retrieval")
-HEADLINE_SUFFIXES = ("", "/2afc", "/srcc", "/drop")
-CORRELATION_STATS = ("srcc", "plcc", "krcc")
-
-
-def family(metric: str) -> str:
-    """Probe family of a metric name: ``iqa_fr/tid2013/srcc`` -> ``iqa_fr``."""
-    return metric.split("/", 1)[0]
-
-
-def is_reference_line(metric: str) -> bool:
-    """Classical FR-IQA correlations (``iqa_fr/<dataset>/<psnr|ssim|...>/<stat>``): model-free,
-    constant over training, drawn as reference lines rather than tracked for peaks."""
-    parts = metric.split("/")
-    return parts[0] == "iqa_fr" and len(parts) == 4
-
-
-def is_benchmark_headline(metric: str) -> bool:
-    """Benchmark sets' headline numbers (top-1, recall@1); every metric of other families."""
-    if family(metric) not in BENCHMARK_FAMILIES:
-        return True
-    return metric.endswith(("/acc1", "/image_retrieval_recall@1", "/text_retrieval_recall@1", "/mean_recall@1"))
-
-
-def headline_metric(probe_name: str, metrics: Iterable[str], own: str | None = None) -> str | None:
-    """A probe's main metric among ``metrics``: its own ``headline`` when given, else the first of
-    ``<name>``, ``<name>/2afc``, ``<name>/srcc``, ``<name>/drop`` that exists."""
-    metrics = set(metrics)
-    for key in ((own,) if own else ()) + tuple(probe_name + s for s in HEADLINE_SUFFIXES):
-        if key in metrics:
-            return key
-    return None
-
-
-def interval_kind(metric: str) -> str:
-    """Which family of statistic a metric is, for the items its interval needs
-    (``perceptlab.core.uncertainty.MIN_RELIABLE_ITEMS``)."""
-    last = metric.rsplit("/", 1)[-1]
-    if last in CORRELATION_STATS:
-        return last
-    if family(metric) == "shape_bias" and metric.count("/") <= 1:
-        return "shape_bias"
-    if family(metric) == "noise" and "drop" in last:
-        return "noise_drop"
-    return "mean"
-
-
-def owner(metric: str, probe_names: Iterable[str]) -> str | None:
-    """The probe that produced ``metric``: the longest probe name prefixing it."""
-    owners = [p for p in probe_names if metric == p or metric.startswith(p + "/")]
-    return max(owners, key=len) if owners else None
-
-
-def chart_of(metric: str, probe_names: Iterable[str] = ()) -> str:
-    """The chart a metric belongs to: its own for correlations (``iqa_fr/tid2013/srcc``), the
-    probe's for the rest (the longest probe name prefixing it), else its first two components;
-    reference lines get charts of their own (``iqa_fr/tid2013/reference/srcc``)."""
-    parts = metric.split("/")
-    if is_reference_line(metric):
-        return "/".join([parts[0], parts[1], "reference", parts[3]])
-    if parts[-1] in CORRELATION_STATS:
-        return metric
-    return owner(metric, probe_names) or "/".join(parts[:2])

@@ -5,10 +5,11 @@ Reads, per run directory (``runs/<experiment>/version_<n>/``):
     * ``alignment_summary.json`` -- per metric ``{"peak_epoch", "peak_step", "peak", "final", "drop"}``;
     * TensorBoard scalars named ``test/...`` (perceptual-task results), when present.
 
-Writes into ``--out``: ``report.md`` and one PNG per probe family (``nights``, ``iqa_fr``,
+Writes into ``--out``: ``report.md`` and one PNG per family of metrics (``nights``, ``iqa_fr``,
 ``iqa_nr``, ``shape_bias``, ``noise``, ``zeroshot``, ``retrieval``, ...) with every run's trajectory
-and its peak marked; runs with zero-shot benchmark metrics also get per-dataset tables (runs side by
-side, and each run minus the reference).
+and its peak marked; metrics their probe tables (the zero-shot benchmark's, per data set) also get
+tables at the last evaluation (runs side by side, and each run minus the reference). What each
+metric is comes from the run (``alignment_metrics.json``, written by the probes that measured it).
 
 Runs are named ``NAME=PATH`` on the command line, or by ``<experiment>/<version>`` of the path.
 Differences are each run minus the first one (``--reference NAME`` picks another).
@@ -36,10 +37,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from perceptlab.callbacks.run_record import family
 from perceptlab.commands.report_arms import Arm, Run, load_arm, load_run  # noqa: F401 (the report's API)
 from perceptlab.commands.report_plots import plot_family, reference_lines
-from perceptlab.commands.report_tables import benchmark_tables, difference_section, peak_section, reference_section, task_section
+from perceptlab.commands.report_tables import difference_section, metric_tables, peak_section, reference_section, task_section
 
 EXPLANATION = [
     "Each alignment metric is measured by the alignment suite at every evaluation (the first one before",
@@ -75,7 +75,7 @@ def write_report(arms: list[Arm | Run], out: str | Path, reference: str | None =
            if len(a.runs) > 1 else "") + ")"
         for a in arms] + [""]
     lines += EXPLANATION
-    families = sorted({family(m) for a in arms for r in a.runs for e in r.evaluations for m in e["metrics"]})
+    families = sorted({a.describe(m).family for a in arms for r in a.runs for e in r.evaluations for m in e["metrics"]})
     if families:
         lines += ["## Trajectories", ""]
         for fam in families:
@@ -85,7 +85,7 @@ def write_report(arms: list[Arm | Run], out: str | Path, reference: str | None =
     lines += peak_section(arms)
     lines += reference_section(reference_lines(arms))
     lines += difference_section(arms, reference)
-    lines += benchmark_tables(arms, reference)
+    lines += metric_tables(arms, reference)
     lines += task_section(arms)
     path = out / "report.md"
     path.write_text("\n".join(lines))

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from perceptlab.callbacks.run_record import RunRecord, interval_kind, is_reference_line, read_run
+from perceptlab.callbacks.probes.metric_info import MetricInfo
+from perceptlab.callbacks.run_record import RunRecord, read_run
 from perceptlab.core import uncertainty
 from perceptlab.core.uncertainty import seed_interval
 
@@ -60,6 +61,11 @@ class Arm:
     @property
     def summary(self) -> dict[str, dict]:
         return self.runs[0].summary
+
+    def describe(self, metric: str) -> MetricInfo:
+        """What ``metric`` is, as the first of the arm's runs that stored its description says."""
+        return next((r.metric_info[metric] for r in self.runs if metric in r.metric_info), None) or \
+            self.runs[0].describe(metric)
 
     @property
     def task_results(self) -> dict[str, float]:
@@ -193,12 +199,13 @@ def peak_table(arms: list[Arm]) -> list[dict]:
     ``significant_seeds`` (seeds whose own drop test is significant)."""
     rows = []
     for arm in arms:
-        metrics = sorted({m for r in arm.runs for m in r.summary if not is_reference_line(m)})
+        metrics = sorted({m for r in arm.runs for m in r.summary if not arm.describe(m).reference})
         for metric in metrics:
             summaries = [r.summary[metric] for r in arm.runs if metric in r.summary]
             if len(arm.runs) == 1:
                 s = summaries[0]
-                note = uncertainty.summary_note(s.get("peak_ci"), s.get("final_ci"), s.get("items"), interval_kind(metric))
+                note = uncertainty.summary_note(s.get("peak_ci"), s.get("final_ci"), s.get("items"),
+                                                   arm.describe(metric).reliable_from)
                 row = {"run": arm.name, "metric": metric, "seeds": 1, "ci_note": note,
                        **{k: s.get(k) for k in ("peak_epoch", "peak_step", "peak", "peak_ci", "final",
                                                 "final_ci", "drop", "drop_ci", "drop_p")}}
@@ -226,7 +233,7 @@ def differences(arms: list[Arm], reference: str) -> list[dict]:
         if arm is ref:
             continue
         shared = set.intersection(*(set(r.summary) for r in arm.runs + ref.runs))
-        for metric in sorted(m for m in shared if not is_reference_line(m)):
+        for metric in sorted(m for m in shared if not ref.describe(m).reference):
             peak, peak_ci, _ = difference(arm, ref, metric, "peak")
             final, final_ci, diffs = difference(arm, ref, metric, "final")
             spread = statistics.stdev(diffs) if len(diffs) > 1 else None

@@ -4,20 +4,20 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from perceptlab.callbacks.run_record import family, is_benchmark_headline, is_reference_line
 from perceptlab.commands.report_arms import Arm, trajectory
 
 
 def plot_family(arms: list[Arm], fam: str, out: Path) -> Path | None:
-    """One PNG per probe family: a panel per metric, a line per run (the mean over seeds) with its
-    95 % band, the peak as a star (one run) ."""
+    """One PNG per family (``MetricInfo.family``): a panel per plotted metric, a line per run (the
+    mean over seeds) with its 95 % band, the peak as a star (one run), the reference lines of the
+    same probe and statistic dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     metrics = sorted({m for a in arms for r in a.runs for e in r.evaluations for m in e["metrics"]
-                      if family(m) == fam and not is_reference_line(m) and is_benchmark_headline(m)})
+                      if (i := a.describe(m)).family == fam and not i.reference and i.plot})
     if not metrics:
         return None
     cols = min(3, len(metrics))
@@ -52,25 +52,24 @@ def plot_family(arms: list[Arm], fam: str, out: Path) -> Path | None:
 
 
 def reference_lines(arms: list[Arm]) -> dict[str, float]:
-    """Value of every classical reference metric (first evaluation that has it)."""
+    """Value of every reference line (``MetricInfo.reference``; first evaluation that has it)."""
     out: dict[str, float] = {}
     for arm in arms:
         for e in arm.evaluations:
             for m, v in e["metrics"].items():
-                if is_reference_line(m):
+                if arm.describe(m).reference:
                     out.setdefault(m, v)
     return out
 
 
-def _draw_reference_lines(ax, runs: list[Arm], metric: str) -> None:
-    parts = metric.split("/")
-    if parts[0] != "iqa_fr" or len(parts) != 3:
-        return
-    ds, stat = parts[1], parts[2]
-    for i, (m, v) in enumerate(sorted(reference_lines(runs).items())):
-        mp = m.split("/")
-        if mp[1] == ds and mp[3] == stat:
+def _draw_reference_lines(ax, arms: list[Arm], metric: str) -> None:
+    """The reference lines of ``metric``'s probe and statistic, dotted, labelled by their own name."""
+    info = arms[0].describe(metric)
+    for i, (m, v) in enumerate(sorted(reference_lines(arms).items())):
+        ref = arms[0].describe(m)
+        if ref.probe == info.probe and ref.statistic == info.statistic:
+            label = m[len(ref.probe) + 1:].rsplit("/", 1)[0] if m.startswith(ref.probe + "/") else m
             ax.axhline(v, linestyle=":", color=f"C{(i % 7) + 3}", linewidth=1)
-            ax.annotate(mp[2], (1.0, v), xycoords=("axes fraction", "data"), fontsize=6, ha="right", va="bottom")
+            ax.annotate(label, (1.0, v), xycoords=("axes fraction", "data"), fontsize=6, ha="right", va="bottom")
 
 

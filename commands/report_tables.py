@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 
-from perceptlab.callbacks.run_record import BENCHMARK_FAMILIES, family
 from perceptlab.commands.report_arms import Arm, differences, final_difference, final_metrics, peak_table
 from perceptlab.core.uncertainty import seed_interval
 
@@ -89,9 +88,10 @@ def difference_section(arms: list[Arm], reference: str) -> list[str]:
 def reference_section(refs: dict[str, float]) -> list[str]:
     if not refs:
         return []
-    lines = ["## Classical full-reference IQA (model-free reference lines)", "",
-             "Correlation with MOS of pyiqa's classical metrics on the same pairs; constant over training,",
-             "drawn as dotted lines in the iqa_fr plots.", "", "| metric | value |", "|---|---:|"]
+    lines = ["## Model-free reference lines", "",
+             "Constant over training (the classical full-reference IQA metrics' correlation with MOS on the",
+             "same pairs), drawn as dotted lines in the plots of the same probe and statistic.", "",
+             "| metric | value |", "|---|---:|"]
     return lines + [f"| {m} | {_fmt(v)} |" for m, v in sorted(refs.items())] + [""]
 
 
@@ -108,43 +108,57 @@ def task_section(arms: list[Arm]) -> list[str]:
     return lines + [""]
 
 
-def benchmark_tables(arms: list[Arm], reference: str) -> list[str]:
-    """Markdown tables of the zero-shot and retrieval benchmark at each run's last evaluation: a row
-    per dataset, the runs side by side (mean over seeds), and each run minus the reference with its
-    interval (as the papers' tables, with their uncertainty)."""
+
+
+def metric_tables(arms: list[Arm], reference: str) -> list[str]:
+    """Markdown tables of the metrics their probes table (``MetricInfo.table``; the zero-shot
+    benchmark's, CLIP_benchmark's tables) at each run's last evaluation: a row per ``row`` (one named
+    ``average`` last), the runs side by side (mean over seeds), and each run minus the reference on
+    the first column with its interval (as the papers' tables, with their uncertainty); then a line
+    per ``footer`` metric."""
     by_name = {a.name: a for a in arms}
     finals = {a.name: final_metrics(a) for a in arms if any(r.evaluations for r in a.runs)}
-    finals = {n: m for n, m in finals.items() if any(family(k) in BENCHMARK_FAMILIES for k in m)}
+    described = {m: by_name[n].describe(m) for n, f in finals.items() for m in f}
+    finals = {n: f for n, f in finals.items() if any(described[k].table for k in f)}
     if not finals:
         return []
     names = list(finals)
     others = [n for n in names if n != reference] if reference in finals else []
-    lines = ["## Zero-shot benchmark (last evaluation)", "",
-             "CLIP_benchmark's metrics on its webdataset sets; averages as in `perceptlab.callbacks.probes.benchmark`.",
+    cell: dict[tuple[str, str, str], str] = {}  # (table, row, column) -> metric
+    columns: dict[str, dict[str, int]] = {}  # table -> column -> order; tables in the order measured
+    order = _measured_order(arms, described)
+    for metric in order:
+        info = described[metric]
+        if info.table and info.row is not None and info.column:
+            cell[(info.table, info.row, info.column)] = metric
+            columns.setdefault(info.table, {})[info.column] = info.order
+    lines = ["## Tables (last evaluation)", "",
+             "The metrics their probes table, at each run's last evaluation (the zero-shot benchmark: CLIP_benchmark's",
+             "metrics on its webdataset sets; averages as in `perceptlab.callbacks.probes.benchmark`).",
              "Δ: run − reference with its 95 % interval (paired bootstrap over items for one seed, t over seeds for several).", ""]
-    for fam, columns in (("zeroshot", (("acc1", "top-1"), ("acc5", "top-5"))),
-                         ("retrieval", (("mean_recall@1", "mean R@1"), ("image_retrieval_recall@1", "image R@1"), ("image_retrieval_recall@5", "image R@5"),
-                                        ("text_retrieval_recall@1", "text R@1"), ("text_retrieval_recall@5", "text R@5")))):
-        datasets = sorted({"/".join(k.split("/")[1:-1]) for m in finals.values() for k in m if family(k) == fam},
-                          key=lambda d: (d == "average", d))
-        if not datasets:
-            continue
-        head = [f"{n} {label}" for n in names for _, label in columns]
-        head += [f"Δ {label} ({n} − {reference})" for n in others for _, label in columns[:1]]
-        lines += [f"### {'Zero-shot classification' if fam == 'zeroshot' else 'Image-text retrieval'}", "",
-                  "| dataset | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
-        for ds in datasets:
-            cells = [_fmt(finals[n].get(f"{fam}/{ds}/{key}")) for n in names for key, _ in columns]
-            key = columns[0][0]
+    for table, ranks in columns.items():
+        labels = sorted(ranks, key=ranks.get)
+        rows = sorted({r for (t, r, _) in cell if t == table}, key=lambda d: (d == "average", d))
+        head = [f"{n} {label}" for n in names for label in labels]
+        head += [f"Δ {labels[0]} ({n} − {reference})" for n in others]
+        lines += [f"### {table}", "", "| dataset | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
+        for row in rows:
+            cells = [_fmt(finals[n].get(cell.get((table, row, label), ""))) for n in names for label in labels]
+            first = cell.get((table, row, labels[0]))
             for n in others:
-                value, interval = final_difference(by_name[n], by_name[reference], f"{fam}/{ds}/{key}")
+                value, interval = final_difference(by_name[n], by_name[reference], first) if first else (None, None)
                 cells.append(_with_interval(value, interval))
-            lines.append(f"| {ds} | " + " | ".join(cells) + " |")
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
         lines.append("")
-    overall = {n: m.get("benchmark/average") for n, m in finals.items() if m.get("benchmark/average") is not None}
-    if overall:
-        lines += ["Average of each task's main metric (DataComp's): "
-                  + ", ".join(f"{n} {_fmt(v)}" for n, v in overall.items()), ""]
+    for metric in order:
+        footer = described[metric].footer
+        values = {n: f.get(metric) for n, f in finals.items() if f.get(metric) is not None}
+        if footer and values:
+            lines += [f"{footer}: " + ", ".join(f"{n} {_fmt(v)}" for n, v in values.items()), ""]
     return lines
 
 
+def _measured_order(arms: list[Arm], described: dict) -> list[str]:
+    """The described metrics in the order their runs stored the descriptions (the order measured)."""
+    stored = [m for a in arms for r in a.runs for m in r.metric_info]
+    return list(dict.fromkeys([m for m in stored if m in described] + sorted(described)))

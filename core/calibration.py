@@ -90,7 +90,7 @@ def error_rates(n: int, T: int, height: float, reps: int, drift: float = 0.5, re
 
 
 # ----------------------------------------------------------------- coverage of per-item intervals
-COVERAGE_KINDS = ("mean", "srcc", "plcc", "krcc", "shape_bias", "noise_drop")
+COVERAGE_KINDS = ("mean", "srcc", "plcc", "krcc", "ratio", "relative_drop")  # uncertainty.MIN_RELIABLE_ITEMS' keys
 
 
 def _truth(kind: str, rho: float = 0.5) -> float:
@@ -102,9 +102,9 @@ def _truth(kind: str, rho: float = 0.5) -> float:
         return 6 / math.pi * math.asin(rho / 2)
     if kind == "krcc":
         return 2 / math.pi * math.asin(rho)
-    if kind == "shape_bias":
+    if kind == "ratio":
         return 0.3 / (0.3 + 0.2)
-    if kind == "noise_drop":
+    if kind == "relative_drop":
         return 1 - (0.7 * 0.8 + 0.3 * 0.2) / 0.7
     raise ValueError(f"unknown kind {kind!r}; expected one of {COVERAGE_KINDS}")
 
@@ -119,12 +119,12 @@ def _replicates(kind: str, n: int, g: torch.Generator, idx: torch.Tensor, rho: f
         y = rho * x + math.sqrt(1 - rho ** 2) * torch.randn(n, generator=g, dtype=torch.float64)
         fn = {"srcc": uncertainty.spearman, "plcc": uncertainty.pearson, "krcc": uncertainty.kendall_b}[kind]
         return fn(x, y, idx)
-    if kind == "shape_bias":  # each cue-conflict image: shape 0.3, texture 0.2, another class 0.5
+    if kind == "ratio":  # each cue-conflict image: shape 0.3, texture 0.2, another class 0.5
         u = torch.rand(n, generator=g, dtype=torch.float64)
         shape, texture = (u < 0.3).double(), ((u >= 0.3) & (u < 0.5)).double()
         s, t = shape[idx].sum(-1), texture[idx].sum(-1)
         return s / (s + t)
-    if kind == "noise_drop":  # clean right 0.7; under noise right 0.8 if clean right, else 0.2
+    if kind == "relative_drop":  # clean right 0.7; under noise right 0.8 if clean right, else 0.2
         clean = (torch.rand(n, generator=g, dtype=torch.float64) < 0.7).double()
         noisy = (torch.rand(n, generator=g, dtype=torch.float64) < torch.where(clean > 0, 0.8, 0.2)).double()
         return 1 - uncertainty.mean(noisy, idx) / uncertainty.mean(clean, idx)

@@ -349,29 +349,33 @@ def seed_drop_detectable(spread: float, seeds: int, evaluations: int, level: flo
 
 
 # ------------------------------------------------------------------ when intervals hold
-#: Smallest number of items from which the 95 % percentile interval of each metric family covered
-#: its true value 93-97 % of the time at every size of the grid 25, 50, 100, 200, 400, 1000
-#: (``benchmarks/calibrate_statistics.py --part coverage``; docs/calibration.md has the table).
-#: Below it an interval is marked unreliable. PLCC undercovers (91 % at 25-50 items, 93 % at 100).
-MIN_RELIABLE_ITEMS = {"mean": 25, "srcc": 25, "plcc": 200, "krcc": 25, "shape_bias": 50, "noise_drop": 100}
+#: Smallest number of items from which the 95 % percentile interval of each kind of statistic
+#: covered its true value 93-97 % of the time at every size of the grid 25, 50, 100, 200, 400, 1000
+#: (``benchmarks/calibrate_statistics.py --part coverage``; docs/calibration.md has the table):
+#: a mean (2AFC, accuracy), the three correlations, a ratio of two counts (the shape bias) and a
+#: relative drop between two means (the noise drop). Below it an interval is marked unreliable.
+#: PLCC undercovers (91 % at 25-50 items, 93 % at 100). A probe names its metrics' statistic
+#: (``MetricInfo.statistic``) or, for another kind, the count itself (``MetricInfo.min_items``).
+MIN_RELIABLE_ITEMS = {"mean": 25, "srcc": 25, "plcc": 200, "krcc": 25, "ratio": 50, "relative_drop": 100}
 
 
 def summary_note(peak_ci: list[float] | None, final_ci: list[float] | None, items: int | None,
-                 kind: str = "mean") -> str | None:
+                 reliable_from: int = 0) -> str | None:
     """:func:`interval_note` of a metric's final interval, else of its peak's (named as such)."""
-    note = interval_note(final_ci, items, kind)
-    if note is None and interval_note(peak_ci, items, kind) is not None:
-        note = "at the peak, " + interval_note(peak_ci, items, kind)
+    note = interval_note(final_ci, items, reliable_from)
+    if note is None and interval_note(peak_ci, items, reliable_from) is not None:
+        note = "at the peak, " + interval_note(peak_ci, items, reliable_from)
     return note
 
 
-def interval_note(interval: list[float] | None, items: int | None, kind: str = "mean") -> str | None:
-    """Why an interval should not be trusted (``None`` when nothing speaks against it): too few
-    items for its metric family (:data:`MIN_RELIABLE_ITEMS`), or degenerate (zero width)."""
+def interval_note(interval: list[float] | None, items: int | None, reliable_from: int = 0) -> str | None:
+    """Why an interval should not be trusted (``None`` when nothing speaks against it): fewer items
+    than its statistic needs (``reliable_from``, from :data:`MIN_RELIABLE_ITEMS`), or degenerate
+    (zero width)."""
     if interval is None:
         return None
-    if items is not None and items < MIN_RELIABLE_ITEMS.get(kind, 0):
-        return f"unreliable: {items} items, coverage holds from {MIN_RELIABLE_ITEMS[kind]}"
+    if items is not None and items < reliable_from:
+        return f"unreliable: {items} items, coverage holds from {reliable_from}"
     if interval[0] == interval[1]:
         return "degenerate: zero width (every resample gives the same value)"
     return None

@@ -50,7 +50,7 @@ def test_seed_drop_test_holds_its_rate_and_finds_a_consistent_drop():
     assert test.significant and test.peak == 1 and test.interval[0] > 1
 
 
-@pytest.mark.parametrize("kind,n", [("mean", 100), ("srcc", 50), ("shape_bias", 100)])
+@pytest.mark.parametrize("kind,n", [("mean", 100), ("srcc", 50), ("ratio", 100)])
 def test_per_item_intervals_cover_the_truth(kind, n):
     result = calibration.coverage(kind, n, reps=400, resamples=200, seed=1)
     assert 0.93 <= result["coverage"] <= 0.97, result
@@ -65,13 +65,14 @@ def test_planning_numbers_match_the_textbook():
 
 
 def test_interval_notes_mark_small_and_degenerate_intervals():
-    assert uncertainty.interval_note([1.0, 1.0], 1280, "shape_bias").startswith("degenerate")
-    small = uncertainty.MIN_RELIABLE_ITEMS["noise_drop"] - 1
-    assert uncertainty.MIN_RELIABLE_ITEMS["plcc"] > uncertainty.MIN_RELIABLE_ITEMS["srcc"]  # measured: PLCC undercovers longer
-    assert uncertainty.interval_note([0.1, 0.2], small, "noise_drop").startswith("unreliable")
-    assert uncertainty.interval_note([0.1, 0.2], 5000, "mean") is None
+    needs = uncertainty.MIN_RELIABLE_ITEMS
+    assert uncertainty.interval_note([1.0, 1.0], 1280, needs["ratio"]).startswith("degenerate")
+    small = needs["relative_drop"] - 1
+    assert needs["plcc"] > needs["srcc"]  # measured: PLCC undercovers longer
+    assert uncertainty.interval_note([0.1, 0.2], small, needs["relative_drop"]).startswith("unreliable")
+    assert uncertainty.interval_note([0.1, 0.2], 5000, needs["mean"]) is None
     # a collapsed classifier's shape bias at the peak, 1.000 [1.000, 1.000], is marked though the final is fine
-    assert uncertainty.summary_note([1.0, 1.0], [0.19, 0.41], 384, "shape_bias").startswith("at the peak, degenerate")
+    assert uncertainty.summary_note([1.0, 1.0], [0.19, 0.41], 384, needs["ratio"]).startswith("at the peak, degenerate")
 
 
 def test_control_command_finds_a_planted_peak_and_writes_a_run_record(tmp_path):

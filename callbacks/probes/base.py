@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from perceptlab.callbacks.probes.metric_info import MetricInfo
 from perceptlab.core.images import to_rgb
 
 log = logging.getLogger(__name__)
 
-Direction = str  # "max": higher is more human-like / better; "min": lower is
 # Per-item outputs of one evaluation: group (a data set) -> field -> values, first axis = items.
 # A group's items are resampled together; different groups (e.g. benchmark tasks) independently.
 Items = dict[str, dict[str, torch.Tensor]]
@@ -184,9 +184,16 @@ class Probe(ABC):
     def name(self) -> str:
         return self._name or f"{self.family}/{self.dataset}"
 
-    def direction(self, metric: str) -> Direction:
+    def describe(self, metric: str) -> MetricInfo:
+        """What ``metric`` (one of :meth:`score`'s keys) is: its direction, statistic, chart, whether
+        it is the headline or a reference line (:class:`MetricInfo`). The suite stores it with the
+        run; the report, the intervals and TensorBoard read it from there. The default: a mean
+        (a 2AFC, an accuracy) where higher is better, the headline when it is named ``<name>``."""
+        return MetricInfo(probe=self.name, family=self.family, headline=metric == self.name)
+
+    def direction(self, metric: str) -> str:
         """``"max"`` when a larger value of ``metric`` is more human-like / better, else ``"min"``."""
-        return "max"
+        return self.describe(metric).direction
 
     @property
     def path(self) -> Path:

@@ -42,6 +42,7 @@ from perceptlab.callbacks.probes.base import (
     select_items,
     shard_indices,
 )
+from perceptlab.callbacks.probes.metric_info import MetricInfo, benchmark_info
 from perceptlab.core.benchmark_metrics import (
     prompts_for,
     zeroshot_classification_items,
@@ -185,6 +186,11 @@ class CLIPBenchmarkProbe(Probe):
     def group_of(self, task_name: str) -> str:
         loaded = self.loaded[task_name]
         return f"{'retrieval' if loaded.captions is not None else 'zeroshot'}/{loaded.task.dataset}"
+
+    def describe(self, metric: str) -> MetricInfo:
+        """CLIP_benchmark's numbers, tabled by task and metric as its result tables
+        (``metric_info.benchmark_info``); the top-1 accuracies and recalls@1 are plotted."""
+        return benchmark_info(metric, self.name, self.headline)
 
     def score(self, items: Items) -> dict[str, float]:
         return {k: float(v) for k, v in self._metrics(items, None).items()}

@@ -26,6 +26,7 @@ import torch
 
 from perceptlab.core import scores, uncertainty
 from perceptlab.callbacks.probes.base import Items, ProbeContext, TableProbe, decode_images, require_columns, select_items, shard_indices
+from perceptlab.callbacks.probes.metric_info import MetricInfo
 from perceptlab.datamodules.iqa import iqa_preset, is_preset, pyiqa_column
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,18 @@ class FullReferenceIQAProbe(TableProbe):
         local = scores.embedding_distance(dist, refs[self.ref_of_item.to(ctx.device)], self.distance)
         distance = self.gather_items(ctx, local)
         return {self.name: {"prediction": -distance, "quality": self.quality, **self.classical_values(ctx)}}
+
+    def describe(self, metric: str) -> MetricInfo:
+        """``<name>/srcc|plcc|krcc``: the model's correlations with MOS, as the no-reference probe's;
+        ``<name>/<classical>/<statistic>``: a classical metric's correlation, a model-free reference
+        line drawn with its data set and statistic."""
+        parts = metric[len(self.name) + 1:].split("/")
+        statistic = parts[-1]
+        if len(parts) == 2:
+            return MetricInfo(probe=self.name, family=self.family, statistic=statistic, reference=True,
+                              chart=f"{self.name}/reference/{statistic}", panel=self.name)
+        return MetricInfo(probe=self.name, family=self.family, statistic=statistic, headline=statistic == "srcc",
+                          chart=metric, panel=self.name)
 
     def score(self, items: Items) -> dict[str, float]:
         t = items[self.name]

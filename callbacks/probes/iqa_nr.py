@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from perceptlab.core import scores, uncertainty
 from perceptlab.callbacks.probes.base import Items, ProbeContext, TableProbe, decode_images, require_columns, select_items
+from perceptlab.callbacks.probes.metric_info import MetricInfo
 from perceptlab.datamodules.iqa import iqa_preset, is_preset, pyiqa_column, split_labels
 
 DEFAULT_PROMPT_PAIRS = (("Good photo.", "Bad photo."),)
@@ -147,6 +148,13 @@ class CLIPIQAProbe(TableProbe):
         image = self.features(ctx, self.images, text_space=True)
         local = scores.antonym_probability(image, text[0::2], text[1::2], self.logit_scale)
         return {self.name: {"prediction": self.gather_items(ctx, local), "quality": self.quality}}
+
+    def describe(self, metric: str) -> MetricInfo:
+        """``<name>/srcc|plcc|krcc``: correlations with MOS, each in a chart of its own, one figure
+        panel per data set; Spearman's is the headline."""
+        statistic = metric.rsplit("/", 1)[-1]
+        return MetricInfo(probe=self.name, family=self.family, statistic=statistic, headline=statistic == "srcc",
+                          chart=metric, panel=self.name)
 
     def score(self, items: Items) -> dict[str, float]:
         t = items[self.name]

@@ -15,6 +15,7 @@ import torch
 
 from perceptlab.core import scores, uncertainty
 from perceptlab.callbacks.probes.base import Items, ProbeContext, TableProbe, select_items, to_uint8
+from perceptlab.callbacks.probes.metric_info import MetricInfo
 from perceptlab.datamodules.nights import NightsTriplets
 
 
@@ -54,6 +55,10 @@ class NightsProbe(TableProbe):
     @property
     def name(self) -> str:
         return self._name or self.family
+
+    def describe(self, metric: str) -> MetricInfo:
+        """``<name>/2afc``: the share of votes the model's choice agrees with, a mean over triplets."""
+        return MetricInfo(probe=self.name, family=self.family, headline=metric == f"{self.name}/2afc")
 
     def load_table(self) -> int:
         self.triplets = NightsTriplets(self.path, self.split, transform=lambda im: im, min_votes=self.min_votes)

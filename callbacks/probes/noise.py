@@ -30,6 +30,7 @@ from perceptlab.callbacks.probes.base import (
     select_items,
     to_uint8,
 )
+from perceptlab.callbacks.probes.metric_info import MetricInfo
 from perceptlab.core import scores, uncertainty
 from perceptlab.core.images import to_rgb
 
@@ -91,8 +92,14 @@ class NoiseRobustnessProbe(ZeroShotMixin, TableProbe):
         source = self.hf_dataset or str(self.root)
         return Path(source).stem if source.endswith(".parquet") else Path(source).name
 
-    def direction(self, metric: str) -> str:
-        return "min" if "/drop" in metric else "max"
+    def describe(self, metric: str) -> MetricInfo:
+        """``<name>/acc@sigma=s``: accuracy, a mean; ``<name>/drop@sigma=s``: the normalised drop
+        ``1 - acc_s / acc_0``, a ratio of two means (lower is more robust); ``<name>/drop``, their
+        mean over the levels, is the headline."""
+        if "/drop" in metric:
+            return MetricInfo(probe=self.name, family=self.family, direction="min", statistic="relative_drop",
+                              headline=metric == f"{self.name}/drop")
+        return MetricInfo(probe=self.name, family=self.family)
 
     # -- data -------------------------------------------------------------------------------
     def load_table(self) -> int:

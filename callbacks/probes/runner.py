@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 import torch
 
 from perceptlab.callbacks.probes.base import Probe, ProbeContext
+from perceptlab.callbacks.probes.metric_info import MetricInfo
 from perceptlab.core import uncertainty
 
 
@@ -21,6 +22,7 @@ class Measurement:
     replicates: dict[str, torch.Tensor] = field(default_factory=dict)  # metric -> (B,) bootstrap values
     seconds: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)  # metric -> items behind it
+    info: dict[str, MetricInfo] = field(default_factory=dict)  # metric -> what its probe says it is
 
 
 def measure(probes: Sequence[Probe], ctx: ProbeContext, module: torch.nn.Module, bootstrap_resamples: int,
@@ -38,6 +40,7 @@ def measure(probes: Sequence[Probe], ctx: ProbeContext, module: torch.nn.Module,
                 items = probe.measure(ctx)
                 scored = probe.score(items)
                 out.metrics.update(scored)
+                out.info.update({k: describe(probe, k) for k in scored})
                 n_items = max((len(next(iter(f.values()))) for f in items.values() if f), default=0)
                 out.counts.update({k: n_items for k in scored})
                 out.items.update({f"{group}/{k}": v for group, fields in items.items() for k, v in fields.items()})
@@ -55,6 +58,14 @@ def measure(probes: Sequence[Probe], ctx: ProbeContext, module: torch.nn.Module,
         for m, training in modes.items():
             m.train(training)
     return out
+
+
+def describe(probe: Probe, metric: str) -> MetricInfo:
+    """``probe.describe(metric)``, checked: a user's probe that returns something else is named."""
+    info = probe.describe(metric)
+    if not isinstance(info, MetricInfo):
+        raise TypeError(f"{type(probe).__name__}.describe({metric!r}) returned {type(info).__name__}, not a MetricInfo")
+    return info
 
 
 def trainer_context(trainer, pl_module: torch.nn.Module, backbone, batch_size: int) -> ProbeContext:

@@ -18,6 +18,7 @@ import torch
 
 from perceptlab.core import scores
 from perceptlab.callbacks.probes.base import Items, ProbeContext, TableProbe, ZeroShotMixin, decode_images, select_items
+from perceptlab.callbacks.probes.metric_info import MetricInfo
 
 CUE_CONFLICT_CLASSES = (
     "airplane", "bear", "bicycle", "bird", "boat", "bottle", "car", "cat",
@@ -63,9 +64,13 @@ class ShapeBiasProbe(ZeroShotMixin, TableProbe):
     def dataset(self) -> str:
         return self._dataset
 
-    def direction(self, metric: str) -> str:
-        # Humans decide by texture on ~3% of conflict items: less texture accuracy is more human-like.
-        return "min" if metric.endswith("/texture_acc") else "max"
+    def describe(self, metric: str) -> MetricInfo:
+        """``<name>``: the shape bias, shape decisions / (shape + texture decisions), a ratio of two
+        counts; ``<name>/shape_acc`` and ``/texture_acc``: means over the conflict images. Humans
+        decide by texture on ~3 % of them: less texture accuracy is more human-like."""
+        if metric == self.name:
+            return MetricInfo(probe=self.name, family=self.family, statistic="ratio", headline=True)
+        return MetricInfo(probe=self.name, family=self.family, direction="min" if metric.endswith("/texture_acc") else "max")
 
     def load_table(self) -> int:
         root = self.path
