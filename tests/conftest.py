@@ -25,3 +25,28 @@ def tiny_world(tmp_path_factory):
     root = tmp_path_factory.mktemp("toyworld")
     synthesize(root, seed=0, scale="tiny", progress=False)
     return root
+
+
+def toy_suite_probes(max_items: int | None = 12, **overrides) -> list:
+    """One probe of every shipped probe class (``callbacks/probes/registry.py``), set as the toy
+    suite (``experiments/toy/alignment_suite.yaml``) sets its first probe of that class, with
+    ``max_items`` and, where a class takes them, ``overrides`` (e.g. a single prompt template)."""
+    import inspect
+    from pathlib import Path
+
+    import yaml
+
+    from perceptlab.callbacks.probes.registry import shipped_probes
+
+    shipped = shipped_probes()
+    suite = yaml.safe_load((Path(__file__).resolve().parents[1] / "experiments/toy/alignment_suite.yaml").read_text())
+    first: dict[str, dict] = {}
+    for spec in suite["trainer"]["callbacks"][0]["init_args"]["probes"]:
+        first.setdefault(spec["class_path"], dict(spec.get("init_args") or {}))
+    assert set(first) == set(shipped), "every shipped probe runs in the toy suite, and only those"
+    probes = []
+    for path, args in first.items():
+        accepted = inspect.signature(shipped[path]).parameters
+        args.update({k: v for k, v in overrides.items() if k in accepted}, max_items=max_items)
+        probes.append(shipped[path](**args))
+    return probes

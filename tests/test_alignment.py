@@ -372,9 +372,12 @@ def test_yaml_fragment_combines_with_a_stage_config_through_the_cli(tiny_world, 
     assert callback["class_path"] == "perceptlab.callbacks.alignment.AlignmentSuite"
     assert callback["init_args"]["data_root"] == str(tiny_world)
     assert config["trainer"]["max_steps"] == 1
-    kinds = [p["class_path"].rsplit(".", 1)[-1] for p in callback["init_args"]["probes"]]
-    assert kinds == ["NightsProbe", "FullReferenceIQAProbe", "FullReferenceIQAProbe", "CLIPIQAProbe",
-                     "CLIPIQAProbe", "CLIPIQAProbe", "ShapeBiasProbe", "NoiseRobustnessProbe", "CLIPBenchmarkProbe"]
+    shipped = yaml.safe_load((REPO / "experiments/toy/alignment_suite.yaml").read_text())
+    expected = [p["class_path"] for p in shipped["trainer"]["callbacks"][0]["init_args"]["probes"]]
+    assert [p["class_path"] for p in callback["init_args"]["probes"]] == expected
+    from perceptlab.callbacks.probes.registry import shipped_probes
+
+    assert set(expected) == set(shipped_probes())  # the suite runs every shipped probe
 
 
 def test_the_suite_does_not_change_the_training_it_observes(tmp_path, tiny_world):

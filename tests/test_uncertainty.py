@@ -9,11 +9,6 @@ import pytest
 import torch
 
 from perceptlab.callbacks.peaks import PeakTracker
-from perceptlab.callbacks.probes.iqa_fr import FullReferenceIQAProbe
-from perceptlab.callbacks.probes.iqa_nr import CLIPIQAProbe
-from perceptlab.callbacks.probes.nights import NightsProbe
-from perceptlab.callbacks.probes.noise import NoiseRobustnessProbe
-from perceptlab.callbacks.probes.shape_bias import ShapeBiasProbe
 from perceptlab.core import scores
 from perceptlab.core import uncertainty as U
 
@@ -86,39 +81,32 @@ def test_percentile_interval_is_the_quantiles_and_none_when_mostly_undefined():
 
 
 # ---------------------------------------------------------------------------------------- probes
-def probe_items(n: int, g: torch.Generator) -> list[tuple[object, dict]]:
-    """Each table probe with per-item outputs of the shapes its ``measure`` returns."""
-    labels = torch.randint(16, (n,), generator=g)
-    noisy = torch.where(torch.rand(n, generator=g) < 0.3, torch.randint(16, (n,), generator=g), labels)
-    shape, texture = torch.randint(4, (n,), generator=g), torch.randint(4, (n,), generator=g)
-    quality = torch.randn(n, generator=g, dtype=torch.float64)
-    return [
-        (NightsProbe("nights"), {"nights": {"d0": torch.rand(n, generator=g), "d1": torch.rand(n, generator=g),
-                                            "p": torch.rand(n, generator=g, dtype=torch.float64)}}),
-        (FullReferenceIQAProbe("tid2013", classical=["psnr"]),
-         {"iqa_fr/tid2013": {"prediction": quality + torch.randn(n, generator=g, dtype=torch.float64),
-                             "quality": quality, "psnr": quality.round()}}),
-        (CLIPIQAProbe("koniq"), {"iqa_nr/koniq": {"prediction": torch.rand(n, generator=g), "quality": quality}}),
-        (ShapeBiasProbe("cue_conflict"), {"shape_bias/cue_conflict": {
-            "predicted": torch.where(torch.rand(n, generator=g) < 0.5, shape, texture), "shape": shape, "texture": texture}}),
-        (NoiseRobustnessProbe("classification", sigmas=[0.1, 0.2]), {"noise/classification": {
-            "label": labels, "predicted@sigma=0": labels.clone(), "predicted@sigma=0.1": noisy,
-            "predicted@sigma=0.2": torch.randint(16, (n,), generator=g)}}),
-    ]
+def test_every_probes_replicates_equal_its_own_score_on_the_resampled_items(tiny_world):
+    """Every shipped probe (the registry, through the toy suite), measured on the tiny world with a
+    small CLIP: replicate ``b`` of each metric equals the probe's plain score on the items of resample ``b``."""
+    from conftest import toy_suite_probes
 
+    from perceptlab.callbacks.probes.base import ProbeContext
+    from perceptlab.core.backbone import CLIPBackbone
 
-def test_every_probes_replicates_equal_its_own_score_on_the_resampled_items():
-    g = torch.Generator().manual_seed(0)
-    for probe, items in probe_items(40, g):
-        idx = {group: U.resample_indices(40, 12, seed=2, key=group) for group in items}
+    torch.manual_seed(0)
+    backbone = CLIPBackbone("perceptlab-vit-tiny-64").eval()
+    checked = []
+    for probe in toy_suite_probes(max_items=24, templates=["a photo of a {}."]):
+        probe.data_root, probe.num_workers = str(tiny_world), 1
+        probe.prepare(backbone)
+        with torch.inference_mode():
+            items = probe.measure(ProbeContext(backbone))
+        idx = {group: U.resample_indices(len(next(iter(f.values()))), 12, seed=2, key=group) for group, f in items.items()}
         replicates = probe.resampled(items, idx)
         assert set(replicates) == set(probe.score(items)), probe.name
         for b in range(12):
             resampled = {group: {k: v[idx[group][b]] for k, v in fields.items()} for group, fields in items.items()}
-            expected = probe.score(resampled)
-            for metric, value in expected.items():
+            for metric, value in probe.score(resampled).items():
                 got = replicates[metric][b].item()
                 assert (math.isnan(got) and math.isnan(value)) or got == pytest.approx(value, abs=1e-6), (metric, b)
+        checked.append(type(probe).__name__)
+    assert len(checked) == len(set(checked)) >= 6
 
 
 # ------------------------------------------------------------------------------ peak significance
