@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+#: The file suffixes read as images where a folder is scanned: torchvision's ImageFolder list.
+IMAGE_SUFFIXES: tuple[str, ...] = tuple(IMG_EXTENSIONS)
 
 #: Integer modes and the largest value their pixels can hold.
 _DEEP = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}

@@ -137,11 +137,15 @@ def correlations(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------ noise
-def normalized_drop(acc_clean: float, acc_noisy: float) -> float:
+def normalized_drop(acc_clean, acc_noisy):
     """Relative accuracy lost under a perturbation: ``1 - acc_noisy / acc_clean``.
 
-    0 = robust, 1 = down to zero accuracy (lower is better); nan when ``acc_clean`` is 0.
+    0 = robust, 1 = down to zero accuracy (lower is better); nan when ``acc_clean`` is 0. Floats
+    give a float; tensors (e.g. bootstrap replicates) an elementwise tensor.
     """
+    if isinstance(acc_clean, torch.Tensor) or isinstance(acc_noisy, torch.Tensor):
+        clean, noisy = torch.as_tensor(acc_clean), torch.as_tensor(acc_noisy)
+        return torch.where(clean > 0, 1 - noisy / clean, torch.full_like(clean, float("nan")))
     return 1.0 - acc_noisy / acc_clean if acc_clean > 0 else float("nan")
 
 

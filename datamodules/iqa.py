@@ -195,15 +195,21 @@ class IQASet:
 
     Args:
         name: the set's name in logs (``test/<name>/srcc``).
-        root: folder that relative ``meta_info_file`` and ``image_dir`` are resolved against.
+        root: folder that relative ``meta_info_file``, ``image_dir`` and ``ref_dir`` are resolved against.
         meta_info_file: the CSV (default: the preset's file name, in ``root``).
-        image_dir: folder of the images named in ``name_column`` (relative to ``root``).
+        image_dir: folder of the images named in ``name_column`` (relative to ``root``; default:
+            the preset's folder, else ``images``); the distorted images of a full-reference set.
+        full_reference: the set pairs each image with a reference (default: the preset's kind, else no).
+        ref_column: reference image column of a full-reference set, by name (default: with a preset,
+            pyiqa's position -- the first column; else ``ref_name``).
+        ref_dir: folder of the reference images (default: the preset's, else ``image_dir``).
         preset: a pyiqa dataset name (``koniq10k``, ``livec``, ``spaq``, ``kadid10k``,
             ``tid2013``, ...) whose registry entry supplies ``mos_range``, ``lower_better``, the
             meta-info file name, the split column and LIVE-C's ``drop_first=7``; explicit
             fields win.
         name_column: image file column, by name (default: with a preset, pyiqa's position -- the
-            first column, the second (distorted image) for full-reference sets; else ``img_name``).
+            first column, the second (distorted image) for full-reference sets; else ``img_name``,
+            ``dist_name`` for full-reference sets).
         mos_column: score column, by name (default: with a preset, pyiqa's position -- the second
             column, the third for full-reference sets; else ``mos``).
         lower_better: MOS direction of this set; required (here or by ``preset``), never guessed.
@@ -228,8 +234,11 @@ class IQASet:
     name: str
     root: str
     meta_info_file: str | None = None
-    image_dir: str = "images"
+    image_dir: str | None = None
     preset: str | None = None
+    full_reference: bool | None = None
+    ref_column: str | None = None
+    ref_dir: str | None = None
     name_column: str | None = None
     mos_column: str | None = None
     lower_better: bool | None = None
@@ -273,13 +282,31 @@ def _resolved(cfg: IQASet) -> dict[str, Any]:
     # score), else the usual names.
     out["name_position"] = preset.name_position if preset is not None and out["name_column"] is None else None
     out["mos_position"] = preset.score_position if preset is not None and out["mos_column"] is None else None
-    out["name_column"] = out["name_column"] or "img_name"
+    if out["full_reference"] is None:
+        out["full_reference"] = bool(preset is not None and preset.full_reference)
+    elif preset is not None and out["full_reference"] != preset.full_reference:
+        kind = "full-reference" if preset.full_reference else "no-reference"
+        raise ValueError(f"IQA set {cfg.name!r}: {preset.name} is a {kind} set")
+    fr = out["full_reference"]
+    out["ref_position"] = 0 if fr and preset is not None and out["ref_column"] is None else None
+    out["name_column"] = out["name_column"] or ("dist_name" if fr else "img_name")
     out["mos_column"] = out["mos_column"] or "mos"
+    out["ref_column"] = out["ref_column"] or ("ref_name" if fr else None)
+    if out["image_dir"] is None:
+        out["image_dir"] = (preset.dist_dir if fr else preset.image_dir) if preset is not None else "images"
+    if out["ref_dir"] is None:
+        out["ref_dir"] = preset.ref_dir if preset is not None and fr else out["image_dir"]
     return out
 
 
+def check_iqa_set(cfg: IQASet) -> None:
+    """Raise ``ValueError`` naming what ``cfg`` lacks (the MOS direction, the CSV) before any file is read."""
+    _resolved(cfg)
+
+
 def read_iqa_set(cfg: IQASet, phase: str) -> pd.DataFrame:
-    """Rows of one phase (``train``/``val``/``test``) of an IQA set: ``file, path, mos, score``.
+    """Rows of one phase (``train``/``val``/``test``) of an IQA set: ``file, path, mos, score``,
+    and for a full-reference set ``ref_file, ref_path``.
 
     ``mos`` is the CSV value, ``score`` the normalised higher-is-better target (see
     :class:`IQASet`). Raises ``FileNotFoundError`` naming the CSV and ``ValueError`` naming a
@@ -294,13 +321,15 @@ def read_iqa_set(cfg: IQASet, phase: str) -> pd.DataFrame:
     if not csv.is_file():
         raise FileNotFoundError(f"IQA set {cfg.name!r}: meta-info CSV not found: {csv}")
     table = pd.read_csv(csv)
-    for key in ("name", "mos"):
+    for key in ("name", "mos", "ref"):
         if c[f"{key}_position"] is not None:
             c[f"{key}_column"] = pyiqa_column(table, c[f"{key}_position"], csv)
-    for role, col in (("image name", c["name_column"]), ("MOS", c["mos_column"])):
+    roles = (("image name", "name"), ("MOS", "mos")) + ((("reference", "ref"),) if c["full_reference"] else ())
+    for role, key in roles:
+        col = c[f"{key}_column"]
         if col not in table.columns:
             raise ValueError(
-                f"{csv}: no {role} column {col!r} (set {role.split()[-1].lower()}_column of IQA set {cfg.name!r}); "
+                f"{csv}: no {role} column {col!r} (set {key}_column of IQA set {cfg.name!r}); "
                 f"columns: {', '.join(map(str, table.columns))}"
             )
     first = int(c["drop_first"])  # CSV line of row i: i + 2 + first (the header is line 1)
@@ -329,12 +358,18 @@ def read_iqa_set(cfg: IQASet, phase: str) -> pd.DataFrame:
     image_dir = Path(c["image_dir"]).expanduser()
     image_dir = image_dir if image_dir.is_absolute() else root / image_dir
     files = table[c["name_column"]].astype(str).to_numpy()[keep]
-    return pd.DataFrame({
+    rows = pd.DataFrame({
         "file": files,
         "path": [str(image_dir / f) for f in files],
         "mos": mos[keep],
         "score": score[keep],
     })
+    if c["full_reference"]:
+        ref_dir = Path(c["ref_dir"]).expanduser()
+        ref_dir = ref_dir if ref_dir.is_absolute() else root / ref_dir
+        rows["ref_file"] = table[c["ref_column"]].astype(str).to_numpy()[keep]
+        rows["ref_path"] = [str(ref_dir / f) for f in rows["ref_file"]]
+    return rows
 
 
 def _normalize(mos: np.ndarray, c: dict, fit_rows: np.ndarray) -> np.ndarray:

@@ -40,7 +40,14 @@ def test_probe_and_task_data_read_the_same_rows_and_scores(tiny_world):
     assert probe.quality.tolist() == rows["mos"].tolist()
     for alias in ("koniq", "koniq10k"):
         p = CLIPIQAProbe(str(tiny_world / "iqa" / "koniq"), dataset=alias, max_items=None)
-        assert p.csv == "meta_info_KonIQ10kDataset.csv" and p.higher_better is True and p.name == f"iqa_nr/{alias}"
+        assert p.iqa.preset == alias and p.name == f"iqa_nr/{alias}"
+        p.load_table()
+        assert p.names == probe_rows(tiny_world)  # the alias reads the preset's CSV
+
+
+def probe_rows(world) -> list[str]:
+    rows = read_iqa_set(IQASet(name="koniq", root=str(world / "iqa" / "koniq"), preset="koniq10k", subset="all"), "test")
+    return rows["file"].tolist()
 
 
 def test_a_probe_refuses_a_preset_of_the_other_kind(tmp_path):

@@ -1,6 +1,8 @@
 """Probes on the tiny toy world, each checked against an independent computation from the files."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -76,7 +78,7 @@ def test_fr_iqa_raw_pixels_gives_sign_correct_srcc(tiny_world):
 
     # Declaring the MOS lower-is-better flips every sign: the direction is configuration.
     flipped = run(FullReferenceIQAProbe("iqa/tid2013", dataset="tid2013", distance="l2", classical=[],
-                                        higher_better=False, max_items=None), PixelEmbedding(), tiny_world)
+                                        lower_better=True, max_items=None), PixelEmbedding(), tiny_world)
     assert flipped["iqa_fr/tid2013/srcc"] == pytest.approx(-expected, abs=1e-5)
 
 
@@ -93,15 +95,20 @@ def test_fr_iqa_kadid_preset_and_subset(tiny_world):
 
 
 def test_fr_iqa_errors_name_the_problem(tiny_world, tmp_path):
-    with pytest.raises(ValueError, match="higher_better"):  # not a pyiqa preset: the direction must be given
-        FullReferenceIQAProbe("x", dataset="my_fr_set", csv="meta.csv", score_column="mos")
+    with pytest.raises(ValueError, match="lower_better"):  # not a pyiqa preset: the direction must be given
+        FullReferenceIQAProbe("x", dataset="my_fr_set", meta_info_file="meta.csv")
     probe = FullReferenceIQAProbe(str(tmp_path), dataset="tid2013", classical=[])
     with pytest.raises(FileNotFoundError, match="meta_info_TID2013Dataset.csv"):
         probe.prepare(PixelEmbedding())
     (tmp_path / "meta.csv").write_text("ref_name,dist_name,quality\nI01.bmp,i01_01_1.bmp,3.0\n")
-    probe = FullReferenceIQAProbe(str(tmp_path), dataset="mine", csv="meta.csv", score_column="mos",
-                                  higher_better=True, classical=[])
-    with pytest.raises(KeyError, match="'mos'"):
+    probe = FullReferenceIQAProbe(str(tmp_path), dataset="mine", meta_info_file="meta.csv", lower_better=False,
+                                  classical=[])
+    with pytest.raises(ValueError, match=r"no MOS column 'mos' \(set mos_column.*quality"):
+        probe.prepare(PixelEmbedding())
+    (tmp_path / "meta.csv").write_text("dist_name,quality\ni01_01_1.bmp,3.0\n")
+    probe = FullReferenceIQAProbe(str(tmp_path), dataset="mine", meta_info_file="meta.csv", mos_column="quality",
+                                  lower_better=False, classical=[])
+    with pytest.raises(ValueError, match=r"no reference column 'ref_name' \(set ref_column"):
         probe.prepare(PixelEmbedding())
 
 
@@ -133,8 +140,8 @@ def test_iqa_presets_read_pyiqa_columns_by_position_and_livec_rows(tiny_world, t
             kept.load_table()
             assert kept.names == table["img_name"].astype(str).tolist()
     # a named score column is read by name, so a renamed header is an error naming it
-    probe = CLIPIQAProbe(str(tmp_path / "livec"), dataset="livec", score_column="mos")
-    with pytest.raises(KeyError, match=r"'mos'.*Column 0"):
+    probe = CLIPIQAProbe(str(tmp_path / "livec"), dataset="livec", mos_column="mos")
+    with pytest.raises(ValueError, match=r"'mos'.*Column 0"):
         probe.load_table()
 
 
@@ -194,7 +201,7 @@ def test_noise_probe_clean_accuracy_drop_and_fixed_noise(tiny_world, backbone):
     templates = ["a photo of a {}.", "a drawing of a {}."]
     probe = NoiseRobustnessProbe("classification", sigmas=[0.1, 0.5], templates=templates, max_items=32, seed=0)
     out = run(probe, backbone, tiny_world)
-    files = [probe.files[i] for i in probe.kept]
+    files = probe.found.images(probe.kept)  # the paths of the kept images
     logits = zero_shot_logits(backbone, files, probe.classes, templates)
     expected_clean = float((logits.argmax(-1) == probe.labels).float().mean())
     assert out["noise/classification/acc@sigma=0"] == pytest.approx(expected_clean)
@@ -215,13 +222,20 @@ def test_noise_probe_reads_a_hugging_face_dataset_like_the_folder(tiny_world, ba
     folder = NoiseRobustnessProbe("classification", sigmas=[0.2], templates=["a photo of a {}."], max_items=24)
     expected = run(folder, backbone, tiny_world)
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=folder.classes)})
+    files = folder.found.paths
     ds = datasets.Dataset.from_dict(
-        {"image": [str(f) for f in folder.files], "label": [folder.classes.index(f.parent.name) for f in folder.files]},
-        features=features)
+        {"image": files, "label": [folder.classes.index(Path(f).parent.name) for f in files]}, features=features)
     ds.to_parquet(str(tmp_path / "toy_classification.parquet"))
     hf = NoiseRobustnessProbe(hf_dataset=str(tmp_path / "toy_classification.parquet"), dataset="classification",
                               sigmas=[0.2], templates=["a photo of a {}."], max_items=24)
     assert run(hf, backbone, tiny_world) == expected
+    # a save_to_disk folder whose labels are class-name strings: the same items, the same numbers
+    named = datasets.Dataset.from_dict({"image": files, "label": [Path(f).parent.name for f in files]},
+                                       features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")}))
+    named.save_to_disk(str(tmp_path / "saved"))
+    saved = NoiseRobustnessProbe(hf_dataset=str(tmp_path / "saved"), dataset="classification", sigmas=[0.2],
+                                 templates=["a photo of a {}."], max_items=24)
+    assert run(saved, backbone, tiny_world) == expected
 
 
 def test_clip_iqa_matches_independent_computation(tiny_world, backbone):

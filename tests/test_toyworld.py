@@ -16,6 +16,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import itertools
 
+from perceptlab.core.scores import cue_conflict_labels
 from perceptlab.datamodules import toyworld as tw
 from perceptlab.datamodules.toyworld.cue_conflict import _cue_image
 
@@ -320,7 +321,7 @@ def test_cue_conflict(tiny_world):
         shape, texture = m.group(1), m.group(3)
         assert shape == f.parent.name
         assert shape in tw.CLASSES and texture in tw.CLASSES
-        assert tw.parse_cue_conflict_name(f.name) == (shape, texture)
+        assert cue_conflict_labels(f.name) == (shape, texture)  # the probes' parser reads it
         pairs.append((shape, texture))
     same = sum(s == t for s, t in pairs)
     assert 1 <= same < len(pairs) // 4

@@ -10,24 +10,26 @@ formulas, no learned weights) are computed once on the same pairs, as the model 
 and centre-cropped), and reported at every evaluation as constant reference lines
 ``iqa_fr/<dataset>/<metric>/srcc`` (and ``/plcc``).
 
-Data: pyiqa meta-info CSVs (``ref_name,dist_name,<score>,...``). Presets fill in the file names
-and the score's direction for ``tid2013`` (``mos``, higher is better) and ``kadid10k`` (``dmos``,
-higher is better, as pyiqa reads KADID-10k), and read the columns by position as pyiqa does
-(reference, distorted, score, whatever the header); any other data set names its score column and
-has ``ref_name`` and ``dist_name`` columns.
+Data: pyiqa meta-info CSVs (``ref_name,dist_name,<score>,...``), read by the IQA tables' one reader
+(``perceptlab.datamodules.iqa.read_iqa_set``, the perceptual tasks' too), with its argument names.
+Presets fill in the file names and the score's direction for ``tid2013`` (``mos``, higher is better)
+and ``kadid10k`` (``dmos``, higher is better, as pyiqa reads KADID-10k), and read the columns by
+position as pyiqa does (reference, distorted, score, whatever the header); any other data set has
+``ref_name``, ``dist_name`` and ``mos`` columns (or names its own) and states ``lower_better``.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import pandas as pd
 import torch
 
 from perceptlab.core import scores, uncertainty
-from perceptlab.callbacks.probes.base import Items, ProbeContext, TableProbe, decode_images, require_columns, select_items, shard_indices
+from perceptlab.callbacks.probes.base import Items, ProbeContext, TableProbe, decode_images, select_items, shard_indices
 from perceptlab.callbacks.probes.metric_info import MetricInfo
-from perceptlab.datamodules.iqa import iqa_preset, is_preset, pyiqa_column
+from perceptlab.datamodules.iqa import IQASet, check_iqa_set, iqa_preset, is_preset, read_iqa_set
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +42,13 @@ class FullReferenceIQAProbe(TableProbe):
     Args:
         root: data-set folder (holds the CSV and the image folders).
         dataset: preset name (``tid2013``, ``kadid10k``) or any name used in metric names.
-        csv: meta-info CSV, relative to ``root`` (default from the preset).
-        ref_dir / dist_dir: folders of reference / distorted images, relative to ``root``.
-        score_column: human score column, by name (default with a preset: the third column, as
-            pyiqa reads it, with the reference and distorted names in the first two; required
-            without one).
-        higher_better: direction of the human score (True: higher = better quality). Required for
+        meta_info_file: meta-info CSV, relative to ``root`` (default from the preset).
+        image_dir / ref_dir: folders of the distorted / reference images, relative to ``root``
+            (default from the preset, else ``images``).
+        name_column / ref_column / mos_column: the distorted image, reference image and human
+            score columns, by name (default with a preset: pyiqa's positions 1, 0 and 2; else
+            ``dist_name``, ``ref_name``, ``mos``).
+        lower_better: direction of the human score (False: higher = better quality). Required for
             data sets without a preset.
         distance: ``cosine`` (default), ``l2`` or ``normalized_l2`` (see ``scores.embedding_distance``).
         classical: pyiqa full-reference metrics computed once as reference lines (``[]``: none).
@@ -53,16 +56,22 @@ class FullReferenceIQAProbe(TableProbe):
     """
 
     family = "iqa_fr"
+    #: Arguments of earlier versions and where they went (one line names the new place; see
+    #: ``perceptlab.commands.moved``): the IQA probes take the IQA tables' argument names.
+    moved_arguments = {"csv": "meta_info_file", "dist_dir": "image_dir", "score_column": "mos_column",
+                       "higher_better": "lower_better (the opposite: lower_better = not higher_better)"}
 
     def __init__(
         self,
         root: str,
         dataset: str = "tid2013",
-        csv: str | None = None,
+        meta_info_file: str | None = None,
+        image_dir: str | None = None,
         ref_dir: str | None = None,
-        dist_dir: str | None = None,
-        score_column: str | None = None,
-        higher_better: bool | None = None,
+        name_column: str | None = None,
+        ref_column: str | None = None,
+        mos_column: str | None = None,
+        lower_better: bool | None = None,
         distance: str = "cosine",
         classical: Sequence[str] = DEFAULT_CLASSICAL,
         max_items: int | None = 1000,
@@ -77,18 +86,16 @@ class FullReferenceIQAProbe(TableProbe):
             raise ValueError(f"FullReferenceIQAProbe(dataset={dataset!r}): {preset.name} is a no-reference set; "
                              "use CLIPIQAProbe")
         self._dataset = dataset
-        self.csv = csv or (preset.meta_info_file if preset else None)
-        self.ref_dir = ref_dir if ref_dir is not None else (preset.ref_dir if preset else "")
-        self.dist_dir = dist_dir if dist_dir is not None else (preset.dist_dir if preset else "")
-        self.score_column = score_column  # None with a preset: pyiqa's positions
-        self.higher_better = higher_better if higher_better is not None else (preset.higher_better if preset else None)
-        missing = [k for k, v in (("csv", self.csv), ("score_column", score_column if not preset else "by position"),
-                                  ("higher_better", self.higher_better)) if v is None]
-        if missing:
-            raise ValueError(
-                f"FullReferenceIQAProbe(dataset={dataset!r}) has no pyiqa preset (e.g. tid2013, kadid10k); "
-                f"set {', '.join(missing)}"
-            )
+        # the table is the tasks' (datamodules.iqa): the same reader, presets, columns and checks
+        self.iqa = IQASet(name=dataset, root=str(root), preset=dataset if preset else None, full_reference=True,
+                          meta_info_file=meta_info_file, image_dir=image_dir, ref_dir=ref_dir, name_column=name_column,
+                          ref_column=ref_column, mos_column=mos_column, lower_better=lower_better,
+                          mos_normalize="none", subset="all")
+        try:
+            check_iqa_set(self.iqa)
+        except ValueError as exc:
+            raise ValueError(f"FullReferenceIQAProbe(dataset={dataset!r}): {exc}; a pyiqa preset (e.g. tid2013, "
+                             "kadid10k) sets both") from None
         if distance not in scores.DISTANCES:
             raise ValueError(f"distance must be one of {', '.join(scores.DISTANCES)}, got {distance!r}")
         self.distance = distance
@@ -101,41 +108,30 @@ class FullReferenceIQAProbe(TableProbe):
         return self._dataset
 
     def load_table(self) -> int:
-        csv = self.path / self.csv
-        if not csv.is_file():
-            raise FileNotFoundError(f"{self.name}: meta-info CSV not found: {csv}")
-        table = pd.read_csv(csv)
-        if self.score_column is None:  # a preset: pyiqa's positions
-            columns = [pyiqa_column(table, i, csv) for i in range(3)]
-        else:
-            columns = ["ref_name", "dist_name", self.score_column]
-            require_columns(table, columns, csv)
-        table = table.iloc[select_items(len(table), self.max_items, self.seed)].reset_index(drop=True)
-        self.table = pd.DataFrame({"ref_name": table[columns[0]].astype(str), "dist_name": table[columns[1]].astype(str)})
+        rows = read_iqa_set(replace(self.iqa, root=str(self.path)), "test")  # subset="all": every row
+        rows = rows.iloc[select_items(len(rows), self.max_items, self.seed)].reset_index(drop=True)
+        self.table = pd.DataFrame({"ref_name": rows["ref_file"], "dist_name": rows["file"]})
+        self.ref_paths, self.dist_paths = rows["ref_path"].tolist(), rows["path"].tolist()
         # Human quality, oriented so that higher is better whatever the data set's convention.
-        mos = torch.tensor(table[columns[2]].to_numpy(), dtype=torch.float64)
-        self.quality = mos if self.higher_better else -mos
-        return len(table)
+        self.quality = torch.tensor(rows["score"].to_numpy(), dtype=torch.float64)
+        return len(rows)
 
     def load_images(self, items: list[int], transform: Callable) -> None:
-        rows = self.table.iloc[items] if items else self.table.iloc[:0]
-        self.dist_images = decode_images([self.path / self.dist_dir / d for d in rows["dist_name"]], transform,
-                                         self.num_workers)
+        self.dist_images = decode_images([self.dist_paths[i] for i in items], transform, self.num_workers)
         # References are shared by many distortions: each one is encoded once, by one process, and
         # the features are gathered, so every process runs the same number of forward passes.
-        refs = sorted(set(self.table["ref_name"]))
+        refs = sorted(set(self.ref_paths))
         self.n_refs = len(refs)
         index = {r: i for i, r in enumerate(refs)}
-        self.ref_of_item = torch.tensor([index[r] for r in rows["ref_name"]], dtype=torch.long)
-        self.ref_images = decode_images([self.path / self.ref_dir / refs[i]
-                                         for i in shard_indices(len(refs), self.rank, self.world_size)],
+        self.ref_of_item = torch.tensor([index[self.ref_paths[i]] for i in items], dtype=torch.long)
+        self.ref_images = decode_images([refs[i] for i in shard_indices(len(refs), self.rank, self.world_size)],
                                         transform, self.num_workers)
         if self.classical:
             # Model-free, so computed once here on this process's pairs, gathered at evaluation.
-            local_refs = sorted(set(rows["ref_name"]))
-            pair_refs = decode_images([self.path / self.ref_dir / r for r in local_refs], transform, self.num_workers)
+            local_refs = sorted({self.ref_paths[i] for i in items})
+            pair_refs = decode_images(local_refs, transform, self.num_workers)
             local_index = {r: i for i, r in enumerate(local_refs)}
-            ref_per_pair = pair_refs[[local_index[r] for r in rows["ref_name"]]] if len(rows) else pair_refs
+            ref_per_pair = pair_refs[[local_index[self.ref_paths[i]] for i in items]] if items else pair_refs
             self._classical_local = self._compute_classical(ref_per_pair)
         self._classical_values = None
 

@@ -18,6 +18,7 @@ read the columns by position as pyiqa does (image name first, score second, what
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 import pandas as pd
@@ -25,9 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from perceptlab.core import scores, uncertainty
-from perceptlab.callbacks.probes.base import Items, ProbeContext, TableProbe, decode_images, require_columns, select_items
+from perceptlab.callbacks.probes.base import Items, ProbeContext, TableProbe, decode_images, select_items
 from perceptlab.callbacks.probes.metric_info import MetricInfo
-from perceptlab.datamodules.iqa import iqa_preset, is_preset, pyiqa_column, split_labels
+from perceptlab.datamodules.iqa import PHASES, IQASet, check_iqa_set, iqa_preset, is_preset, read_iqa_set
 
 DEFAULT_PROMPT_PAIRS = (("Good photo.", "Bad photo."),)
 
@@ -38,11 +39,10 @@ class CLIPIQAProbe(TableProbe):
     Args:
         root: data-set folder (CSV and image folder).
         dataset: preset name (``koniq``, ``livec``, ``spaq``) or any name used in metric names.
-        csv / image_dir / higher_better: table layout (default from the preset; required
-            without one). ``image_dir`` is relative to ``root``.
-        score_column: human score column, by name (default with a preset: the CSV's second
-            column, as pyiqa reads it; required without one).
-        name_column: image-name column (default: the CSV's first column, as pyiqa reads it).
+        meta_info_file / image_dir / lower_better: table layout (default from the preset;
+            ``meta_info_file`` and ``lower_better`` required without one). ``image_dir`` is relative to ``root``.
+        name_column / mos_column: image-name and human score columns, by name (default with a
+            preset: the CSV's first and second column, as pyiqa reads them; else ``img_name``, ``mos``).
         split: keep only the rows of this phase (``train``/``val``/``test``), by the one IQA split
             rule (``datamodules.iqa.split_labels``), so a probe and a task model on the same set
             see the same rows.
@@ -58,20 +58,23 @@ class CLIPIQAProbe(TableProbe):
 
     family = "iqa_nr"
     needs_text = True
+    #: Arguments of earlier versions and where they went (``perceptlab.commands.moved``).
+    moved_arguments = {"csv": "meta_info_file", "score_column": "mos_column",
+                       "higher_better": "lower_better (the opposite: lower_better = not higher_better)"}
 
     def __init__(
         self,
         root: str,
         dataset: str = "koniq",
-        csv: str | None = None,
+        meta_info_file: str | None = None,
         image_dir: str | None = None,
-        score_column: str | None = None,
-        higher_better: bool | None = None,
         name_column: str | None = None,
+        mos_column: str | None = None,
+        lower_better: bool | None = None,
         split: str | None = None,
         split_column: str | None = "auto",
         split_file: str | None = None,
-        split_index: Any = None,
+        split_index: Any = 1,
         split_ratio: Sequence[float] = (0.7, 0.1, 0.2),
         split_seed: int = 0,
         drop_first: int | None = None,
@@ -88,24 +91,22 @@ class CLIPIQAProbe(TableProbe):
         if preset is not None and preset.full_reference:
             raise ValueError(f"CLIPIQAProbe(dataset={dataset!r}): {preset.name} is a full-reference set; "
                              "use FullReferenceIQAProbe")
+        if split is not None and split not in PHASES:
+            raise ValueError(f"CLIPIQAProbe.split must be one of {', '.join(PHASES)} or null, got {split!r}")
         self._dataset = dataset
-        self.csv = csv or (preset.meta_info_file if preset else None)
-        self.image_dir = image_dir if image_dir is not None else (preset.image_dir if preset else "")
-        self.score_column = score_column  # None with a preset: pyiqa's position
-        self.higher_better = higher_better if higher_better is not None else (preset.higher_better if preset else None)
-        missing = [k for k, v in (("csv", self.csv), ("score_column", score_column if not preset else "by position"),
-                                  ("higher_better", self.higher_better)) if v is None]
-        if missing:
-            raise ValueError(
-                f"CLIPIQAProbe(dataset={dataset!r}) has no pyiqa preset (e.g. koniq, livec, spaq); "
-                f"set {', '.join(missing)}"
-            )
-        self.name_column = name_column
         self.split = split
-        self.split_rule = dict(split_column=split_column, preset_split=preset.split_column if preset else None,
-                               split_file=split_file, split_index=split_index, split_ratio=split_ratio,
-                               split_seed=split_seed)
-        self.drop_first = int(drop_first if drop_first is not None else (preset.drop_first if preset else 0))
+        # the table is the tasks' (datamodules.iqa): the same reader, presets, split rule and checks
+        self.iqa = IQASet(name=dataset, root=str(root), preset=dataset if preset else None, full_reference=False,
+                          meta_info_file=meta_info_file, image_dir=image_dir, name_column=name_column,
+                          mos_column=mos_column, lower_better=lower_better, mos_normalize="none",
+                          split_column=split_column, split_file=split_file, split_index=split_index,
+                          split_ratio=tuple(split_ratio), split_seed=split_seed, drop_first=drop_first,
+                          subset="all" if split is None else "split")
+        try:
+            check_iqa_set(self.iqa)
+        except ValueError as exc:
+            raise ValueError(f"CLIPIQAProbe(dataset={dataset!r}): {exc}; a pyiqa preset (e.g. koniq, livec, "
+                             "spaq) sets both") from None
         self.prompt_pairs = [tuple(p) for p in prompt_pairs]
         bad = [p for p in self.prompt_pairs if len(p) != 2]
         if not self.prompt_pairs or bad:
@@ -117,26 +118,14 @@ class CLIPIQAProbe(TableProbe):
         return self._dataset
 
     def load_table(self) -> int:
-        csv = self.path / self.csv
-        if not csv.is_file():
-            raise FileNotFoundError(f"{self.name}: meta-info CSV not found: {csv}")
-        table = pd.read_csv(csv)
-        name_column = self.name_column or pyiqa_column(table, 0, csv)
-        score_column = self.score_column or pyiqa_column(table, 1, csv)
-        require_columns(table, [name_column, score_column], csv)
-        table = table.iloc[self.drop_first:].reset_index(drop=True)
-        if self.split:
-            table = table[split_labels(table, csv, **self.split_rule) == self.split]
-            if table.empty:
-                raise ValueError(f"{csv}: no rows of split {self.split!r}")
-        table = table.iloc[select_items(len(table), self.max_items, self.seed)].reset_index(drop=True)
-        self.names = table[name_column].astype(str).tolist()
-        mos = torch.tensor(table[score_column].to_numpy(), dtype=torch.float64)
-        self.quality = mos if self.higher_better else -mos
-        return len(table)
+        rows = read_iqa_set(replace(self.iqa, root=str(self.path)), self.split or "test")
+        rows = rows.iloc[select_items(len(rows), self.max_items, self.seed)].reset_index(drop=True)
+        self.names, self.paths = rows["file"].tolist(), rows["path"].tolist()
+        self.quality = torch.tensor(rows["score"].to_numpy(), dtype=torch.float64)  # oriented higher = better
+        return len(rows)
 
     def load_images(self, items: list[int], transform: Callable) -> None:
-        self.images = decode_images([self.path / self.image_dir / self.names[i] for i in items], transform, self.num_workers)
+        self.images = decode_images([self.paths[i] for i in items], transform, self.num_workers)
 
     def measure(self, ctx: ProbeContext) -> Items:
         """Per image: the predicted quality (probability of the positive prompts) and the human score."""

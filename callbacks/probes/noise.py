@@ -32,9 +32,8 @@ from perceptlab.callbacks.probes.base import (
 )
 from perceptlab.callbacks.probes.metric_info import MetricInfo
 from perceptlab.core import scores, uncertainty
-from perceptlab.core.images import to_rgb
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+from perceptlab.datamodules.image_text.common import decode_image
+from perceptlab.datamodules.labelled_images import read_labelled_images
 
 
 class NoiseRobustnessProbe(ZeroShotMixin, TableProbe):
@@ -103,81 +102,27 @@ class NoiseRobustnessProbe(ZeroShotMixin, TableProbe):
 
     # -- data -------------------------------------------------------------------------------
     def load_table(self) -> int:
-        if self.hf_dataset:
-            n, labels = self._load_hf()
-        else:
-            n, labels = self._load_folder()
-        keep = select_items(n, self.max_items, self.seed)
-        self.kept = keep
-        self.labels = torch.tensor([labels[i] for i in keep])
-        return len(keep)
-
-    def _load_folder(self) -> tuple[int, list[int]]:
-        root = self.path
-        if not root.is_dir():
-            raise FileNotFoundError(f"{self.name}: classification folder not found: {root}")
-        folders = sorted(p.name for p in root.iterdir() if p.is_dir())
-        classes = self.classes or folders
-        unknown = sorted(set(folders) - set(classes))
-        if unknown:
-            raise ValueError(f"{root}: class folder(s) {unknown} not among classes {classes}")
-        files, labels = [], []
-        for label, cls in enumerate(classes):
-            for f in sorted((root / cls).glob("*")) if (root / cls).is_dir() else []:
-                if f.suffix.lower() in IMAGE_SUFFIXES:
-                    files.append(f)
-                    labels.append(label)
-        if not files:
-            raise FileNotFoundError(f"{self.name}: no images in class folders under {root}")
-        self.classes = list(classes)
-        self.files = files
-        return len(files), labels
-
-    def _load_hf(self) -> tuple[int, list[int]]:
-        import datasets
-
-        source = self.hf_dataset
-        local = Path(source).expanduser()
-        if local.suffix == ".parquet":
-            if not local.is_file():
-                raise FileNotFoundError(f"{self.name}: parquet file not found: {local}")
-            ds = datasets.load_dataset("parquet", data_files=str(local), split="train")
-        elif local.is_dir() and (local / "dataset_info.json").is_file():
-            ds = datasets.load_from_disk(str(local))
-        else:
-            ds = datasets.load_dataset(source, split=self.hf_split)
-        if isinstance(ds, datasets.DatasetDict):
-            if self.hf_split not in ds:
-                raise KeyError(f"{source}: no split {self.hf_split!r}; has {', '.join(ds)}")
-            ds = ds[self.hf_split]
-        for column in (self.image_column, self.label_column):
-            if column not in ds.column_names:
-                raise KeyError(f"{source}: missing column {column!r}; has {', '.join(ds.column_names)}")
-        feature = ds.features[self.label_column]
-        raw = ds[self.label_column]
-        if isinstance(feature, datasets.ClassLabel):
-            classes = self.classes or list(feature.names)
-            labels = list(raw)
-        else:
-            classes = self.classes or sorted(set(map(str, raw)))
-            index = {c: i for i, c in enumerate(classes)}
-            missing = sorted(set(map(str, raw)) - set(index))
-            if missing:
-                raise ValueError(f"{source}: labels {missing[:5]} not among classes {classes}")
-            labels = [index[str(v)] for v in raw]
-        self.classes = list(classes)
-        self.hf = ds
-        return len(ds), labels
+        # the one labelled-image reader (stage 2's zero-shot validation reads through it too)
+        source = self.hf_dataset or self.path
+        try:
+            found = read_labelled_images(source, "hf" if self.hf_dataset else "imagefolder", self.hf_split,
+                                         self.image_column, self.label_column, self.classes)
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            raise type(exc)(f"{self.name}: {exc}") from None
+        self.classes = found.classes
+        self.found = found
+        self.kept = select_items(len(found), self.max_items, self.seed)
+        self.labels = torch.tensor([found.labels[i] for i in self.kept])
+        return len(self.kept)
 
     def load_images(self, items: list[int], transform: Callable) -> None:
-        if self.hf_dataset:
-            rows = [self.kept[i] for i in items]
-            images = self.hf.select(rows)[self.image_column] if rows else []
-            self.images = torch.stack([to_uint8(transform(to_rgb(im))) for im in images]) if rows else \
-                torch.empty(0, 3, 0, 0, dtype=torch.uint8)
+        rows = [self.kept[i] for i in items]
+        if self.found.paths is not None:
+            self.images = decode_images(self.found.images(rows), transform, self.num_workers)
         else:
-            self.images = decode_images([self.files[self.kept[i]] for i in items], transform, self.num_workers)
-        self.item_ids = torch.tensor([self.kept[i] for i in items], dtype=torch.long)
+            self.images = torch.stack([to_uint8(transform(decode_image(im))) for im in self.found.images(rows)]) \
+                if rows else torch.empty(0, 3, 0, 0, dtype=torch.uint8)
+        self.item_ids = torch.tensor(rows, dtype=torch.long)
 
     # -- scoring ----------------------------------------------------------------------------
     def unit_noise(self, item_ids: list[int], shape: torch.Size) -> torch.Tensor:
@@ -210,21 +155,18 @@ class NoiseRobustnessProbe(ZeroShotMixin, TableProbe):
         t = items[self.name]
         accuracy = {s: float((t[f"predicted@sigma={_fmt(s)}"] == t["label"]).float().mean()) if len(t["label"])
                     else float("nan") for s in [0.0, *self.sigmas]}
-        return self._metrics(accuracy, scores.normalized_drop)
+        return self._metrics(accuracy)
 
     def resampled(self, items: Items, idx: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         t = items[self.name]
         accuracy = {s: uncertainty.mean((t[f"predicted@sigma={_fmt(s)}"] == t["label"]).double(), idx[self.name])
                     for s in [0.0, *self.sigmas]}
+        return self._metrics(accuracy)
 
-        def drop(clean: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:  # normalized_drop, elementwise
-            return torch.where(clean > 0, 1 - noisy / clean, torch.full_like(clean, float("nan")))
-
-        return self._metrics(accuracy, drop)
-
-    def _metrics(self, accuracy: dict, drop) -> dict:
+    def _metrics(self, accuracy: dict) -> dict:
+        """Accuracies (floats, or ``(B,)`` replicates) -> the metrics, through the one drop formula."""
         metrics = {f"{self.name}/acc@sigma={_fmt(s)}": a for s, a in accuracy.items()}
-        drops = {s: drop(accuracy[0.0], accuracy[s]) for s in self.sigmas}
+        drops = {s: scores.normalized_drop(accuracy[0.0], accuracy[s]) for s in self.sigmas}
         metrics.update({f"{self.name}/drop@sigma={_fmt(s)}": d for s, d in drops.items()})
         metrics[f"{self.name}/drop"] = sum(drops.values()) / len(drops) if drops else float("nan")
         return metrics

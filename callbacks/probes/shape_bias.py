@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from perceptlab.core import scores
+from perceptlab.core.images import IMAGE_SUFFIXES
 from perceptlab.callbacks.probes.base import Items, ProbeContext, TableProbe, ZeroShotMixin, decode_images, select_items
 from perceptlab.callbacks.probes.metric_info import MetricInfo
 
@@ -24,7 +25,6 @@ CUE_CONFLICT_CLASSES = (
     "airplane", "bear", "bicycle", "bird", "boat", "bottle", "car", "cat",
     "chair", "clock", "dog", "elephant", "keyboard", "knife", "oven", "truck",
 )
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 class ShapeBiasProbe(ZeroShotMixin, TableProbe):

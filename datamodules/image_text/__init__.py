@@ -110,11 +110,11 @@ from perceptlab.datamodules.image_text.wds_pairs import (
     count_samples,
     expand_shards,
 )
-from perceptlab.datamodules.image_text.zeroshot import ZeroShotImages, image_folder
+from perceptlab.datamodules.image_text.zeroshot import ZeroShotImages
 
 __all__ = [
     "AUGMENTATIONS", "CAPTION_KEYS", "FORMATS", "IMAGE_KEYS", "ZEROSHOT_FORMATS", "CsvPairs", "HFPairs",
     "HFStreamPairs", "ImageTextDataModule", "MapPairCollate", "PairBatcher", "SkipCounter", "WebDatasetPairs",
-    "ZeroShotImages", "clean_caption", "count_samples", "decode_image", "expand_shards", "image_folder", "load_hf",
+    "ZeroShotImages", "clean_caption", "count_samples", "decode_image", "expand_shards", "load_hf",
     "mocov2_transform",
 ]

@@ -26,14 +26,15 @@ from perceptlab.datamodules.image_text.zeroshot import (
     _classnames,
     _templates,
     _zeroshot_collate,
-    image_folder,
 )
+from perceptlab.datamodules.labelled_images import FORMATS as LABELLED_FORMATS
+from perceptlab.datamodules.labelled_images import read_labelled_images
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("webdataset", "csv", "hf", "litdata")
 AUGMENTATIONS = ("clip", "mocov2", "none")
-ZEROSHOT_FORMATS = ("imagefolder", "hf")
+ZEROSHOT_FORMATS = LABELLED_FORMATS  # an image folder or an HF data set
 
 
 
@@ -250,23 +251,10 @@ class ImageTextDataModule(BackboneDataModule):
 
     def _build_zeroshot(self, transform) -> ZeroShotImages:
         hp = self.hparams
-        if hp.zeroshot_format == "imagefolder":
-            classes, paths, labels = image_folder(hp.zeroshot_data)
-            self.zeroshot_classnames = self._override_classnames(classes)
-            return ZeroShotImages(list(zip(paths, labels)), transform)
-        dataset = load_hf(str(hp.zeroshot_data), hp.zeroshot_split, cache_dir=hp.hf_cache_dir)
-        feature = dataset.features.get(hp.zeroshot_label_key)
-        names = getattr(feature, "names", None)
-        if not names:
-            raise ValueError(
-                f"{hp.zeroshot_data}: column {hp.zeroshot_label_key!r} (zeroshot_label_key) is not a ClassLabel "
-                f"with class names; columns are {dataset.column_names}"
-            )
-        if hp.zeroshot_image_key not in dataset.column_names:
-            raise ValueError(f"{hp.zeroshot_data}: no column {hp.zeroshot_image_key!r} (zeroshot_image_key); "
-                             f"columns are {dataset.column_names}")
-        self.zeroshot_classnames = self._override_classnames([n.replace("_", " ") for n in names])
-        return ZeroShotImages(dataset, transform, hp.zeroshot_image_key, hp.zeroshot_label_key)
+        found = read_labelled_images(hp.zeroshot_data, hp.zeroshot_format, hp.zeroshot_split, hp.zeroshot_image_key,
+                                     hp.zeroshot_label_key, cache_dir=hp.hf_cache_dir)
+        self.zeroshot_classnames = self._override_classnames([n.replace("_", " ") for n in found.classes])
+        return ZeroShotImages(found, transform)
 
     def _override_classnames(self, found: list[str]) -> list[str]:
         if self._classnames_override is None:

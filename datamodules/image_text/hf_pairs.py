@@ -105,10 +105,19 @@ class HFStreamPairs(IterableDataset):
 
 
 def load_hf(path: str, split: str, streaming: bool = False, cache_dir: str | None = None):
-    """A ``datasets`` split from a hub id, a local parquet file/glob or a local folder."""
+    """A ``datasets`` split from a hub id, a local parquet file/glob, a ``save_to_disk`` folder or a
+    local data-set folder."""
     import datasets
 
     local = Path(path).expanduser()
+    saved_to_disk = (local / "dataset_info.json").is_file() or (local / "dataset_dict.json").is_file()
+    if local.is_dir() and saved_to_disk and not streaming:
+        saved = datasets.load_from_disk(str(local))
+        if isinstance(saved, datasets.DatasetDict):
+            if split not in saved:
+                raise KeyError(f"{path}: no split {split!r}; has {', '.join(saved)}")
+            saved = saved[split]
+        return saved
     if path.endswith(".parquet") or glob.has_magic(path):
         files = sorted(glob.glob(str(local))) if glob.has_magic(path) else [str(local)]
         if not files or not all(Path(f).is_file() for f in files):

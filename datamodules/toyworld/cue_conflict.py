@@ -13,7 +13,7 @@ from perceptlab.datamodules.toyworld.common import (
     _seed,
 )
 from perceptlab.datamodules.toyworld.render import ObjectSpec, Scene, render
-from perceptlab.datamodules.toyworld.rules import parse_cue_conflict_name
+from perceptlab.core.scores import cue_conflict_labels
 from perceptlab.datamodules.toyworld.world import _CLASS, CLASSES, COLOURS
 
 # --- cue conflict / classification -----------------------------------------------------------
@@ -60,5 +60,5 @@ def _write_cue_conflict(root: Path, seed: int, cfg: dict, size: int, progress: _
         names.add((s, name))
         _save_img(out / s / name, _cue_image(s, t, i, j, size, seed))
         advance()
-    return {"images": len(names), "same_class": sum(parse_cue_conflict_name(n)[0] == parse_cue_conflict_name(n)[1]
+    return {"images": len(names), "same_class": sum(cue_conflict_labels(n)[0] == cue_conflict_labels(n)[1]
                                                      for _, n in names)}

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import io
-import re
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -115,11 +113,3 @@ def caption(cls: str, colour: str, size: str, background: str, template: int = 0
                                        bg_cap=bg[0].upper() + bg[1:], texture=tex,
                                        a_size=_article(size), a_colour=_article(colour),
                                        a_texture=_article(tex))
-
-
-def parse_cue_conflict_name(filename: str) -> tuple[str, str]:
-    """``airplane1-bicycle2.png`` -> ``("airplane", "bicycle")``."""
-    m = re.fullmatch(r"([a-z]+)(\d+)-([a-z]+)(\d+)\.png", Path(filename).name)
-    if not m:
-        raise ValueError(f"not a cue-conflict file name: {filename!r}")
-    return m.group(1), m.group(3)
