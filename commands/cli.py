@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from perceptlab.commands.errors import check_checkpoint_file, error_line, user_errors
+from perceptlab.commands.moved import check_moved_arguments
 
 USAGE = """usage: perceptlab <command> [options]
 
@@ -207,6 +208,7 @@ def run_lightning(args: list[str]) -> None:
             check_checkpoint_file(arg.split("=", 1)[1])
         elif arg == "--ckpt_path" and i + 1 < len(args):
             check_checkpoint_file(args[i + 1])
+    check_moved_arguments(args)  # a key of an earlier version: one line naming its new place
     cli_class = make_cli_class()
     # LightningCLI reads sys.argv itself; hand it exactly the command's arguments. argv[0] stays the
     # real script: Lightning's DDP launcher re-runs `python argv[0] argv[1:]` for the other ranks.

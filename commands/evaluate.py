@@ -100,6 +100,9 @@ def evaluate(models: list[str] | None = None, config: list[str] | None = None, o
         raise FileNotFoundError(f"--config not found: {', '.join(missing)}")
     if bool(models) == bool(watch):
         raise ValueError("give MODEL ... or --watch RUN_OR_FOLDER (one of them)")
+    from perceptlab.commands.moved import check_moved_arguments
+
+    check_moved_arguments([a for c in config for a in ("--config", c)] + list(trainer_overrides))
     if parse_only():
         return Path(out or ".")
     watcher = None

@@ -40,7 +40,7 @@ from __future__ import annotations
 import abc
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -192,19 +192,13 @@ class LaMemDataModule(PerceptualDataModule):
         root: LaMem folder (``images/``, ``splits/``).
         split_index: which of the five official splits (``train_<k>.txt`` ...), 1..5.
         name: the test set's name in logs (``test/<name>/srcc``).
-        **kwargs: see :class:`PerceptualDataModule`.
+        **common: the loaders, transforms and test crops of :class:`PerceptualDataModule`, declared there once.
     """
 
     task = "regression"
 
-    def __init__(self, root: str, split_index: int = 1, name: str = "lamem", batch_size: int = 32,
-                 num_workers: int = 4, eval_batch_size: int | None = None, model_name: str | None = None,
-                 pretrained: str | None = None, image_size: int | None = None, train_augment: bool = False,
-                 test_crops: int = 1, test_resize_ratio: float = 1.15, verify_images: bool = True,
-                 pin_memory: bool = True, test_protocol: str | None = None, protocol_seed: int = 0) -> None:
-        super().__init__(batch_size, num_workers, eval_batch_size, model_name, pretrained, image_size,
-                         train_augment, test_crops, test_resize_ratio, test_protocol, protocol_seed,
-                         verify_images, pin_memory)
+    def __init__(self, root: str, split_index: int = 1, name: str = "lamem", **common: Any) -> None:
+        super().__init__(**common)  # loaders, transforms, test crops: see PerceptualDataModule
         self.save_hyperparameters(ignore=list(self.MODEL_KEYS))
         self.root = Path(root).expanduser()
         self.split_index = split_index
@@ -226,19 +220,13 @@ class EmoSetDataModule(PerceptualDataModule):
         root: EmoSet folder (``train.json``, ``val.json``, ``test.json``, ``image/``).
         emotions: class names in index order (EmoSet's eight by default).
         name: the test set's name in logs.
-        **kwargs: see :class:`PerceptualDataModule`.
+        **common: the loaders, transforms and test crops of :class:`PerceptualDataModule`, declared there once.
     """
 
     task = "classification"
 
-    def __init__(self, root: str, emotions: list[str] | None = None, name: str = "emoset", batch_size: int = 32,
-                 num_workers: int = 4, eval_batch_size: int | None = None, model_name: str | None = None,
-                 pretrained: str | None = None, image_size: int | None = None, train_augment: bool = False,
-                 test_crops: int = 1, test_resize_ratio: float = 1.15, verify_images: bool = True,
-                 pin_memory: bool = True, test_protocol: str | None = None, protocol_seed: int = 0) -> None:
-        super().__init__(batch_size, num_workers, eval_batch_size, model_name, pretrained, image_size,
-                         train_augment, test_crops, test_resize_ratio, test_protocol, protocol_seed,
-                         verify_images, pin_memory)
+    def __init__(self, root: str, emotions: list[str] | None = None, name: str = "emoset", **common: Any) -> None:
+        super().__init__(**common)  # loaders, transforms, test crops: see PerceptualDataModule
         self.save_hyperparameters(ignore=list(self.MODEL_KEYS))
         self.root = Path(root).expanduser()
         self.class_names = list(emotions) if emotions is not None else list(EMOTIONS)
@@ -268,19 +256,13 @@ class IQADataModule(PerceptualDataModule):
     Args:
         train_set: the set trained on (see :class:`IQASet`).
         extra_test_sets: further sets for ``trainer.test`` (cross-dataset evaluation).
-        **kwargs: see :class:`PerceptualDataModule`.
+        **common: the loaders, transforms and test crops of :class:`PerceptualDataModule`, declared there once.
     """
 
     task = "regression"
 
-    def __init__(self, train_set: IQASet, extra_test_sets: list[IQASet] | None = None, batch_size: int = 32,
-                 num_workers: int = 4, eval_batch_size: int | None = None, model_name: str | None = None,
-                 pretrained: str | None = None, image_size: int | None = None, train_augment: bool = False,
-                 test_crops: int = 1, test_resize_ratio: float = 1.15, verify_images: bool = True,
-                 pin_memory: bool = True, test_protocol: str | None = None, protocol_seed: int = 0) -> None:
-        super().__init__(batch_size, num_workers, eval_batch_size, model_name, pretrained, image_size,
-                         train_augment, test_crops, test_resize_ratio, test_protocol, protocol_seed,
-                         verify_images, pin_memory)
+    def __init__(self, train_set: IQASet, extra_test_sets: list[IQASet] | None = None, **common: Any) -> None:
+        super().__init__(**common)  # loaders, transforms, test crops: see PerceptualDataModule
         self.save_hyperparameters(ignore=list(self.MODEL_KEYS))
         self.train_set = train_set
         self.extra_test_sets = list(extra_test_sets or [])

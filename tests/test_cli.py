@@ -8,6 +8,8 @@ import pytest
 
 from perceptlab.commands.cli import MODULE_COMMANDS, main
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 @pytest.mark.parametrize("command", ["synth", *MODULE_COMMANDS])
 def test_every_command_has_help_from_its_signature(command, capsys):
@@ -82,3 +84,44 @@ def test_a_gpu_config_on_a_machine_without_one_says_what_to_pass(capsys):
     # (a logging handler left by an earlier test may print "--- Logging error ---" here: not ours)
     assert exit_.value.code == 2 and "--trainer.accelerator=cpu" in err[-1]
     assert not any("MisconfigurationException" in l or "accelerator_connector" in l for l in err), err
+
+
+@pytest.mark.parametrize("command", ["fit", "evaluate"])
+def test_an_argument_of_an_earlier_version_is_one_line_naming_its_new_place(tmp_path, capsys, command):
+    """The IQA probes took csv/score_column/higher_better; they take the IQA tables' names now. A
+    configuration written for the earlier version stops before any work, naming the new place."""
+    import yaml
+
+    suite = yaml.safe_load((REPO / "experiments/toy/alignment_suite.yaml").read_text())
+    probes = suite["trainer"]["callbacks"][0]["init_args"]["probes"]
+    koniq = next(p for p in probes if p["init_args"].get("dataset") == "koniq")
+    koniq["init_args"]["higher_better"] = True
+    path = tmp_path / "old_suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    args = ["fit", "--config", str(REPO / "experiments/toy/pretrain_pi.yaml"), "--config", str(path), "--print_config"]
+    if command == "evaluate":
+        args = ["evaluate", "model.pt", "--config", str(path)]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1, err
+    assert "init_args.higher_better (CLIPIQAProbe) moved: give lower_better" in err[0] and str(path) in err[0]
+
+
+class Renamed:
+    """A class whose argument ``old`` became ``new`` (for the override check below)."""
+
+    moved_arguments = {"old": "new"}
+
+    def __init__(self, new: int = 0) -> None:
+        self.new = new
+
+
+def test_a_dotted_override_of_a_moved_argument_is_named(tmp_path):
+    from perceptlab.commands.moved import check_moved_arguments
+
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  class_path: test_cli.Renamed\n")
+    check_moved_arguments(["--config", str(config), "--model.init_args.new=3"])  # the new name passes
+    with pytest.raises(ValueError, match=r"--model.init_args.old: model.init_args.old \(Renamed\) moved: give new"):
+        check_moved_arguments(["--config", str(config), "--model.init_args.old=3"])

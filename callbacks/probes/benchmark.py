@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -83,7 +84,8 @@ class CLIPBenchmarkProbe(Probe):
         max_items: evaluate a fixed random subset of this many items per task (``None``: all, the
             published protocol).
         text_batch_size: prompts/captions per text forward pass (default: the image batch size).
-        batch_size / seed / name: see :class:`Probe` (``name`` only names the overall average).
+        **common: ``name``, ``batch_size``, ``seed`` of :class:`Probe` (``name`` only names the overall
+            average; ``layer`` must stay null).
     """
 
     family = "benchmark"
@@ -97,11 +99,12 @@ class CLIPBenchmarkProbe(Probe):
         recall_k: Sequence[int] = (1, 5, 10),
         max_items: int | None = None,
         text_batch_size: int | None = None,
-        batch_size: int | None = None,
-        seed: int = 0,
-        name: str | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(root, name=name, max_items=max_items, layer=None, batch_size=batch_size, seed=seed)
+        super().__init__(root, max_items=max_items, **common)  # name, batch_size, seed: see Probe
+        if self.layer is not None:
+            raise ValueError("CLIPBenchmarkProbe measures the projected embeddings (CLIP_benchmark's protocol): "
+                             f"layer must be null, got {self.layer}")
         if not recall_k or any(int(k) < 1 for k in recall_k):
             raise ValueError(f"recall_k must be positive integers, got {recall_k}")
         self.tasks = tasks

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
@@ -52,7 +52,7 @@ class FullReferenceIQAProbe(TableProbe):
             data sets without a preset.
         distance: ``cosine`` (default), ``l2`` or ``normalized_l2`` (see ``scores.embedding_distance``).
         classical: pyiqa full-reference metrics computed once as reference lines (``[]``: none).
-        max_items / layer / batch_size / seed / name: see :class:`Probe`.
+        **common: ``name``, ``max_items``, ``layer``, ``batch_size``, ``seed`` of :class:`Probe`, declared there once.
     """
 
     family = "iqa_fr"
@@ -74,13 +74,9 @@ class FullReferenceIQAProbe(TableProbe):
         lower_better: bool | None = None,
         distance: str = "cosine",
         classical: Sequence[str] = DEFAULT_CLASSICAL,
-        max_items: int | None = 1000,
-        layer: int | None = None,
-        batch_size: int | None = None,
-        seed: int = 0,
-        name: str | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(root, name=name, max_items=max_items, layer=layer, batch_size=batch_size, seed=seed)
+        super().__init__(root, **common)  # name, max_items, layer, batch_size, seed: see Probe
         preset = iqa_preset(dataset) if is_preset(dataset) else None
         if preset is not None and not preset.full_reference:
             raise ValueError(f"FullReferenceIQAProbe(dataset={dataset!r}): {preset.name} is a no-reference set; "

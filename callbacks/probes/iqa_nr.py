@@ -52,8 +52,9 @@ class CLIPIQAProbe(TableProbe):
         drop_first: leave out the CSV's first rows (default: 7 for ``livec``, as pyiqa; else 0).
         prompt_pairs: ``[[positive, negative], ...]``; probabilities are averaged over pairs.
         logit_scale: softmax temperature multiplier (fixed; see the module docstring).
-        max_items / layer / batch_size / seed / name: see :class:`Probe` (``layer`` reads the
-            block's class token through the final norm and projection).
+        **common: ``name``, ``max_items``, ``layer``, ``batch_size``, ``seed`` of :class:`Probe`,
+            declared there once (``layer`` reads the block's class token through the final norm
+            and projection).
     """
 
     family = "iqa_nr"
@@ -80,13 +81,9 @@ class CLIPIQAProbe(TableProbe):
         drop_first: int | None = None,
         prompt_pairs: Sequence[Sequence[str]] = DEFAULT_PROMPT_PAIRS,
         logit_scale: float = 100.0,
-        max_items: int | None = 1000,
-        layer: int | None = None,
-        batch_size: int | None = None,
-        seed: int = 0,
-        name: str | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(root, name=name, max_items=max_items, layer=layer, batch_size=batch_size, seed=seed)
+        super().__init__(root, **common)  # name, max_items, layer, batch_size, seed: see Probe
         preset = iqa_preset(dataset) if is_preset(dataset) else None
         if preset is not None and preset.full_reference:
             raise ValueError(f"CLIPIQAProbe(dataset={dataset!r}): {preset.name} is a full-reference set; "

@@ -9,7 +9,7 @@ and stage 1 agree on the vote filter and the splits.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -28,7 +28,8 @@ class NightsProbe(TableProbe):
         min_votes: keep triplets with at least this many votes (DreamSim: 6).
         distance: ``cosine`` (default), ``l2`` or ``normalized_l2``.
         name: metric prefix (default ``nights``; set e.g. ``nights_imagenet`` for a second probe).
-        max_items / layer / batch_size / seed: see :class:`Probe` (``max_items`` counts triplets).
+        **common: ``name``, ``max_items``, ``layer``, ``batch_size``, ``seed`` of :class:`Probe`,
+            declared there once (``max_items`` counts triplets).
     """
 
     family = "nights"
@@ -39,13 +40,9 @@ class NightsProbe(TableProbe):
         split: str = "test",
         min_votes: int = 6,
         distance: str = "cosine",
-        max_items: int | None = 1000,
-        layer: int | None = None,
-        batch_size: int | None = None,
-        seed: int = 0,
-        name: str | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(root, name=name, max_items=max_items, layer=layer, batch_size=batch_size, seed=seed)
+        super().__init__(root, **common)  # name, max_items, layer, batch_size, seed: see Probe
         if distance not in scores.DISTANCES:
             raise ValueError(f"distance must be one of {', '.join(scores.DISTANCES)}, got {distance!r}")
         self.split = split

@@ -17,7 +17,7 @@ column a ``ClassLabel`` or class-name strings). Needs a text tower (zero-shot cl
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -46,7 +46,7 @@ class NoiseRobustnessProbe(ZeroShotMixin, TableProbe):
         classes: class names in label order (default: sorted folder names / the ClassLabel names).
         templates: prompt templates with one ``{}`` (default: open_clip's seven simple templates).
         hf_dataset / hf_split / image_column / label_column: read a Hugging Face data set instead.
-        max_items / layer / batch_size / seed / name: see :class:`Probe`.
+        **common: ``name``, ``max_items``, ``layer``, ``batch_size``, ``seed`` of :class:`Probe`, declared there once.
     """
 
     family = "noise"
@@ -63,13 +63,9 @@ class NoiseRobustnessProbe(ZeroShotMixin, TableProbe):
         hf_split: str = "test",
         image_column: str = "image",
         label_column: str = "label",
-        max_items: int | None = 1000,
-        layer: int | None = None,
-        batch_size: int | None = None,
-        seed: int = 0,
-        name: str | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(root, name=name, max_items=max_items, layer=layer, batch_size=batch_size, seed=seed)
+        super().__init__(root, **common)  # name, max_items, layer, batch_size, seed: see Probe
         if not root and not hf_dataset:
             raise ValueError("NoiseRobustnessProbe needs root (an image folder) or hf_dataset")
         bad = [s for s in sigmas if not 0 < float(s) <= 1]

@@ -12,7 +12,7 @@ Needs a text tower; the suite skips it for vision-only backbones.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -37,7 +37,7 @@ class ShapeBiasProbe(ZeroShotMixin, TableProbe):
             ``_`` shown as a space.
         templates: prompt templates with one ``{}`` (default: open_clip's seven simple templates).
         max_items: default ``None`` (all 1,280 stimuli of the real set).
-        layer / batch_size / seed / name: see :class:`Probe`.
+        **common: ``name``, ``layer``, ``batch_size``, ``seed`` of :class:`Probe`, declared there once.
     """
 
     family = "shape_bias"
@@ -50,12 +50,9 @@ class ShapeBiasProbe(ZeroShotMixin, TableProbe):
         classes: Sequence[str] = CUE_CONFLICT_CLASSES,
         templates: Sequence[str] | None = None,
         max_items: int | None = None,
-        layer: int | None = None,
-        batch_size: int | None = None,
-        seed: int = 0,
-        name: str | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(root, name=name, max_items=max_items, layer=layer, batch_size=batch_size, seed=seed)
+        super().__init__(root, max_items=max_items, **common)  # name, layer, batch_size, seed: see Probe
         self._dataset = dataset
         self.classes = list(classes)
         self.templates = list(templates) if templates else None
