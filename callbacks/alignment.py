@@ -71,8 +71,9 @@ from perceptlab.callbacks.peaks import PeakTracker, trajectory_figure
 from perceptlab.callbacks.probes.base import Probe
 from perceptlab.callbacks.probes.metric_info import MetricInfo, legacy_info
 from perceptlab.callbacks.probes.runner import Measurement, measure, trainer_context
-from perceptlab.callbacks.run_record import PEAK_CHECKPOINT_NAME, finite
+from perceptlab.callbacks.run_record import finite
 from perceptlab.core import uncertainty
+from perceptlab.core.checkpoints import PEAK_CHECKPOINT_NAME
 
 log = logging.getLogger(__name__)
 

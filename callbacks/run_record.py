@@ -42,13 +42,8 @@ import numpy as np
 from perceptlab.callbacks.probes.metric_info import MetricInfo, legacy_info
 
 # The checkpoint names (aliases, end-of-fit exports, the end marker) are core.checkpoints' (what a
-# model file is); the run record writes the end marker and re-exports them for its readers.
-from perceptlab.core.checkpoints import (  # noqa: F401
-    ALIAS_CHECKPOINTS,
-    FIT_END_NAME,
-    PEAK_CHECKPOINT_NAME,
-    read_fit_end,
-)
+# model file is); the run record writes the end marker.
+from perceptlab.core.checkpoints import FIT_END_NAME
 
 log = logging.getLogger(__name__)
 

@@ -74,7 +74,7 @@ def make_cli_class():
         # The end marker ``perceptlab evaluate --watch`` waits for: removed when a fit starts (a
         # resumed run is running again), written when it returns normally (a crash or SIGTERM raises).
         def before_fit(self) -> None:
-            from perceptlab.callbacks.run_record import FIT_END_NAME
+            from perceptlab.core.checkpoints import FIT_END_NAME
 
             run_dir = getattr(self.trainer.logger, "log_dir", None)  # the logger's own: no collective before set-up
             if run_dir and self.trainer.is_global_zero:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from perceptlab.commands.report_arms import Arm, Run, load_arm, load_run  # noqa: F401 (the report's API)
+from perceptlab.commands.report_arms import Arm, Run, load_arm
 from perceptlab.commands.report_plots import plot_family, reference_lines
 from perceptlab.commands.report_tables import difference_section, metric_tables, peak_section, reference_section, task_section
 

@@ -134,7 +134,7 @@ def split_labels(table, csv: str | os.PathLike, split_column: str | None = "auto
                  split_file: str | None = None, split_index: Any = None,
                  split_ratio: Sequence[float] = (0.7, 0.1, 0.2), split_seed: int = 0):
     """The phase (``train``/``val``/``test``) of every row of an IQA table: the one split rule of
-    the project, used by the task data (``perceptual_tasks.read_iqa_set``) and the IQA probes.
+    the project, used by the task data (:func:`read_iqa_set`) and the IQA probes.
 
     ``split_file`` (a pyiqa split pickle ``{index: {"train": [rows], ...}}``) wins; else
     ``split_column``: ``auto`` takes the preset's split column, else ``official_split`` or ``split``

@@ -46,14 +46,7 @@ from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from perceptlab.datamodules.base import BackboneDataModule
-from perceptlab.datamodules.iqa import (  # noqa: F401 (re-exported)
-    PHASES,
-    IQASet,
-    iqa_preset,
-    pyiqa_column,
-    read_iqa_set,
-    split_labels,
-)
+from perceptlab.datamodules.iqa import IQASet, read_iqa_set
 from perceptlab.datamodules.protocols import get_protocol
 from perceptlab.datamodules.task_sets import (
     EMOTIONS,

@@ -23,7 +23,6 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 
 from perceptlab.core.backbone import CLIPBackbone, LoadReport
-from perceptlab.core.checkpoints import VISUAL_FILENAME  # noqa: F401  (what a model file is: core.checkpoints)
 from perceptlab.core.optim import adamw_cosine, total_training_steps
 
 
@@ -88,6 +87,3 @@ class StageModule(pl.LightningModule):
     def export_visual(self, path: str | Path) -> Path:
         """Write the vision tower alone to ``path`` (``CLIPBackbone.save_visual``: LoRA merged into a copy)."""
         return self.backbone.save_visual(path)
-
-    def trainable_parameter_count(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)

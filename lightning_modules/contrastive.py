@@ -66,8 +66,8 @@ from perceptlab.core.backbone import CLIPBackbone
 from perceptlab.core.checkpoints import OPEN_CLIP_FILENAME  # what a model file is
 from perceptlab.core.optim import no_weight_decay, param_groups
 from perceptlab.lightning_modules.base import StageModule
-from perceptlab.lightning_modules.contrastive_parallel import ContrastiveParallel, canonical_name
-from perceptlab.lightning_modules.contrastive_validation import ContrastiveValidation, _full, retrieval_recall  # noqa: F401 (re-exported)
+from perceptlab.lightning_modules.contrastive_parallel import ContrastiveParallel, canonical_name, full_tensor
+from perceptlab.lightning_modules.contrastive_validation import ContrastiveValidation
 
 LOSSES = ("clip", "siglip")
 
@@ -347,7 +347,7 @@ class ContrastivePretrainModule(ContrastiveValidation, ContrastiveParallel, Stag
             self.backbone.model.logit_scale.clamp_(0, math.log(self.hparams.logit_scale_max))
         batch_size = images.shape[0]
         self.log("train/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch_size)
-        self.log("train/logit_scale", _full(self.backbone.model.logit_scale.detach()).exp().mean(), batch_size=batch_size)
+        self.log("train/logit_scale", full_tensor(self.backbone.model.logit_scale.detach()).exp().mean(), batch_size=batch_size)
         self._epoch_read += batch_size
         if skipped is not None:
             self._epoch_read += int(skipped)

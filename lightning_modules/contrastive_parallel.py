@@ -22,6 +22,11 @@ from torch import nn
 _WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
 
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from a possibly sharded one (FSDP2 DTensor; a collective then)."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
 def canonical_name(name: str) -> str:
     """A parameter's name without the segments distributed/compiled wrappers insert."""
     for segment in _WRAPPER_SEGMENTS:

@@ -21,11 +21,7 @@ from __future__ import annotations
 import torch
 
 from perceptlab.core.benchmark_metrics import paired_retrieval_recall, zeroshot_classifier
-
-
-def _full(tensor: torch.Tensor) -> torch.Tensor:
-    """A plain tensor from a possibly sharded one (FSDP2 DTensor; a collective then)."""
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+from perceptlab.lightning_modules.contrastive_parallel import full_tensor
 
 
 def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
@@ -112,9 +108,9 @@ class ContrastiveValidation:
         images, texts = images[keep], texts[keep]
         datamodule = getattr(self.trainer, "datamodule", None)
         size = int(getattr(datamodule, "val_batch_size", 0) or self._val_batch_size or len(images))
-        scale = _full(self.backbone.model.logit_scale.detach()).float().exp()
+        scale = full_tensor(self.backbone.model.logit_scale.detach()).float().exp()
         bias = getattr(self.backbone.model, "logit_bias", None)
-        bias = () if bias is None else (_full(bias.detach()).float(),)
+        bias = () if bias is None else (full_tensor(bias.detach()).float(),)
         total = images.new_zeros((), dtype=torch.float64)
         for start in range(0, len(images), size):
             chunk = slice(start, start + size)

@@ -46,7 +46,8 @@ from perceptlab.core.scores import two_afc_per_item
 from perceptlab.core.backbone import CLIPBackbone
 from perceptlab.core.lora import apply_lora, lora_parameter_count
 from perceptlab.core.optim import param_groups
-from perceptlab.lightning_modules.base import VISUAL_FILENAME, StageModule
+from perceptlab.core.checkpoints import VISUAL_FILENAME
+from perceptlab.lightning_modules.base import StageModule
 
 log = logging.getLogger(__name__)
 

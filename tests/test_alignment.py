@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from perceptlab.core import uncertainty
 from perceptlab.callbacks.alignment import AlignmentSuite
-from perceptlab.callbacks.run_record import JSONL_NAME, PEAK_CHECKPOINT_NAME, SUMMARY_NAME
+from perceptlab.callbacks.run_record import JSONL_NAME, SUMMARY_NAME
+from perceptlab.core.checkpoints import PEAK_CHECKPOINT_NAME
 from perceptlab.callbacks.probes.iqa_fr import FullReferenceIQAProbe
 from perceptlab.callbacks.probes.iqa_nr import CLIPIQAProbe
 from perceptlab.callbacks.probes.nights import NightsProbe

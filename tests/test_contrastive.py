@@ -18,7 +18,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from perceptlab.core.backbone import CLIPBackbone
-from perceptlab.lightning_modules.contrastive import ContrastivePretrainModule, retrieval_recall
+from perceptlab.lightning_modules.contrastive import ContrastivePretrainModule
+from perceptlab.lightning_modules.contrastive_validation import retrieval_recall
 
 MODEL = "perceptlab-vit-tiny-64"
 

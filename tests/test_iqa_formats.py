@@ -7,7 +7,7 @@ import yaml
 from perceptlab.callbacks.probes.iqa_fr import FullReferenceIQAProbe
 from perceptlab.callbacks.probes.iqa_nr import CLIPIQAProbe
 from perceptlab.datamodules.iqa import iqa_preset, pyiqa_registry
-from perceptlab.datamodules.perceptual_tasks import IQASet, read_iqa_set
+from perceptlab.datamodules.iqa import IQASet, read_iqa_set
 
 
 def test_presets_are_pyiqa_registry_entries():

@@ -7,7 +7,7 @@ import pytest
 
 from perceptlab.callbacks.probes.iqa_nr import CLIPIQAProbe
 from perceptlab.datamodules.iqa import iqa_preset
-from perceptlab.datamodules.perceptual_tasks import IQASet, read_iqa_set
+from perceptlab.datamodules.iqa import IQASet, read_iqa_set
 
 
 def _table(root, preset: str, n: int = 60) -> None:

@@ -14,16 +14,9 @@ import torch
 import yaml
 from scipy.stats import pearsonr
 
-from perceptlab.datamodules.perceptual_tasks import (
-    EMOTIONS,
-    EmoSetDataModule,
-    IQADataModule,
-    IQASet,
-    LaMemDataModule,
-    read_emoset_split,
-    read_iqa_set,
-    read_lamem_split,
-)
+from perceptlab.datamodules.iqa import IQASet, read_iqa_set
+from perceptlab.datamodules.perceptual_tasks import EmoSetDataModule, IQADataModule, LaMemDataModule
+from perceptlab.datamodules.task_sets import EMOTIONS, read_emoset_split, read_lamem_split
 from perceptlab.core.backbone import MODEL_CONFIG_DIR, CLIPBackbone
 from perceptlab.core.lora import lora_parameters, merge_lora
 from perceptlab.lightning_modules.perceptual_tasks import PerceptualTaskModule, plcc_loss

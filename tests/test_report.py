@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from perceptlab.commands.report import load_run, write_report
+from perceptlab.commands.report import write_report
+from perceptlab.commands.report_arms import load_run
 
 
 def _write_run(path: Path, trajectory: dict[str, list[float]], steps: list[int]) -> dict:
