@@ -51,6 +51,12 @@ class NonFiniteLossError(FloatingPointError):
 class NonFiniteLossGuard(Callback):
     """Raise :class:`NonFiniteLossError` at the first non-finite training loss, before backward."""
 
+    def __init__(self) -> None:
+        self._batch_idx = -1
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        self._batch_idx = batch_idx
+
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
         value = float(loss.detach().float().sum())
         if not math.isfinite(value):
@@ -58,7 +64,7 @@ class NonFiniteLossGuard(Callback):
             where = f"; the last good checkpoint is {ckpt}" if ckpt else "; no checkpoint was written yet"
             raise NonFiniteLossError(
                 f"training loss is {value} at global step {trainer.global_step} "
-                f"(epoch {trainer.current_epoch}, batch {trainer.fit_loop.epoch_loop.batch_progress.current.ready - 1})"
+                f"(epoch {trainer.current_epoch}, batch {self._batch_idx})"
                 f"{where}. Lower the learning rate, check the data, or resume with --ckpt_path last."
             )
 
@@ -93,16 +99,25 @@ class RunCheckpoint(ModelCheckpoint):
     not been saved. The top-k files are Lightning's as usual.
     """
 
+    # Lightning has no public hook for "write last.ckpt now": this class overrides ModelCheckpoint's
+    # _save_last_checkpoint and calls it with _monitor_candidates, and reads _last_global_step_saved
+    # (the step of its latest write). These three are the only private Lightning names perceptlab
+    # uses; tests/test_reliability.py fails if Lightning renames them or changes their signatures.
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._last_writes = 0
         self._defer_last = False
         self._deferred_batch_end: tuple | None = None
+        self._at_last_batch = False  # the batch in progress is its epoch's last
 
     def _fitting(self, trainer: pl.Trainer) -> bool:
         from lightning.pytorch.trainer.states import TrainerFn
 
         return trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and not trainer.fast_dev_run
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        self._at_last_batch = batch_idx + 1 >= trainer.num_training_batches
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
@@ -118,7 +133,7 @@ class RunCheckpoint(ModelCheckpoint):
         self._last_writes += 1
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._defer_last = self._fitting(trainer) and bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+        self._defer_last = self._fitting(trainer) and self._at_last_batch
         try:
             super().on_validation_end(trainer, pl_module)
         finally:
@@ -156,6 +171,7 @@ class RNGStateCheckpoint(Callback):
 
     def __init__(self) -> None:
         self._pending: dict | None = None
+        self._at_last_batch = False  # the batch in progress is its epoch's last
 
     @staticmethod
     def collect() -> dict:
@@ -181,8 +197,7 @@ class RNGStateCheckpoint(Callback):
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         # saved after the epoch's last batch (epoch-end validation or checkpoint): the next draw
         # of the uninterrupted run is at the start of the next epoch
-        epoch_end = bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
-        checkpoint[self.KEY] = {"states": self.collect(), "epoch_end": epoch_end}
+        checkpoint[self.KEY] = {"states": self.collect(), "epoch_end": self._at_last_batch}
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         self._pending = checkpoint.get(self.KEY)
@@ -193,6 +208,7 @@ class RNGStateCheckpoint(Callback):
             self._pending = None
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        self._at_last_batch = batch_idx + 1 >= trainer.num_training_batches
         if self._pending is not None:
             self.restore(self._pending["states"])
             self._pending = None

@@ -93,8 +93,13 @@ def make_cli_class():
                 return str(cfg["experiment"])
             return experiment_name(cfg.get("config") or [])
 
-        def _instantiate_trainer(self, config, callbacks):
+        def instantiate_trainer(self, **kwargs):
+            # LightningCLI's public hook: the trainer's settings as configured, with ours added as
+            # keyword arguments (which win over the configuration's): the default logger, trackers
+            # and callbacks, and no config file written where no logger makes a run directory.
             cfg = self.config[self.subcommand] if self.subcommand else self.config
+            init = self.config_init[self.subcommand] if self.subcommand else self.config_init
+            config = {**dict(init.get("trainer") or {}), **kwargs}
             _fast_dev_run_as_limits(config)
             if config.get("logger") in (None, True):
                 runs_dir, name = cfg.get("runs_dir", "runs"), self._experiment_name()
@@ -109,7 +114,9 @@ def make_cli_class():
             elif cfg.get("trackers") and config.get("logger") is not False:
                 raise ValueError("--trackers adds loggers beside the default TensorBoard one; this config sets "
                                  "trainer.logger itself: list the trackers there instead")
-            given = list(callbacks) + list(config.get("callbacks") or [])
+            configured = config.get("callbacks") or []
+            given = list(configured) if isinstance(configured, list) else [configured]
+            callbacks = []
             if config.get("enable_checkpointing", True) is not False and not any(isinstance(c, ModelCheckpoint) for c in given):
                 # no "-v1" suffixes: a resumed run keeps refreshing the same last.ckpt
                 callbacks.append(RunCheckpoint(save_last=True, every_n_train_steps=cfg.get("checkpoint_every_n_steps"),
@@ -125,12 +132,13 @@ def make_cli_class():
                 callbacks.append(RichProgressBar(leave=True))
             if config["logger"] and not any(isinstance(c, LearningRateMonitor) for c in given):
                 callbacks.append(LearningRateMonitor(logging_interval="step"))
+            config["callbacks"] = given + callbacks
             saved = self.save_config_callback
             if not config["logger"]:
                 # No run directory without a logger: the config would land in the working directory.
                 self.save_config_callback = None
             try:
-                return super()._instantiate_trainer(config, callbacks)
+                return super().instantiate_trainer(**config)
             finally:
                 self.save_config_callback = saved
 

@@ -55,8 +55,17 @@ class StageModule(pl.LightningModule):
         rank_zero_info(f"init_visual_from: {report}")
         return report
 
+    @property
+    def attached_trainer(self):
+        """The trainer this module is attached to, or ``None`` (``LightningModule.trainer``, Lightning's
+        public property, raises ``RuntimeError`` when there is none)."""
+        try:
+            return self.trainer
+        except RuntimeError:
+            return None
+
     def setup(self, stage: str) -> None:
-        trainer = self._trainer
+        trainer = self.attached_trainer
         from_checkpoint = self._weights_from_checkpoint or (trainer is not None and trainer.ckpt_path is not None)
         if self.init_visual_source and self.visual_load_report is None:
             if from_checkpoint:

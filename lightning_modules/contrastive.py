@@ -214,7 +214,7 @@ class ContrastivePretrainModule(ContrastiveValidation, ContrastiveParallel, Stag
     def configure_callbacks(self):
         # The first hook Lightning calls with the trainer attached, before its own configuration
         # checks, so these errors say what to do instead of Lightning's generic ones.
-        trainer = self._trainer
+        trainer = self.attached_trainer
         if trainer is not None:
             if trainer.accumulate_grad_batches != 1:
                 raise ValueError(
@@ -231,7 +231,7 @@ class ContrastivePretrainModule(ContrastiveValidation, ContrastiveParallel, Stag
         return []
 
     def setup(self, stage: str) -> None:
-        trainer = self._trainer
+        trainer = self.attached_trainer
         if trainer is not None:
             self._loss_fn = self._make_loss(int(trainer.global_rank), int(trainer.world_size))
         super().setup(stage)  # init_visual_from: the tower only; text tower and logit scale keep their fresh init

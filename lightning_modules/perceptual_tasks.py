@@ -264,7 +264,8 @@ class PerceptualTaskModule(StageModule):
 
     def test_set_name(self, dataloader_idx: int) -> str:
         """Name of test dataloader ``dataloader_idx``: the data module's ``test_set_names``, else ``test<i>``."""
-        names = getattr(self.trainer.datamodule, "test_set_names", None) if self._trainer is not None else None
+        trainer = self.attached_trainer
+        names = getattr(trainer.datamodule, "test_set_names", None) if trainer is not None else None
         if names and dataloader_idx < len(names):
             return str(names[dataloader_idx])
         return f"test{dataloader_idx}"
@@ -287,7 +288,8 @@ class PerceptualTaskModule(StageModule):
     # --------------------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
         super().setup(stage)  # init_visual_from
-        dm = self.trainer.datamodule if self._trainer is not None else None
+        trainer = self.attached_trainer
+        dm = trainer.datamodule if trainer is not None else None
         data_task = getattr(dm, "task", None)
         if data_task is not None and data_task != self.hparams.task:
             raise ValueError(

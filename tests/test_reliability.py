@@ -234,3 +234,24 @@ def test_last_ckpt_is_written_once_per_epoch_end_after_the_epoch_hooks_and_at_th
     ends_by_step = {4: 1, 7: 2, 8: 2}
     last = [(step, ends) for step, name, ends in written if name == "last.ckpt" and step in ends_by_step]
     assert last and all(ends == ends_by_step[step] for step, ends in last), last
+
+
+def test_the_private_lightning_names_run_checkpoint_relies_on_are_still_there():
+    """RunCheckpoint overrides ModelCheckpoint._save_last_checkpoint(trainer, monitor_candidates),
+    calls _monitor_candidates(trainer) and reads _last_global_step_saved (Lightning has no public way
+    to write last.ckpt at a moment of its choosing). A Lightning that renames them fails here, not in
+    a user's run."""
+    import inspect
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from perceptlab.callbacks.reliability import RunCheckpoint
+
+    assert list(inspect.signature(ModelCheckpoint._save_last_checkpoint).parameters) == ["self", "trainer",
+                                                                                          "monitor_candidates"]
+    assert list(inspect.signature(ModelCheckpoint._monitor_candidates).parameters) == ["self", "trainer"]
+    checkpoint = RunCheckpoint(save_last=True)
+    assert checkpoint._last_global_step_saved == 0  # set by ModelCheckpoint.__init__
+    assert RunCheckpoint._save_last_checkpoint is not ModelCheckpoint._save_last_checkpoint
+    source = inspect.getsource(ModelCheckpoint)
+    assert source.count("self._save_last_checkpoint(") >= 2  # what it calls when it writes top-k and at validation end
