@@ -113,3 +113,65 @@ def test_every_shipped_probe_is_found_and_runs_in_the_toy_suite():
     suite = yaml.safe_load((REPO / "experiments/toy/alignment_suite.yaml").read_text())
     used = {p["class_path"] for p in suite["trainer"]["callbacks"][0]["init_args"]["probes"]}
     assert set(shipped) == used, "every shipped probe runs in the toy suite, and only those"
+
+
+def load_recipe(name: str, tmp_path: Path):
+    """The recipe file ``name`` of docs/extending.md, written to ``tmp_path`` and imported."""
+    import importlib.util
+
+    path = tmp_path / name
+    path.write_text(recipe_files()[name])
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_toy_data_set_is_its_writer_and_one_registration(tmp_path):
+    """The recipe's odd-one-out set, written after the classification set it draws from: counted in
+    world.json, byte-identical for a seed, and read by the recipe's probe."""
+    import torch
+
+    from perceptlab.callbacks.probes.base import ProbeContext
+    from perceptlab.core.backbone import CLIPBackbone
+    from perceptlab.datamodules.toyworld import TOY_SETS, classification, synthesize
+
+    world = load_recipe("odd_one_out_world.py", tmp_path)
+    probes = load_recipe("my_probes.py", tmp_path)
+    assert classification.TOY_SET in TOY_SETS and all(s.name != "odd_one_out" for s in TOY_SETS)
+    for copy in ("a", "b"):
+        manifest = synthesize(tmp_path / copy, seed=0, scale="tiny", progress=False,
+                              sets=(classification.TOY_SET, world.ODD_ONE_OUT))
+    assert manifest["counts"]["odd_one_out"] == {"triplets": 48} and manifest["paths"]["odd_one_out"] == "odd_one_out"
+    table = (tmp_path / "a" / "odd_one_out" / "triplets.csv").read_bytes()
+    assert table == (tmp_path / "b" / "odd_one_out" / "triplets.csv").read_bytes()  # the seed decides it all
+
+    probe = probes.OddOneOutProbe("odd_one_out", max_items=None)
+    probe.data_root, probe.num_workers = str(tmp_path / "a"), 1
+    backbone = CLIPBackbone("perceptlab-vit-tiny-64").eval()
+    probe.prepare(backbone)
+    with torch.inference_mode():
+        items = probe.measure(ProbeContext(backbone))
+    assert probe.n_items == 48 and items[probe.name]["right"].shape == (48,)
+    assert 0 <= probe.score(items)["odd_one_out/odd_one_out/accuracy"] <= 1
+
+
+def test_a_command_is_a_typed_function_in_its_module(tmp_path, capsys):
+    from perceptlab.callbacks import run_record
+    from perceptlab.commands.cli import MODULE_COMMANDS, USAGE
+
+    command = load_recipe("count_evaluations.py", tmp_path)
+    run = tmp_path / "run"
+    run_record.write_evaluations(run, [{"epoch": e, "step": 10 * e, "metrics": {"nights/2afc": 0.5 + e / 10}}
+                                       for e in range(3)] + [{"epoch": 3, "step": 30, "metrics": {"nights/2afc": None}}])
+    assert command.main([str(run), "--metric", "nights/2afc"]) == {str(run): 3}  # an undefined value is not counted
+    with pytest.raises(FileNotFoundError, match="missing"):
+        command.main([str(tmp_path / "missing")])
+    with pytest.raises(SystemExit) as exit_:
+        command.main(["--help"])
+    assert exit_.value.code == 0 and "How many evaluations of METRIC" in capsys.readouterr().out
+    # what the recipe says a command is: a module with main(argv), named in the table and the usage
+    import importlib
+
+    for name, module in MODULE_COMMANDS.items():
+        assert callable(importlib.import_module(module).main) and f"\n  {name} " in USAGE, name

@@ -195,7 +195,6 @@ from perceptlab.datamodules.toyworld.world import (
     NIGHTS_CUES,
     NIGHTS_TEMPERATURE,
     NIGHTS_WEIGHTS,
-    SCALES,
     SHAPES,
     SIZES,
     TEXTURE_WORDS,
@@ -217,6 +216,7 @@ __all__ = [
     "NIGHTS_WEIGHTS",
     "PATHS",
     "SCALES",
+    "TOY_SETS",
     "SHAPES",
     "SIZES",
     "TEXTURES",
@@ -239,4 +239,4 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------
-from perceptlab.datamodules.toyworld.synthesize import PATHS, synthesize  # noqa: E402,F401
+from perceptlab.datamodules.toyworld.synthesize import PATHS, SCALES, TOY_SETS, synthesize  # noqa: E402,F401

@@ -11,7 +11,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from perceptlab.datamodules.toyworld.common import _Progress
+from perceptlab.datamodules.toyworld.common import _Progress, ToySet
 from perceptlab.datamodules.toyworld.image_text import _tar_add
 from perceptlab.datamodules.toyworld.rules import _TEMPLATES, caption
 from perceptlab.datamodules.toyworld.world import CLASSES
@@ -75,3 +75,10 @@ def _write_benchmark(root: Path, progress: _Progress) -> dict:
     return {"toy_objects": _write_objects_task(root, out / "toy_objects", progress),
             "toy_captions": _write_captions_task(root, out / "toy_captions"),
             "classes": len(CLASSES), "captions_per_image": len(_TEMPLATES)}
+
+
+def _write_benchmark_set(root: Path, seed: int, counts: dict, size: int, progress: _Progress) -> dict:
+    return _write_benchmark(root, progress)  # from the classification and held-out caption sets, written before
+
+
+TOY_SET = ToySet("benchmark", _write_benchmark_set, paths={"benchmark": "benchmark"})

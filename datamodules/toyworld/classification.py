@@ -10,6 +10,7 @@ from perceptlab.datamodules.toyworld.common import (
     _save_img,
     _seed,
     _size,
+    ToySet,
 )
 from perceptlab.datamodules.toyworld.render import Scene, render
 from perceptlab.datamodules.toyworld.world import BACKGROUNDS, CLASSES
@@ -28,3 +29,8 @@ def _write_classification(root: Path, seed: int, cfg: dict, size: int, progress:
             _save_img(out / cls / f"{cls}_{i:04d}.png", render(scene, size))
             advance()
     return {"per_class": per, "images": per * 16}
+
+
+TOY_SET = ToySet("classification", _write_classification, scales={"tiny": {"per_class": 8},
+                                                 "small": {"per_class": 50}},
+                 paths={"classification": "classification"})

@@ -5,6 +5,7 @@ import csv
 import io
 import zlib
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +152,19 @@ def _colourfulness(img: np.ndarray) -> float:
     rg = f[..., 0] - f[..., 1]
     yb = 0.5 * (f[..., 0] + f[..., 1]) - f[..., 2]
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
+@dataclass(frozen=True)
+class ToySet:
+    """One data set of the toy world, declared beside its writer (``TOY_SET`` of each writer module)
+    and registered once, in ``synthesize.TOY_SETS``.
+
+    ``write(root, seed, counts, image_size, progress)`` writes it under ``root`` and returns what it
+    wrote (``world.json``'s ``counts``); ``scales`` holds its ``counts`` at each scale (``tiny``,
+    ``small``); ``paths`` names the folders and files it writes (``world.json``'s ``paths``).
+    """
+
+    name: str
+    write: Callable[[Path, int, dict, int, "_Progress"], dict]
+    scales: dict[str, dict] = field(default_factory=lambda: {"tiny": {}, "small": {}})
+    paths: dict[str, str] = field(default_factory=dict)

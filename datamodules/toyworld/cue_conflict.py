@@ -11,6 +11,7 @@ from perceptlab.datamodules.toyworld.common import (
     _rng,
     _save_img,
     _seed,
+    ToySet,
 )
 from perceptlab.datamodules.toyworld.render import ObjectSpec, Scene, render
 from perceptlab.core.scores import cue_conflict_labels
@@ -62,3 +63,8 @@ def _write_cue_conflict(root: Path, seed: int, cfg: dict, size: int, progress: _
         advance()
     return {"images": len(names), "same_class": sum(cue_conflict_labels(n)[0] == cue_conflict_labels(n)[1]
                                                      for _, n in names)}
+
+
+TOY_SET = ToySet("cue_conflict", _write_cue_conflict, scales={"tiny": {"per_class": 6, "same_every": 4, "instances": None},
+                                                 "small": {"per_class": None, "same_every": None, "instances": 3}},
+                 paths={"cue_conflict": "cue_conflict"})

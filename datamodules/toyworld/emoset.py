@@ -17,6 +17,7 @@ from perceptlab.datamodules.toyworld.common import (
     _save_img,
     _seed,
     _size,
+    ToySet,
 )
 from perceptlab.datamodules.toyworld.render import Scene, render
 from perceptlab.datamodules.toyworld.world import (
@@ -67,3 +68,8 @@ def _write_emoset(root: Path, seed: int, cfg: dict, size: int, progress: _Progre
     for s, items in lists.items():
         (out / f"{s}.json").write_text(json.dumps(items) + "\n")
     return {"per_emotion": per, **{s: len(v) for s, v in lists.items()}}
+
+
+TOY_SET = ToySet("emoset", _write_emoset, scales={"tiny": {"per_emotion": 20},
+                                                 "small": {"per_emotion": 250}},
+                 paths={"emoset": "emoset"})

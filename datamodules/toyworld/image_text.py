@@ -18,6 +18,7 @@ from perceptlab.datamodules.toyworld.common import (
     _seed,
     _size,
     _write_csv,
+    ToySet,
 )
 from perceptlab.datamodules.toyworld.render import Scene, render
 from perceptlab.datamodules.toyworld.rules import _TEMPLATES, caption
@@ -136,3 +137,11 @@ def _write_hf_parquet(path: Path, images: list[dict], captions: list[str]) -> No
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+
+
+TOY_SET = ToySet("image_text", _write_image_text, scales={"tiny": {"train": 256, "shards": 2, "val": 64},
+                                                 "small": {"train": 48000, "shards": 48, "val": 512}},
+                 paths={"image_text_shards": "image_text/shards", "image_text_csv": "image_text/pairs.csv",
+           "image_text_hf": "image_text/hf/train.parquet", "image_text_val_shards": "image_text/val_shards/00000.tar",
+           "image_text_val_csv": "image_text/val_pairs.csv", "image_text_litdata": "image_text/litdata/train",
+           "image_text_val_litdata": "image_text/litdata/val"})

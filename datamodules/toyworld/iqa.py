@@ -17,6 +17,7 @@ from perceptlab.datamodules.toyworld.common import (
     _seed,
     _size,
     _write_csv,
+    ToySet,
 )
 from perceptlab.datamodules.toyworld.render import Scene, render
 from perceptlab.datamodules.toyworld.rules import distort, quality
@@ -142,3 +143,9 @@ def _write_iqa(root: Path, seed: int, cfg: dict, size: int, progress: _Progress)
         _write_csv(out / name / fname, ["ref_name", "dist_name", score, "std"], rows)
         counts[name] = {"references": n_ref, "distorted": len(rows)}
     return counts
+
+
+TOY_SET = ToySet("iqa", _write_iqa, scales={"tiny": {"koniq": 64, "livec": 64, "spaq": 64, "tid2013_refs": 8, "kadid10k_refs": 8},
+                                                 "small": {"koniq": 1000, "livec": 500, "spaq": 500, "tid2013_refs": 25, "kadid10k_refs": 40}},
+                 paths={"koniq": "iqa/koniq", "livec": "iqa/livec", "spaq": "iqa/spaq", "tid2013": "iqa/tid2013",
+           "kadid10k": "iqa/kadid10k"})

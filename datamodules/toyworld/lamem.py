@@ -13,6 +13,7 @@ from perceptlab.datamodules.toyworld.common import (
     _rng,
     _save_img,
     _seed,
+    ToySet,
 )
 from perceptlab.datamodules.toyworld.render import Scene, render, render_background
 from perceptlab.datamodules.toyworld.rules import memorability
@@ -66,3 +67,8 @@ def _write_lamem(root: Path, seed: int, cfg: dict, size: int, progress: _Progres
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text("".join(f"{names[j]} {scores[j]:.4f}\n" for j in sorted(idx)))
     return {"images": n, "splits": 5, "train": n_train, "val": n_val, "test": n - n_train - n_val}
+
+
+TOY_SET = ToySet("lamem", _write_lamem, scales={"tiny": {"images": 200},
+                                                 "small": {"images": 2000}},
+                 paths={"lamem": "lamem"})

@@ -14,6 +14,7 @@ from perceptlab.datamodules.toyworld.common import (
     _save_img,
     _seed,
     _write_csv,
+    ToySet,
 )
 from perceptlab.datamodules.toyworld.render import ObjectSpec, Scene, render
 from perceptlab.datamodules.toyworld.rules import _a, perceived_distance, share_right
@@ -106,3 +107,8 @@ def _write_nights(root: Path, seed: int, cfg: dict, size: int, progress: _Progre
         "test_no_imagenet": sum(r[8] == "False" for r in test),
         "votes_below_6": sum(r[3] < 6 for r in rows), "images": 3 * n,
     }
+
+
+TOY_SET = ToySet("nights", _write_nights, scales={"tiny": {"train": 120, "val": 40, "test": 40},
+                                                 "small": {"train": 1500, "val": 300, "test": 300}},
+                 paths={"nights": "nights"})

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 from perceptlab.datamodules.toyworld.world import (
     _DIST_PARAMS,
@@ -22,42 +23,46 @@ from perceptlab.datamodules.toyworld.world import (
     NIGHTS_TEMPERATURE,
     NIGHTS_WEIGHTS,
     RATER_STD,
-    SCALES,
     SIZES,
 )
-from perceptlab.datamodules.toyworld.benchmark import _write_benchmark
-from perceptlab.datamodules.toyworld.classification import _write_classification
-from perceptlab.datamodules.toyworld.common import _Progress
-from perceptlab.datamodules.toyworld.cue_conflict import _write_cue_conflict
-from perceptlab.datamodules.toyworld.emoset import _write_emoset
-from perceptlab.datamodules.toyworld.image_text import _write_image_text
-from perceptlab.datamodules.toyworld.iqa import _write_iqa
-from perceptlab.datamodules.toyworld.lamem import _write_lamem
-from perceptlab.datamodules.toyworld.nights import _write_nights
+from perceptlab.datamodules.toyworld import (
+    benchmark,
+    classification,
+    cue_conflict,
+    emoset,
+    image_text,
+    iqa,
+    lamem,
+    nights,
+)
+from perceptlab.datamodules.toyworld.common import ToySet, _Progress
 
-
-PATHS = {
-    "nights": "nights",
-    "image_text_shards": "image_text/shards",
-    "image_text_csv": "image_text/pairs.csv",
-    "image_text_hf": "image_text/hf/train.parquet",
-    "image_text_val_shards": "image_text/val_shards/00000.tar",
-    "image_text_val_csv": "image_text/val_pairs.csv",
-    "image_text_litdata": "image_text/litdata/train",
-    "image_text_val_litdata": "image_text/litdata/val",
-    "koniq": "iqa/koniq", "livec": "iqa/livec", "spaq": "iqa/spaq",
-    "tid2013": "iqa/tid2013", "kadid10k": "iqa/kadid10k",
-    "cue_conflict": "cue_conflict", "classification": "classification",
-    "lamem": "lamem", "emoset": "emoset", "benchmark": "benchmark",
-}
+#: The toy world's data sets, in writing order (the benchmark reads the classification and caption
+#: sets written before it). A new toy data set is its writer module, which declares its ``TOY_SET``
+#: (writer, counts per scale, paths), and one line here.
+TOY_SETS: tuple[ToySet, ...] = (
+    nights.TOY_SET,
+    image_text.TOY_SET,
+    iqa.TOY_SET,
+    cue_conflict.TOY_SET,
+    classification.TOY_SET,
+    lamem.TOY_SET,
+    emoset.TOY_SET,
+    benchmark.TOY_SET,
+)
+#: Counts per scale, per data set (from each set's declaration).
+SCALES: dict[str, dict] = {scale: {s.name: s.scales.get(scale, {}) for s in TOY_SETS} for scale in ("tiny", "small")}
+#: What each data set writes, by name (``world.json``'s ``paths``).
+PATHS: dict[str, str] = {key: path for s in TOY_SETS for key, path in s.paths.items()}
 
 
 def synthesize(out: str | Path, seed: int = 0, scale: str = "tiny", image_size: int = 64,
-               progress: bool = True) -> dict:
+               progress: bool = True, sets: Sequence[ToySet] = TOY_SETS) -> dict:
     """Write the toy world under ``out`` and return its manifest (also written to ``out/world.json``).
 
     ``scale`` is ``"tiny"`` (seconds) or ``"small"`` (about 10-20x larger); see :data:`SCALES`.
-    The same ``(seed, scale, image_size)`` always gives byte-identical files.
+    The same ``(seed, scale, image_size)`` always gives byte-identical files. ``sets``: the data sets
+    to write, in order (default :data:`TOY_SETS`; a new one can be tried before it is registered).
     """
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {sorted(SCALES)}, got {scale!r}")
@@ -65,17 +70,10 @@ def synthesize(out: str | Path, seed: int = 0, scale: str = "tiny", image_size: 
         raise ValueError("image_size must be at least 16")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    cfg = SCALES[scale]
     counts: dict[str, dict] = {}
     with _Progress(progress) as prog:
-        counts["nights"] = _write_nights(root, seed, cfg["nights"], image_size, prog)
-        counts["image_text"] = _write_image_text(root, seed, cfg["image_text"], image_size, prog)
-        counts["iqa"] = _write_iqa(root, seed, cfg["iqa"], image_size, prog)
-        counts["cue_conflict"] = _write_cue_conflict(root, seed, cfg["cue_conflict"], image_size, prog)
-        counts["classification"] = _write_classification(root, seed, cfg["classification"], image_size, prog)
-        counts["lamem"] = _write_lamem(root, seed, cfg["lamem"], image_size, prog)
-        counts["emoset"] = _write_emoset(root, seed, cfg["emoset"], image_size, prog)
-        counts["benchmark"] = _write_benchmark(root, prog)  # from the classification and held-out caption sets
+        for toy_set in sets:
+            counts[toy_set.name] = toy_set.write(root, seed, toy_set.scales.get(scale, {}), image_size, prog)
     manifest = {
         "seed": int(seed),
         "scale": scale,
@@ -86,7 +84,7 @@ def synthesize(out: str | Path, seed: int = 0, scale: str = "tiny", image_size: 
         "sizes": {k: list(v) for k, v in SIZES.items()},
         "emotions": EMOTIONS,
         "counts": counts,
-        "paths": PATHS,
+        "paths": {key: path for s in sets for key, path in s.paths.items()},
         "rules": {
             "nights": {"weights": NIGHTS_WEIGHTS, "temperature": NIGHTS_TEMPERATURE,
                        "max_shift": NIGHTS_MAX_SHIFT, "max_noise": NIGHTS_MAX_NOISE,

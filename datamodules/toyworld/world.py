@@ -128,26 +128,5 @@ EMOTION_RULES: dict[str, dict] = {
 }
 EMOTION_CUE_PROB = 0.85
 
-#: Counts per scale.
-SCALES: dict[str, dict] = {
-    "tiny": {
-        "nights": {"train": 120, "val": 40, "test": 40},
-        "image_text": {"train": 256, "shards": 2, "val": 64},
-        "iqa": {"koniq": 64, "livec": 64, "spaq": 64, "tid2013_refs": 8, "kadid10k_refs": 8},
-        "cue_conflict": {"per_class": 6, "same_every": 4, "instances": None},
-        "classification": {"per_class": 8},
-        "lamem": {"images": 200},
-        "emoset": {"per_emotion": 20},
-    },
-    "small": {
-        "nights": {"train": 1500, "val": 300, "test": 300},
-        "image_text": {"train": 48000, "shards": 48, "val": 512},
-        "iqa": {"koniq": 1000, "livec": 500, "spaq": 500, "tid2013_refs": 25, "kadid10k_refs": 40},
-        "cue_conflict": {"per_class": None, "same_every": None, "instances": 3},
-        "classification": {"per_class": 50},
-        "lamem": {"images": 2000},
-        "emoset": {"per_emotion": 250},
-    },
-}
 
 JPEG_QUALITY = 95
