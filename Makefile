@@ -124,7 +124,7 @@ pretrain-pi: setup
 	$(call need,IMAGENET_VAL,an ImageNet validation image folder for zero-shot accuracy)
 	$(call need,PI_VISUAL,the stage-1 visual.pt or checkpoint)
 	$(PL) fit $(DDP) --config experiments/paper/pretrain_yfcc15m_vitb32_pi.yaml \
-	  --data.init_args.train_data='$(SHARDS)' --data.init_args.val_data='$(VAL_SHARDS)' \
+	  --data.init_args.pairs.init_args.train='$(SHARDS)' --data.init_args.pairs.init_args.val='$(VAL_SHARDS)' \
 	  --data.init_args.zeroshot_data=$(IMAGENET_VAL) --model.init_args.init_visual_from=$(PI_VISUAL) $(EXTRA)
 
 pretrain-random: setup
@@ -132,7 +132,7 @@ pretrain-random: setup
 	$(call need,VAL_SHARDS,held-out image-text shards for retrieval and validation loss)
 	$(call need,IMAGENET_VAL,an ImageNet validation image folder for zero-shot accuracy)
 	$(PL) fit $(DDP) --config experiments/paper/pretrain_yfcc15m_vitb32_random.yaml \
-	  --data.init_args.train_data='$(SHARDS)' --data.init_args.val_data='$(VAL_SHARDS)' \
+	  --data.init_args.pairs.init_args.train='$(SHARDS)' --data.init_args.pairs.init_args.val='$(VAL_SHARDS)' \
 	  --data.init_args.zeroshot_data=$(IMAGENET_VAL) $(EXTRA)
 
 perceptclip-koniq: setup

@@ -41,7 +41,7 @@ import torch
 from open_clip import ClipLoss
 from PIL import Image
 
-from perceptlab.datamodules.image_text import ImageTextDataModule
+from perceptlab.datamodules.image_text import ImageTextDataModule, WebDatasetSource
 from perceptlab.core.backbone import CLIPBackbone
 
 
@@ -106,9 +106,13 @@ def loader_rate(pattern: str, model: str, batch: int, workers: int, batches: int
 
 
 def _loader_rate(pattern: str, model: str, batch: int, workers: int, batches: int, fmt: str = "webdataset") -> float:
-    extra = {} if fmt == "litdata" else {"samples_per_epoch": batch * batches * max(1, workers) * 4}
-    dm = ImageTextDataModule(format=fmt, train_data=pattern, model_name=model, batch_size=batch, num_workers=workers,
-                             augmentation="clip", **extra)
+    if fmt == "litdata":
+        from perceptlab.datamodules.image_text.litdata_pairs import LitdataSource
+
+        source = LitdataSource(pattern)
+    else:
+        source = WebDatasetSource(pattern, samples_per_epoch=batch * batches * max(1, workers) * 4)
+    dm = ImageTextDataModule(source, model_name=model, batch_size=batch, num_workers=workers, augmentation="clip")
     dm.setup("fit")
     it = iter(dm.train_dataloader())
     next(it)  # worker start-up and first fills are not the steady state

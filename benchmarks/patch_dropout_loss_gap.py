@@ -19,7 +19,7 @@ import statistics
 import torch
 from scipy.stats import t
 
-from perceptlab.datamodules.image_text import ImageTextDataModule
+from perceptlab.datamodules.image_text import ImageTextDataModule, WebDatasetSource
 from perceptlab.lightning_modules.contrastive import ContrastivePretrainModule
 
 
@@ -35,7 +35,7 @@ def main() -> None:
     prob = float(getattr(dropout, "prob", 0.0))
     if prob <= 0:
         raise SystemExit(f"{ns.checkpoint}: the model trains without patch dropout; nothing to measure")
-    dm = ImageTextDataModule(train_data=ns.shards, batch_size=ns.batch, num_workers=0, augmentation="none",
+    dm = ImageTextDataModule(WebDatasetSource(ns.shards), batch_size=ns.batch, num_workers=0, augmentation="none",
                              model_name=module.backbone.model_name)
     dm.setup("fit")
     torch.manual_seed(0)

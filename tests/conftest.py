@@ -50,3 +50,29 @@ def toy_suite_probes(max_items: int | None = 12, **overrides) -> list:
         args.update({k: v for k, v in overrides.items() if k in accepted}, max_items=max_items)
         probes.append(shipped[path](**args))
     return probes
+
+
+#: The image-text reader of each format (``ImageTextDataModule.pairs``).
+SOURCES = {
+    "webdataset": "perceptlab.datamodules.image_text.wds_pairs.WebDatasetSource",
+    "csv": "perceptlab.datamodules.image_text.csv_pairs.CsvSource",
+    "hf": "perceptlab.datamodules.image_text.hf_pairs.HFSource",
+    "litdata": "perceptlab.datamodules.image_text.litdata_pairs.LitdataSource",
+}
+
+
+def pair_source(fmt: str, train, val=None, **settings):
+    """The reader object of ``fmt`` over ``train`` / ``val`` (str paths)."""
+    import importlib
+
+    module, _, name = SOURCES[fmt].rpartition(".")
+    return getattr(importlib.import_module(module), name)(
+        None if train is None else str(train), None if val is None else str(val), **settings)
+
+
+def pairs_override(fmt: str, train, val=None, key: str = "--data.init_args.pairs", **settings) -> str:
+    """The command-line override that sets the data module's reader object."""
+    import json
+
+    init = {"train": None if train is None else str(train), "val": None if val is None else str(val), **settings}
+    return f"{key}={json.dumps({'class_path': SOURCES[fmt], 'init_args': init})}"

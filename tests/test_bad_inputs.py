@@ -167,10 +167,11 @@ def fit(config: str, *extra: str) -> list[str]:
     return ["fit", "--config", str(TOY / f"{config}.yaml"), *FAST, *extra]
 
 
-def stage2(fmt: str, train: str, *extra: str) -> list[str]:
-    return fit("pretrain_random", f"--data.init_args.format={fmt}", f"--data.init_args.train_data={train}",
-               "--data.init_args.val_data=null", "--data.init_args.zeroshot_data=null", "--trainer.log_every_n_steps=1",
-               *extra)
+def stage2(fmt: str, train: str, *extra: str, **settings) -> list[str]:
+    from conftest import pairs_override
+
+    return fit("pretrain_random", pairs_override(fmt, train, **settings), "--data.init_args.zeroshot_data=null",
+               "--trainer.log_every_n_steps=1", *extra)
 
 
 def suite_of(probe: str, out: Path, **init_args) -> Path:
@@ -414,7 +415,7 @@ CASES: list[Bad] = [
         lambda w: (spoil(first(w / "image_text" / "images" / "train", "*.jpg"), "not an image"),
                    stage2("csv", str(w / "image_text" / "pairs.csv")))[1], "skipped"),
     Bad("Hugging Face pairs", "no caption column", "refused",
-        lambda w: stage2("hf", str(w / "image_text" / "hf" / "train.parquet"), "--data.init_args.hf_caption_key=text"),
+        lambda w: stage2("hf", str(w / "image_text" / "hf" / "train.parquet"), caption_key="text"),
         "text"),
     Bad("litdata pairs", "a truncated chunk", "refused",
         lambda w: (_half(first(w / "image_text" / "litdata" / "train", "chunk-*.bin")),

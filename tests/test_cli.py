@@ -125,3 +125,18 @@ def test_a_dotted_override_of_a_moved_argument_is_named(tmp_path):
     check_moved_arguments(["--config", str(config), "--model.init_args.new=3"])  # the new name passes
     with pytest.raises(ValueError, match=r"--model.init_args.old: model.init_args.old \(Renamed\) moved: give new"):
         check_moved_arguments(["--config", str(config), "--model.init_args.old=3"])
+
+
+def test_an_image_text_key_of_an_earlier_version_names_the_reader_object(tmp_path, capsys):
+    """Image-text formats are reader objects now (data.init_args.pairs): a stage-2 config or override
+    with format/train_data/hf_caption_key stops before any work, naming the reader setting."""
+    old = tmp_path / "old_stage2.yaml"
+    old.write_text("data:\n  class_path: perceptlab.datamodules.image_text.ImageTextDataModule\n"
+                   "  init_args:\n    format: csv\n    train_data: pairs.csv\n")
+    for args in (["--config", str(old)],
+                 ["--config", str(REPO / "experiments/toy/pretrain_pi.yaml"), "--data.init_args.hf_caption_key=text"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["fit", *args, "--print_config"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and len(err) == 1 and "(ImageTextDataModule) moved: give pairs:" in err[0], err
+    assert "HFSource" in err[0] and "caption_key" in err[0]

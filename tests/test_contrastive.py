@@ -188,12 +188,12 @@ def _shard(path, n, corrupt):
 
 
 def test_training_goes_on_past_a_corrupt_jpeg_and_logs_the_skip(tmp_path):
-    from perceptlab.datamodules.image_text import ImageTextDataModule
+    from perceptlab.datamodules.image_text import ImageTextDataModule, WebDatasetSource
 
     _shard(tmp_path / "00000.tar", 20, corrupt={5})
     _shard(tmp_path / "00001.tar", 20, corrupt={})
-    dm = ImageTextDataModule(train_data=str(tmp_path / "0000{0,1}.tar"), batch_size=8, num_workers=2, shuffle=False,
-                             samples_per_epoch=32)
+    dm = ImageTextDataModule(WebDatasetSource(str(tmp_path / "0000{0,1}.tar"), samples_per_epoch=32), batch_size=8,
+                             num_workers=2, shuffle=False)
     module = ContrastivePretrainModule(MODEL, warmup_steps=1)
     trainer = _trainer(max_steps=4, limit_val_batches=0, log_every_n_steps=1)
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
@@ -204,11 +204,11 @@ def test_training_goes_on_past_a_corrupt_jpeg_and_logs_the_skip(tmp_path):
 
 
 def test_training_stops_when_the_skipped_share_passes_the_threshold(tmp_path):
-    from perceptlab.datamodules.image_text import ImageTextDataModule
+    from perceptlab.datamodules.image_text import ImageTextDataModule, WebDatasetSource
 
     _shard(tmp_path / "00000.tar", 16, corrupt={1, 3, 5, 7})  # 4 of 16 = 25% unreadable
-    dm = ImageTextDataModule(train_data=str(tmp_path / "00000.tar"), batch_size=4, num_workers=0, shuffle=False,
-                             samples_per_epoch=12)
+    dm = ImageTextDataModule(WebDatasetSource(str(tmp_path / "00000.tar"), samples_per_epoch=12), batch_size=4,
+                             num_workers=0, shuffle=False)
     module = ContrastivePretrainModule(MODEL, warmup_steps=1, max_skipped_share=0.2)
     trainer = _trainer(max_epochs=3, limit_val_batches=0, log_every_n_steps=1)
     with pytest.raises(RuntimeError, match=r"4 of 16 samples \(25\.0%\) read in epoch 0 .*max_skipped_share=20\.0%"):
@@ -220,13 +220,13 @@ def test_training_stops_when_the_skipped_share_passes_the_threshold(tmp_path):
 @pytest.mark.slow
 def test_toy_pretraining_lifts_zero_shot_accuracy_above_chance(tiny_world):
     """80 steps of 64 pairs (20 epochs of the tiny world's 256 captioned images), FLIP patch dropout."""
-    from perceptlab.datamodules.image_text import ImageTextDataModule
+    from perceptlab.datamodules.image_text import ImageTextDataModule, WebDatasetSource
 
     pl.seed_everything(0)
     module = ContrastivePretrainModule(MODEL, lr=1e-3, weight_decay=0.0, warmup_steps=10, logit_scale_init=1 / 0.07,
                                        grad_clip_norm=3.0, patch_dropout=0.5)
-    dm = ImageTextDataModule(train_data=str(tiny_world / "image_text" / "shards" / "*.tar"),
-                             val_data=str(tiny_world / "image_text" / "val_shards" / "00000.tar"),
+    dm = ImageTextDataModule(WebDatasetSource(str(tiny_world / "image_text" / "shards" / "*.tar"),
+                                              str(tiny_world / "image_text" / "val_shards" / "00000.tar")),
                              zeroshot_data=str(tiny_world / "classification"),
                              zeroshot_templates=["a photo of a {}", "a {}"], batch_size=64, val_batch_size=128,
                              num_workers=1, augmentation="none")

@@ -46,17 +46,14 @@ def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in acc.Scalars(tag)]
 
 
-def toy_data(world: Path, **overrides) -> list[str]:
+def toy_data(world: Path, fmt: str = "webdataset", train=None, val="default", **overrides) -> list[str]:
+    from conftest import pairs_override
+
     root = world / "image_text"
-    data = {
-        "train_data": str(root / "shards" / "*.tar"),
-        "val_data": str(root / "val_shards" / "00000.tar"),
-        "zeroshot_data": str(world / "classification"),
-        "batch_size": 8,
-        "num_workers": 0,
-        **overrides,
-    }
-    return [f"--data.{k}={'null' if v is None else v}" for k, v in data.items()]
+    data = {"zeroshot_data": str(world / "classification"), "batch_size": 8, "num_workers": 0, **overrides}
+    pairs = pairs_override(fmt, train or root / "shards" / "*.tar",
+                           root / "val_shards" / "00000.tar" if val == "default" else val, key="--data.pairs")
+    return [pairs] + [f"--data.{k}={'null' if v is None else v}" for k, v in data.items()]
 
 
 @pytest.mark.slow
@@ -65,7 +62,7 @@ def test_ddp_two_cpu_processes_loss_on_the_global_batch_equals_one_process(tiny_
     perceptlab(["--config", "experiments/strategies/ddp.yaml", "--config", TOY, "--experiment", "ddp",
                 "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.max_steps=2",
                 "--trainer.log_every_n_steps=1", "--trainer.limit_val_batches=0", "--model.patch_dropout=null",
-                *toy_data(Path(tiny_world), format="csv", train_data=csv, val_data=None, zeroshot_data=None,
+                *toy_data(Path(tiny_world), fmt="csv", train=csv, val=None, zeroshot_data=None,
                           shuffle=False, augmentation="none")], tmp_path)
     losses = scalars(tmp_path / "runs" / "ddp" / "version_0", "train/loss")
     assert len(losses) == 2
@@ -144,7 +141,7 @@ def test_validation_metrics_do_not_depend_on_loader_workers_or_processes(tiny_wo
     """val/loss and the recalls of one model: the same with 0, 1 or 2 loader workers in one process
     and with 2 processes of 2 workers. Workers and processes split the validation shard sample by
     sample (and pad), which used to change what shared a batch and so the loss."""
-    from perceptlab.datamodules.image_text import ImageTextDataModule
+    from perceptlab.datamodules.image_text import ImageTextDataModule, WebDatasetSource
 
     val = str(Path(tiny_world) / "image_text" / "val_shards" / "00000.tar")
     init_args = yaml.safe_load((REPO / TOY).read_text())["model"]["init_args"]
@@ -153,7 +150,7 @@ def test_validation_metrics_do_not_depend_on_loader_workers_or_processes(tiny_wo
     for workers in (0, 1, 2):
         pl.seed_everything(0)  # as the CLI: seeded before the model is built
         module = ContrastivePretrainModule(**init_args)
-        dm = ImageTextDataModule(train_data=None, val_data=val, batch_size=8, val_batch_size=128, num_workers=workers)
+        dm = ImageTextDataModule(WebDatasetSource(None, val), batch_size=8, val_batch_size=128, num_workers=workers)
         trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                              enable_checkpointing=False, enable_model_summary=False)
         (out,) = trainer.validate(module, datamodule=dm, verbose=False)
@@ -161,7 +158,7 @@ def test_validation_metrics_do_not_depend_on_loader_workers_or_processes(tiny_wo
     # two processes, two workers each: four readers of the one shard
     perceptlab_validate = ["--config", "experiments/strategies/ddp.yaml", "--config", TOY, "--experiment", "val2",
                            "--trainer.accelerator=cpu", "--trainer.devices=2",
-                           *toy_data(Path(tiny_world), val_data=val, zeroshot_data=None, num_workers=2)]
+                           *toy_data(Path(tiny_world), val=val, zeroshot_data=None, num_workers=2)]
     proc = subprocess.run([*PERCEPTLAB, "validate", *perceptlab_validate, "--runs_dir", str(tmp_path / "runs")],
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]

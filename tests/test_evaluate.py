@@ -11,6 +11,8 @@ import pytest
 import torch
 import yaml
 
+from conftest import pairs_override
+
 from perceptlab.commands.cli import main as perceptlab
 from perceptlab.commands.export import export
 
@@ -286,8 +288,7 @@ def test_a_checkpoint_series_keeps_its_real_steps_through_watch_and_globs(tiny_w
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     training = subprocess.Popen(
         [sys.executable, "-m", "perceptlab", "fit", "--config", str(REPO / "experiments/toy/pretrain_random.yaml"),
-         "--data.init_args.format=csv", f"--data.init_args.train_data={it / 'pairs.csv'}",
-         "--data.init_args.val_data=null", f"--data.init_args.zeroshot_data={tiny_world / 'classification'}",
+         pairs_override("csv", it / "pairs.csv"), f"--data.init_args.zeroshot_data={tiny_world / 'classification'}",
          f"--runs_dir={tmp_path / 'runs'}", "--trainer.max_epochs=4", "--trainer.limit_val_batches=0",
          "--trainer.enable_progress_bar=false", "--data.init_args.num_workers=0", f"--trainer.callbacks+={every_4}"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -175,3 +175,38 @@ def test_a_command_is_a_typed_function_in_its_module(tmp_path, capsys):
 
     for name, module in MODULE_COMMANDS.items():
         assert callable(importlib.import_module(module).main) and f"\n  {name} " in USAGE, name
+
+
+def test_an_image_text_format_is_one_reader_object(tiny_world, tmp_path, monkeypatch):
+    """The recipe's JSON-lines reader over the toy world's CSV pairs gives the CSV reader's batches,
+    and the CLI takes it by class_path as the data module's pairs."""
+    import pandas as pd
+    import torch
+
+    from perceptlab.datamodules.image_text import CsvSource, ImageTextDataModule
+
+    fmt = load_recipe("my_format.py", tmp_path)
+    csv = Path(tiny_world) / "image_text" / "pairs.csv"
+    table = pd.read_csv(csv, sep="\t")
+    with open(tmp_path / "train.jsonl", "w") as f:
+        for path, caption in zip(table["filepath"], table["title"]):
+            f.write(json.dumps({"image": str(csv.parent / path), "caption": caption}) + "\n")
+    batches = []
+    for source in (fmt.JsonlSource(str(tmp_path / "train.jsonl")), CsvSource(str(csv))):
+        dm = ImageTextDataModule(source, model_name="perceptlab-vit-tiny-64", batch_size=16, num_workers=0,
+                                 shuffle=False, augmentation="none")
+        dm.setup("fit")
+        batches.append(next(iter(dm.train_dataloader())))
+    assert torch.equal(batches[0]["image"], batches[1]["image"]) and torch.equal(batches[0]["text"], batches[1]["text"])
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pairs = json.dumps({"class_path": "my_format.JsonlSource", "init_args": {"train": str(tmp_path / "train.jsonl")}})
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
+        perceptlab(["fit", "--config", str(REPO / "experiments/toy/pretrain_random.yaml"),
+                    f"--data.init_args.pairs={pairs}", "--print_config"])
+    assert exit_.value.code in (0, None)
+    assert yaml.safe_load(out.getvalue())["data"]["init_args"]["pairs"]["class_path"] == "my_format.JsonlSource"

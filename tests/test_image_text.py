@@ -17,8 +17,11 @@ from PIL import Image
 
 from perceptlab.datamodules.image_text import (
     CsvPairs,
+    CsvSource,
+    HFSource,
     ImageTextDataModule,
     WebDatasetPairs,
+    WebDatasetSource,
     count_samples,
     expand_shards,
 )
@@ -80,7 +83,7 @@ def test_shard_pattern_matching_nothing_names_the_pattern(tmp_path):
     with pytest.raises(FileNotFoundError, match="00001.tar"):  # a brace range past the last shard
         expand_shards(str(tmp_path / "{00000..00001}.tar"))
     assert expand_shards([str(tmp_path / "*.tar")]) == [str(tmp_path / "00000.tar")]
-    dm = ImageTextDataModule(train_data=str(tmp_path / "missing-{0..3}.tar"), model_name=MODEL)
+    dm = ImageTextDataModule(WebDatasetSource(str(tmp_path / "missing-{0..3}.tar")), model_name=MODEL)
     with pytest.raises(FileNotFoundError, match=r"missing-\{0\.\.3\}\.tar"):
         dm.setup("fit")
 
@@ -128,8 +131,8 @@ def test_corrupt_and_captionless_samples_are_skipped_and_counted_across_workers(
     # Two shards, one per worker process; the broken samples sit mid-shard so one pass meets them.
     write_shard(tmp_path / "00000.tar", range(13), corrupt={3}, captionless={6})
     write_shard(tmp_path / "00001.tar", range(13, 26), corrupt={15, 17}, empty_caption={20})
-    dm = ImageTextDataModule(train_data=str(tmp_path / "{00000..00001}.tar"), model_name=MODEL, batch_size=5,
-                             num_workers=2, samples_per_epoch=20, shuffle=False, augmentation="none")
+    dm = ImageTextDataModule(WebDatasetSource(str(tmp_path / "{00000..00001}.tar"), samples_per_epoch=20),
+                             model_name=MODEL, batch_size=5, num_workers=2, shuffle=False, augmentation="none")
     dm.setup("fit")
     dm.train_set.transform = _identity_tf  # grey level in, so each pair can be identified
     batches = list(dm.train_dataloader())
@@ -142,12 +145,12 @@ def test_corrupt_and_captionless_samples_are_skipped_and_counted_across_workers(
 
 def test_three_formats_yield_the_same_pairs(tiny_world, tmp_path):
     root = Path(tiny_world) / "image_text"
-    common = {"model_name": MODEL, "batch_size": 16, "num_workers": 0, "shuffle": False, "augmentation": "none",
-              "hf_cache_dir": str(tmp_path / "hf-cache")}
+    common = {"model_name": MODEL, "batch_size": 16, "num_workers": 0, "shuffle": False, "augmentation": "none"}
     first = {}
-    for fmt, data in (("webdataset", str(root / "shards" / "*.tar")), ("csv", str(root / "pairs.csv")),
-                      ("hf", str(root / "hf" / "train.parquet"))):
-        dm = ImageTextDataModule(format=fmt, train_data=data, **common)
+    for fmt, source in (("webdataset", WebDatasetSource(str(root / "shards" / "*.tar"))),
+                        ("csv", CsvSource(str(root / "pairs.csv"))),
+                        ("hf", HFSource(str(root / "hf" / "train.parquet"), cache_dir=str(tmp_path / "hf-cache")))):
+        dm = ImageTextDataModule(source, **common)
         dm.setup("fit")
         loader = dm.train_dataloader()
         assert len(loader) == 256 // 16
@@ -161,7 +164,7 @@ def test_three_formats_yield_the_same_pairs(tiny_world, tmp_path):
 def test_csv_errors_name_the_file_and_column(tmp_path):
     csv = tmp_path / "pairs.tsv"
     csv.write_text("path\tcaption\nimages/a.jpg\ta cat\n")
-    with pytest.raises(ValueError, match=r"pairs\.tsv.*'filepath'.*csv_image_key"):
+    with pytest.raises(ValueError, match=r"pairs\.tsv.*'filepath'.*\(image_key\)"):
         CsvPairs(csv, _identity_tf)
     with pytest.raises(FileNotFoundError, match="nowhere.csv"):
         CsvPairs(tmp_path / "nowhere.csv", _identity_tf)
@@ -177,8 +180,8 @@ def test_csv_loader_resumes_mid_epoch_exactly(tmp_path):
 
     def loader():
         torch.manual_seed(0)
-        dm = ImageTextDataModule(format="csv", train_data=str(tmp_path / "pairs.csv"), model_name=MODEL,
-                                 batch_size=4, num_workers=0, shuffle=True)
+        dm = ImageTextDataModule(CsvSource(str(tmp_path / "pairs.csv")), model_name=MODEL, batch_size=4, num_workers=0,
+                                 shuffle=True)
         dm.setup("fit")
         dm.train_set.transform = _identity_tf
         return dm.train_dataloader()
@@ -195,7 +198,7 @@ def test_csv_loader_resumes_mid_epoch_exactly(tmp_path):
 
 
 def test_zero_shot_folder_and_templates(tiny_world):
-    dm = ImageTextDataModule(train_data=None, model_name=MODEL, zeroshot_data=str(Path(tiny_world) / "classification"),
+    dm = ImageTextDataModule(model_name=MODEL, zeroshot_data=str(Path(tiny_world) / "classification"),
                              zeroshot_templates=["a photo of a {}"], batch_size=32, num_workers=0)
     dm.setup("validate")
     assert len(dm.zeroshot_classnames) == 16 and dm.zeroshot_classnames[0] == "airplane"
@@ -203,11 +206,11 @@ def test_zero_shot_folder_and_templates(tiny_world):
     batch = next(iter(loader))
     assert batch["image"].shape == (32, 3, 64, 64) and batch["label"].tolist() == [0] * 8 + [1] * 8 + [2] * 8 + [3] * 8
     with pytest.raises(ValueError, match="no '{}'"):
-        ImageTextDataModule(train_data=None, model_name=MODEL, zeroshot_templates=["a photo"])
+        ImageTextDataModule(model_name=MODEL, zeroshot_templates=["a photo"])
 
 
 def test_mocov2_augmentation_is_random_and_model_sized(tiny_world):
-    dm = ImageTextDataModule(train_data=None, model_name=MODEL, augmentation="mocov2")
+    dm = ImageTextDataModule(model_name=MODEL, augmentation="mocov2")
     train_tf, eval_tf, _ = dm.processing()
     image = Image.open(next((Path(tiny_world) / "classification" / "cat").iterdir()))
     torch.manual_seed(0)
@@ -218,14 +221,14 @@ def test_mocov2_augmentation_is_random_and_model_sized(tiny_world):
 
 def test_hf_streaming_yields_full_batches_for_the_epoch_length(tiny_world):
     parquet = str(Path(tiny_world) / "image_text" / "hf" / "train.parquet")
-    dm = ImageTextDataModule(format="hf", train_data=parquet, hf_streaming=True, samples_per_epoch=64,
-                             model_name=MODEL, batch_size=16, num_workers=0, shuffle_buffer=32)
+    dm = ImageTextDataModule(HFSource(parquet, streaming=True, samples_per_epoch=64, shuffle_buffer=32),
+                             model_name=MODEL, batch_size=16, num_workers=0)
     dm.setup("fit")
     batches = list(dm.train_dataloader())
     assert len(batches) == 4 and all(b["image"].shape == (16, 3, 64, 64) for b in batches)
     assert sum(int(b["skipped"]) for b in batches) == 0
     with pytest.raises(ValueError, match="samples_per_epoch"):
-        ImageTextDataModule(format="hf", train_data=parquet, hf_streaming=True, model_name=MODEL).setup("fit")
+        ImageTextDataModule(HFSource(parquet, streaming=True), model_name=MODEL).setup("fit")
 
 
 @pytest.mark.parametrize("augmentation", ["clip", "mocov2"])
@@ -239,7 +242,7 @@ def test_uint8_batches_give_the_numbers_of_float_batches_bitwise(tiny_world, aug
     shards = str(Path(tiny_world) / "image_text" / "shards" / "*.tar")
     batches = {}
     for uint8 in (True, False):
-        dm = ImageTextDataModule(train_data=shards, val_data=shards, model_name=MODEL, batch_size=16, num_workers=0,
+        dm = ImageTextDataModule(WebDatasetSource(shards, shards), model_name=MODEL, batch_size=16, num_workers=0,
                                  shuffle=False, augmentation=augmentation, uint8_images=uint8)
         dm.setup("fit")
         torch.manual_seed(1)  # the same random crops / jitter for both

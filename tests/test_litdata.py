@@ -31,10 +31,12 @@ def _indexed(tmp_path: Path, n: int = 24, corrupt=()) -> Path:
     return write_litdata(items, tmp_path / "pairs", chunk_size=4)
 
 
-def _module(data: str, fmt: str = "litdata", **kw) -> ImageTextDataModule:
-    args = dict(format=fmt, train_data=data, model_name=MODEL, batch_size=8, num_workers=0, shuffle=False)
+def _module(data: str, fmt: str = "litdata", source: dict | None = None, **kw) -> ImageTextDataModule:
+    from conftest import pair_source
+
+    args = dict(model_name=MODEL, batch_size=8, num_workers=0, shuffle=False)
     args.update(kw)
-    dm = ImageTextDataModule(**args)
+    dm = ImageTextDataModule(pair_source(fmt, data, **(source or {})), **args)
     dm.setup("fit")
     return dm
 
@@ -108,8 +110,8 @@ def test_an_undecodable_item_is_replaced_and_counted(tmp_path):
 def test_a_missing_or_truncated_chunk_or_wrong_field_is_named_before_training(tmp_path):
     folder = _indexed(tmp_path)
     check_litdata(folder)
-    with pytest.raises(ValueError, match=r"no field 'jpg' \(litdata_image_key\).*\['caption', 'image'\]"):
-        _module(str(folder), litdata_image_key="jpg")
+    with pytest.raises(ValueError, match=r"no field 'jpg' \(image_key\).*\['caption', 'image'\]"):
+        _module(str(folder), source={"image_key": "jpg"})
     chunk = sorted(folder.glob("chunk-*.bin"))[2]
     data = chunk.read_bytes()
     chunk.write_bytes(data[: len(data) // 2])

@@ -66,10 +66,11 @@ def stage2(world: Path, fmt: str) -> list[str]:
     data = {"csv": (it / "pairs.csv", it / "val_pairs.csv"), "hf": (it / "hf" / "train.parquet", None),
             "webdataset": (it / "shards" / "*.tar", it / "val_shards" / "00000.tar"),
             "litdata": (it / "litdata" / "train", it / "litdata" / "val")}[fmt]
-    args = ["--config", shipped("pretrain_random", world), f"--data.init_args.format={fmt}",
-            f"--data.init_args.train_data={data[0]}", f"--data.init_args.zeroshot_data={world / 'classification'}",
+    from conftest import pairs_override
+
+    return ["--config", shipped("pretrain_random", world), pairs_override(fmt, data[0], data[1]),
+            f"--data.init_args.zeroshot_data={world / 'classification'}",
             "--data.init_args.num_workers=1", "--trainer.max_epochs=3"]  # 4 steps an epoch: 12 steps
-    return args + ([f"--data.init_args.val_data={data[1]}"] if data[1] else ["--data.init_args.val_data=null"])
 
 
 CELLS = {

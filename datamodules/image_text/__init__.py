@@ -1,33 +1,32 @@
 """Image-text pairs for contrastive pretraining (stage 2): webdataset shards, CSV/TSV, HF or litdata datasets.
 
-Formats (``format``)
---------------------
-``webdataset``
+Formats: one reader object each (``ImageTextDataModule(pairs=...)``, ``image_text.source``)
+-----------------------------------------------------------------------------------------
+``WebDatasetSource`` (``wds_pairs``)
     tar shards as img2dataset writes them (``KEY.jpg`` + ``KEY.txt`` [+ ``KEY.json``]; ``png``,
-    ``jpeg`` and ``webp`` images are read too). ``train_data`` is a brace pattern
-    (``/data/yfcc/{00000..01500}.tar``), a glob (``/data/yfcc/*.tar``), several patterns joined by
+    ``jpeg`` and ``webp`` images are read too). ``train``/``val`` are brace patterns
+    (``/data/yfcc/{00000..01500}.tar``), globs (``/data/yfcc/*.tar``), several patterns joined by
     ``::`` (webdataset's convention), a list of any of these, or remote URLs (``pipe:curl -s ...``,
     ``s3://...``: opened by webdataset, never checked at set-up). A local pattern that matches no
     file raises ``FileNotFoundError`` naming the pattern.
-``csv``
-    open_clip's CSV semantics: one row per pair, an image-path column (``csv_image_key``, default
-    ``filepath``) and a caption column (``csv_caption_key``, default ``title``), separator
-    ``csv_separator`` (default TAB). Relative paths are resolved against ``image_root``
+``CsvSource`` (``csv_pairs``)
+    open_clip's CSV semantics: one row per pair, an image-path column (``image_key``, default
+    ``filepath``) and a caption column (``caption_key``, default ``title``), separator
+    ``separator`` (default TAB). Relative paths are resolved against ``image_root``
     (default: the CSV's own folder, where img2dataset and the toy world put the images).
-``hf``
+``HFSource`` (``hf_pairs``)
     a ``datasets`` dataset: a hub id (needs ``HF_HUB_OFFLINE=0`` or a filled cache), a local
-    ``*.parquet`` file or glob, or a local folder (parquet files, or an ``imagefolder`` with a
-    ``metadata.jsonl``/``csv`` caption column). Columns ``hf_image_key`` (a ``datasets.Image``,
-    bytes or a path) and ``hf_caption_key``; ``hf_split`` / ``hf_val_split``;
-    ``hf_streaming=True`` reads hub datasets as a stream (then ``samples_per_epoch`` is required).
-``litdata``
+    ``*.parquet`` file or glob, a ``save_to_disk`` folder or a local folder (parquet files, or an
+    ``imagefolder`` with a ``metadata.jsonl``/``csv`` caption column). Columns ``image_key`` (a
+    ``datasets.Image``, bytes or a path) and ``caption_key``; ``split`` / ``val_split``;
+    ``streaming=True`` reads hub datasets as a stream (then ``samples_per_epoch`` is required).
+``LitdataSource`` (``litdata_pairs``, which imports litdata: only when this format is named)
     a litdata-optimised dataset (``litdata.optimize``'s output: ``index.json`` + ``chunk-*.bin``) in
-    a local folder; each item a dict with an image field (``litdata_image_key``, default ``image``:
-    encoded bytes, a PIL image or a path) and a caption field (``litdata_caption_key``, default
+    a local folder; each item a dict with an image field (``image_key``, default ``image``:
+    encoded bytes, a PIL image or a path) and a caption field (``caption_key``, default
     ``caption``). Every chunk the index lists is checked at set-up (a missing or truncated one is
     named before training); ranks, workers, the per-epoch shuffle (seeded by ``seed``) and the
     epoch length are litdata's (``StreamingDataset``, ``drop_last``: every rank equal).
-    :mod:`perceptlab.datamodules.image_text.litdata_pairs` (imported only when this format is used).
 
 Batches
 -------
@@ -42,8 +41,8 @@ sizes): a skipped webdataset/stream sample is replaced by the next one, a skippe
 the next readable row.
 
 Validation loaders (``val_dataloader``, in this order, each only when configured): held-out pairs
-(``val_data``; loss and retrieval) and a zero-shot classification set (``zeroshot_data``: an image
-folder ``ROOT/<class>/*`` or an HF dataset with a ``ClassLabel`` column); zero-shot batches are
+(``pairs.val``; loss and retrieval) and a zero-shot classification set (``zeroshot_data``: an image
+folder ``ROOT/<class>/*`` or an HF dataset, read by ``datamodules.labelled_images``); zero-shot batches are
 ``{"image", "label"}``. The class names (``zeroshot_classnames``, folder names with ``_`` read as
 spaces) and prompt ``zeroshot_templates`` are attributes the module reads to build open_clip's
 zero-shot classifier.
@@ -97,24 +96,25 @@ from perceptlab.datamodules.image_text.common import (
     decode_image,
     mocov2_transform,
 )
-from perceptlab.datamodules.image_text.csv_pairs import CsvPairs
+from perceptlab.datamodules.image_text.csv_pairs import CsvPairs, CsvSource
 from perceptlab.datamodules.image_text.datamodule import (
     AUGMENTATIONS,
-    FORMATS,
     ZEROSHOT_FORMATS,
     ImageTextDataModule,
 )
-from perceptlab.datamodules.image_text.hf_pairs import HFPairs, HFStreamPairs, load_hf
+from perceptlab.datamodules.image_text.hf_pairs import HFPairs, HFSource, HFStreamPairs, load_hf
+from perceptlab.datamodules.image_text.source import PairSource
 from perceptlab.datamodules.image_text.wds_pairs import (
     WebDatasetPairs,
+    WebDatasetSource,
     count_samples,
     expand_shards,
 )
 from perceptlab.datamodules.image_text.zeroshot import ZeroShotImages
 
 __all__ = [
-    "AUGMENTATIONS", "CAPTION_KEYS", "FORMATS", "IMAGE_KEYS", "ZEROSHOT_FORMATS", "CsvPairs", "HFPairs",
-    "HFStreamPairs", "ImageTextDataModule", "MapPairCollate", "PairBatcher", "SkipCounter", "WebDatasetPairs",
+    "AUGMENTATIONS", "CAPTION_KEYS", "IMAGE_KEYS", "ZEROSHOT_FORMATS", "CsvPairs", "CsvSource", "HFPairs",
+    "HFSource", "HFStreamPairs", "ImageTextDataModule", "PairSource", "WebDatasetSource", "MapPairCollate", "PairBatcher", "SkipCounter", "WebDatasetPairs",
     "ZeroShotImages", "clean_caption", "count_samples", "decode_image", "expand_shards", "load_hf",
     "mocov2_transform",
 ]

@@ -131,7 +131,7 @@ def _worker() -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------ map-style sets
-class _MapPairs(Dataset, abc.ABC):
+class MapPairs(Dataset, abc.ABC):
     """Base for map-style pairs: an unreadable row is replaced by the next readable one."""
 
     name = "pairs"

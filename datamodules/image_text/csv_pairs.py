@@ -8,11 +8,12 @@ from typing import Any
 
 import pandas as pd
 
-from perceptlab.datamodules.image_text.common import _MapPairs
+from perceptlab.datamodules.image_text.common import MapPairs
+from perceptlab.datamodules.image_text.source import PairSource
 
 log = logging.getLogger(__name__)
 
-class CsvPairs(_MapPairs):
+class CsvPairs(MapPairs):
     """Pairs from a CSV/TSV with an image-path column and a caption column (open_clip's format)."""
 
     def __init__(self, path: str | os.PathLike, transform, image_key: str = "filepath", caption_key: str = "title",
@@ -26,7 +27,7 @@ class CsvPairs(_MapPairs):
         except UnicodeDecodeError as exn:
             raise ValueError(f"{self.path}: not UTF-8 text ({exn.reason} at byte {exn.start}); "
                              "captions are read as UTF-8 (re-save the file so)") from None
-        for key, what in ((image_key, "csv_image_key"), (caption_key, "csv_caption_key")):
+        for key, what in ((image_key, "image_key"), (caption_key, "caption_key")):
             if key not in table.columns:
                 raise ValueError(
                     f"{self.path}: no column {key!r} ({what}); columns are {list(table.columns)} "
@@ -45,3 +46,33 @@ class CsvPairs(_MapPairs):
 
     def _root(self) -> Path | None:
         return self.root
+
+
+class CsvSource(PairSource):
+    """Pairs from CSV/TSV files, as open_clip reads them: one row per pair.
+
+    Args:
+        train / val: the training and held-out CSV files.
+        image_key: the image-path column (open_clip's default ``filepath``).
+        caption_key: the caption column (``title``).
+        separator: the column separator (TAB).
+        image_root: base folder of relative image paths (default: the CSV's own folder, where
+            img2dataset and the toy world put the images).
+    """
+
+    format = "csv"
+
+    def __init__(self, train: str | list[str] | None = None, val: str | list[str] | None = None, image_key: str = "filepath",
+                 caption_key: str = "title", separator: str = "\t", image_root: str | None = None) -> None:
+        super().__init__(train, val)
+        self.image_key, self.caption_key, self.separator, self.image_root = image_key, caption_key, separator, image_root
+
+    def _pairs(self, path, transform) -> CsvPairs:
+        return CsvPairs(path, transform, self.image_key, self.caption_key, self.separator, self.image_root)
+
+    def train_set(self, dm, transform, tokenizer, rank: int, world: int) -> CsvPairs:
+        return self._pairs(self.train, transform)
+
+    def val_set(self, dm, transform, tokenizer, rank: int, world: int) -> CsvPairs:
+        return self._pairs(self.val, transform)
+

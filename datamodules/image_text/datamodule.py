@@ -6,21 +6,12 @@ import math
 from collections.abc import Callable
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import Dataset, IterableDataset
 
 from perceptlab.core.transforms import uint8_transform
 from perceptlab.datamodules.base import BackboneDataModule
-from perceptlab.datamodules.image_text.common import MapPairCollate, mocov2_transform
-from perceptlab.datamodules.image_text.csv_pairs import CsvPairs
-from perceptlab.datamodules.image_text.hf_pairs import HFPairs, HFStreamPairs, load_hf
-from perceptlab.datamodules.image_text.wds_pairs import (
-    RESUMES_NAME,
-    WebDatasetPairs,
-    resume_redraw_estimate,
-    _is_remote,
-    count_samples,
-    expand_shards,
-)
+from perceptlab.datamodules.image_text.common import mocov2_transform
+from perceptlab.datamodules.image_text.source import PairSource
 from perceptlab.datamodules.image_text.zeroshot import (
     ZeroShotImages,
     _classnames,
@@ -32,7 +23,6 @@ from perceptlab.datamodules.labelled_images import read_labelled_images
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("webdataset", "csv", "hf", "litdata")
 AUGMENTATIONS = ("clip", "mocov2", "none")
 ZEROSHOT_FORMATS = LABELLED_FORMATS  # an image folder or an HF data set
 
@@ -42,9 +32,11 @@ class ImageTextDataModule(BackboneDataModule):
     """Image-text pairs (webdataset, CSV, HF or litdata) for contrastive pretraining; see the module docstring.
 
     Args:
-        format: ``webdataset``, ``csv``, ``hf`` or ``litdata``.
-        train_data: shard pattern(s), CSV path, HF id/path, or litdata folder of the training pairs.
-        val_data: the same for held-out pairs (validation loss and retrieval); ``None`` = none.
+        pairs: where the image-text pairs come from, one reader object per format, chosen once:
+            ``WebDatasetSource`` (``image_text.wds_pairs``), ``CsvSource`` (``csv_pairs``),
+            ``HFSource`` (``hf_pairs``) or ``LitdataSource`` (``litdata_pairs``), each with its
+            ``train`` and ``val`` data and its format's settings (``None``: no pairs, e.g. a
+            validation of the zero-shot set alone).
         batch_size: pairs per training step and per device (the contrastive batch of one rank;
             with the module's ``accum_freq`` it is split into micro-batches).
         val_batch_size: pairs per validation batch (default ``batch_size``).
@@ -52,26 +44,12 @@ class ImageTextDataModule(BackboneDataModule):
         model_name: open_clip architecture for transform and tokenizer when no model is attached.
         augmentation: ``clip``, ``mocov2`` or ``none`` (training only; validation uses the eval
             transform).
-        samples_per_epoch: pairs per epoch over all ranks for webdataset and streaming HF
-            (default for webdataset: counted from the shards, see :func:`count_samples`).
-        resampled: webdataset: draw shards with replacement in every process (multi-node).
         shuffle: shuffle training pairs (sampler for CSV/HF; shard order and buffer for webdataset).
-        shuffle_buffer: webdataset/streaming sample-shuffle buffer, in pairs.
-        seed: base seed of the webdataset/stream shuffles (default: the run's seed, else 0).
-        csv_image_key, csv_caption_key, csv_separator: CSV columns and separator (open_clip's
-            defaults ``filepath``, ``title``, TAB).
-        image_root: base folder of relative CSV image paths (default: the CSV's folder).
-        hf_image_key, hf_caption_key: HF columns.
-        litdata_image_key, litdata_caption_key: the litdata items' image field (encoded bytes, a
-            PIL image or a path) and caption field.
-        hf_split, hf_val_split: HF splits of ``train_data`` / ``val_data`` (ignored for parquet
-            files, which are one split).
-        hf_streaming: stream the HF dataset instead of downloading/memory-mapping it.
-        hf_cache_dir: where ``datasets`` keeps its Arrow cache (default ``HF_DATASETS_CACHE``).
+        seed: base seed of the shuffles (default: the run's seed, else 0).
         zeroshot_data: image folder (``ROOT/<class>/*``) or HF dataset for zero-shot accuracy.
         zeroshot_format: ``imagefolder`` or ``hf``.
         zeroshot_split, zeroshot_image_key, zeroshot_label_key: HF zero-shot split and columns
-            (the label column must be a ``ClassLabel``: its names are the class names).
+            (a ``ClassLabel``, whose names are the class names, or class-name strings).
         zeroshot_templates: prompts, ``{}`` is replaced by the class name; the class embedding is
             the normalised mean over templates (open_clip's classifier builder). Also the names
             ``simple_imagenet`` (open_clip's 7 prompts, the default) or ``openai_imagenet`` (CLIP's 80).
@@ -86,33 +64,34 @@ class ImageTextDataModule(BackboneDataModule):
             normalised float32 batches.
     """
 
+    #: Arguments of earlier versions and where they went (``perceptlab.commands.moved``).
+    moved_arguments = {
+        **{k: f"pairs: {{class_path: perceptlab.datamodules.image_text.<format>.<Format>Source, init_args: {{{v}}}}}"
+           for k, v in {"format": "one class per format: WebDatasetSource (wds_pairs), CsvSource (csv_pairs), "
+                                  "HFSource (hf_pairs) or LitdataSource (litdata_pairs)",
+                        "train_data": "train: ...", "val_data": "val: ...",
+                        "samples_per_epoch": "samples_per_epoch: ... (WebDatasetSource, HFSource)",
+                        "resampled": "resampled: ... (WebDatasetSource)",
+                        "shuffle_buffer": "shuffle_buffer: ... (WebDatasetSource, HFSource)",
+                        "csv_image_key": "image_key: ... (CsvSource)", "csv_caption_key": "caption_key: ... (CsvSource)",
+                        "csv_separator": "separator: ... (CsvSource)", "image_root": "image_root: ... (CsvSource)",
+                        "hf_image_key": "image_key: ... (HFSource)", "hf_caption_key": "caption_key: ... (HFSource)",
+                        "hf_split": "split: ... (HFSource)", "hf_val_split": "val_split: ... (HFSource)",
+                        "hf_streaming": "streaming: ... (HFSource)", "hf_cache_dir": "cache_dir: ... (HFSource)",
+                        "litdata_image_key": "image_key: ... (LitdataSource)",
+                        "litdata_caption_key": "caption_key: ... (LitdataSource)"}.items()},
+    }
+
     def __init__(
         self,
-        format: str = "webdataset",
-        train_data: str | list[str] | None = None,
-        val_data: str | list[str] | None = None,
+        pairs: PairSource | None = None,
         batch_size: int = 256,
         val_batch_size: int | None = None,
         num_workers: int = 4,
         model_name: str | None = None,
         augmentation: str = "clip",
-        samples_per_epoch: int | None = None,
-        resampled: bool = False,
         shuffle: bool = True,
-        shuffle_buffer: int = 1000,
         seed: int | None = None,
-        csv_image_key: str = "filepath",
-        csv_caption_key: str = "title",
-        csv_separator: str = "\t",
-        image_root: str | None = None,
-        hf_image_key: str = "image",
-        hf_caption_key: str = "caption",
-        hf_split: str = "train",
-        hf_val_split: str = "validation",
-        litdata_image_key: str = "image",
-        litdata_caption_key: str = "caption",
-        hf_streaming: bool = False,
-        hf_cache_dir: str | None = None,
         zeroshot_data: str | None = None,
         zeroshot_format: str = "imagefolder",
         zeroshot_split: str = "test",
@@ -124,8 +103,9 @@ class ImageTextDataModule(BackboneDataModule):
         uint8_images: bool = True,
     ) -> None:
         super().__init__(model_name)
-        if format not in FORMATS:
-            raise ValueError(f"unknown image-text format {format!r}; expected one of {', '.join(FORMATS)}")
+        if pairs is not None and not isinstance(pairs, PairSource):
+            raise TypeError(f"ImageTextDataModule.pairs must be a PairSource (WebDatasetSource, CsvSource, HFSource, "
+                            f"LitdataSource), got {type(pairs).__name__}")
         if augmentation not in AUGMENTATIONS:
             raise ValueError(f"unknown augmentation {augmentation!r}; expected one of {', '.join(AUGMENTATIONS)}")
         if zeroshot_format not in ZEROSHOT_FORMATS:
@@ -133,9 +113,10 @@ class ImageTextDataModule(BackboneDataModule):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         # model_name stays out of hparams: Lightning refuses a data module and a model whose
-        # hparams share a key with different values.
-        self.save_hyperparameters(ignore=["model_name"])
-        self.format = format
+        # hparams share a key with different values; the reader object is kept as itself (a
+        # checkpoint written by the CLI stores its configuration).
+        self.save_hyperparameters(ignore=["model_name", "pairs"])
+        self.pairs = pairs
         self.zeroshot_templates: list[str] = _templates(zeroshot_templates)
         self._classnames_override = _classnames(zeroshot_classnames)
         self.zeroshot_classnames: list[str] | None = None
@@ -143,11 +124,10 @@ class ImageTextDataModule(BackboneDataModule):
         self.val_set: Dataset | IterableDataset | None = None
         self.zeroshot_set: Dataset | None = None
         self._processing: tuple[Callable, Callable, Callable] | None = None
-        self._litdata_loader = None
-        self._resume_litdata_epoch = 0
 
     # ----------------------------------------------------------------------------- helpers
-    def _seed(self) -> int:
+    def seed(self) -> int:
+        """The shuffles' seed: ``seed``, else the run's."""
         return self.run_seed() if self.hparams.seed is None else int(self.hparams.seed)
 
     def processing(self) -> tuple[Callable, Callable, Callable]:
@@ -176,83 +156,26 @@ class ImageTextDataModule(BackboneDataModule):
         train_tf, eval_tf, tokenizer = self.processing()
         rank, world = self.rank_world()
         if stage in (None, "fit") and self.train_set is None:
-            if hp.train_data is None:
-                raise ValueError("ImageTextDataModule: train_data is required for fitting")
-            self.train_set = self._build_train(train_tf, tokenizer, rank, world)
+            if self.pairs is None or self.pairs.train is None:
+                raise ValueError("ImageTextDataModule: pairs.train is required for fitting")
+            self.train_set = self.pairs.train_set(self, train_tf, tokenizer, rank, world)
         if stage in (None, "fit", "validate"):
-            if hp.val_data is not None and self.val_set is None:
-                self.val_set = self._build_val(eval_tf, tokenizer, rank, world)
+            if self.pairs is not None and self.pairs.val is not None and self.val_set is None:
+                self.val_set = self.pairs.val_set(self, eval_tf, tokenizer, rank, world)
             if hp.zeroshot_data is not None and self.zeroshot_set is None:
                 self.zeroshot_set = self._build_zeroshot(eval_tf)
 
-    def _epoch_batches(self, samples: int, world: int) -> int:
-        """Batches per loader process per epoch (open_clip's arithmetic: every process equal)."""
+    def epoch_batches(self, samples: int, world: int) -> int:
+        """Batches per loader process per epoch of a stream (open_clip's arithmetic: every process equal)."""
         workers = max(1, self.hparams.num_workers)
         global_batch = self.hparams.batch_size * world
         batches = max(1, math.ceil(samples / global_batch))
         return max(1, math.ceil(batches / workers))
 
-    def _build_train(self, transform, tokenizer, rank: int, world: int):
-        hp = self.hparams
-        if hp.format == "webdataset":
-            urls = expand_shards(hp.train_data)
-            samples = hp.samples_per_epoch or count_samples(urls)
-            stream = WebDatasetPairs(
-                urls, transform, tokenizer, hp.batch_size, self._epoch_batches(samples, world), rank=rank,
-                world_size=world, resampled=hp.resampled, shuffle=hp.shuffle, shuffle_buffer=hp.shuffle_buffer,
-                seed=self._seed(),
-            )
-            stream.num_workers = max(1, hp.num_workers)
-            if not hp.resampled and len(urls) < world * max(1, hp.num_workers):
-                log.info("%d shards for %d loader processes: splitting by sample (every process reads every shard)",
-                         len(urls), world * max(1, hp.num_workers))
-            return stream
-        if hp.format == "csv":
-            return CsvPairs(hp.train_data, transform, hp.csv_image_key, hp.csv_caption_key, hp.csv_separator, hp.image_root)
-        if hp.format == "litdata":
-            from perceptlab.datamodules.image_text.litdata_pairs import LitdataPairs  # litdata takes 2 s to import
-
-            return LitdataPairs(hp.train_data, transform, hp.litdata_image_key, hp.litdata_caption_key,
-                                shuffle=hp.shuffle, seed=self._seed(), drop_last=True)
-        dataset = load_hf(str(hp.train_data), hp.hf_split, streaming=hp.hf_streaming, cache_dir=hp.hf_cache_dir)
-        if hp.hf_streaming:
-            if not hp.samples_per_epoch:
-                raise ValueError("hf_streaming=True needs samples_per_epoch (a stream has no length)")
-            from datasets.distributed import split_dataset_by_node
-
-            if hp.shuffle:
-                dataset = dataset.shuffle(seed=self._seed(), buffer_size=hp.shuffle_buffer)
-            dataset = split_dataset_by_node(dataset, rank=rank, world_size=world)
-            stream = HFStreamPairs(dataset, transform, tokenizer, hp.batch_size,
-                                   self._epoch_batches(hp.samples_per_epoch, world), hp.hf_image_key,
-                                   hp.hf_caption_key, name=str(hp.train_data))
-            stream.num_workers = max(1, hp.num_workers)
-            return stream
-        return HFPairs(dataset, transform, hp.hf_image_key, hp.hf_caption_key, name=str(hp.train_data))
-
-    def _build_val(self, transform, tokenizer, rank: int, world: int):
-        hp = self.hparams
-        if hp.format == "webdataset":
-            urls = expand_shards(hp.val_data)
-            stream = WebDatasetPairs(urls, transform, tokenizer, self.val_batch_size, None, rank=rank,
-                                     world_size=world, shuffle=False, seed=self._seed(),
-                                     num_samples=count_samples(urls) if not any(map(_is_remote, urls)) else None)
-            stream.num_workers = max(1, hp.num_workers)
-            return stream
-        if hp.format == "csv":
-            return CsvPairs(hp.val_data, transform, hp.csv_image_key, hp.csv_caption_key, hp.csv_separator, hp.image_root)
-        if hp.format == "litdata":
-            from perceptlab.datamodules.image_text.litdata_pairs import LitdataItems, LitdataPairs
-
-            return LitdataItems(LitdataPairs(hp.val_data, transform, hp.litdata_image_key, hp.litdata_caption_key,
-                                             shuffle=False, drop_last=False))
-        dataset = load_hf(str(hp.val_data), hp.hf_val_split, cache_dir=hp.hf_cache_dir)
-        return HFPairs(dataset, transform, hp.hf_image_key, hp.hf_caption_key, name=str(hp.val_data))
-
     def _build_zeroshot(self, transform) -> ZeroShotImages:
         hp = self.hparams
         found = read_labelled_images(hp.zeroshot_data, hp.zeroshot_format, hp.zeroshot_split, hp.zeroshot_image_key,
-                                     hp.zeroshot_label_key, cache_dir=hp.hf_cache_dir)
+                                     hp.zeroshot_label_key, cache_dir=getattr(self.pairs, "cache_dir", None))
         self.zeroshot_classnames = self._override_classnames([n.replace("_", " ") for n in found.classes])
         return ZeroShotImages(found, transform)
 
@@ -272,99 +195,32 @@ class ImageTextDataModule(BackboneDataModule):
 
     def state_dict(self) -> dict:
         state = super().state_dict()
-        if self._litdata_loader is not None:  # litdata counts its epochs itself (its shuffle's seed)
-            state["litdata_epoch"] = int(self._litdata_loader.current_epoch)
+        if self.pairs is not None:
+            state.update(self.pairs.state_dict())
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
-        self._resume_litdata_epoch = int(state_dict.get("litdata_epoch", 0))
+        if self.pairs is not None:
+            self.pairs.load_state_dict(state_dict)
 
     # -------------------------------------------------------------------------- loaders
-    def _pin(self) -> bool:
+    def pin(self) -> bool:
+        """Pin batches: ``pin_memory``, else when CUDA is available."""
         return torch.cuda.is_available() if self.hparams.pin_memory is None else bool(self.hparams.pin_memory)
 
     def train_dataloader(self):
-        hp = self.hparams
         if self.train_set is None:
             self.setup("fit")
-        _, _, tokenizer = self.processing()
-        workers = hp.num_workers
-        if isinstance(self.train_set, (WebDatasetPairs, HFStreamPairs)):
-            trainer = self.trainer
-            self.train_set.start_epoch = int(trainer.current_epoch) if trainer is not None else 0
-            if isinstance(self.train_set, WebDatasetPairs):
-                self._place_stream(self.train_set, trainer)
-            # Persistent workers keep their copy of the stream, so each counts its own epochs.
-            return DataLoader(self.train_set, batch_size=None, num_workers=workers, pin_memory=self._pin(),
-                              persistent_workers=workers > 0)
-        if hp.format == "litdata":
-            from perceptlab.datamodules.image_text.litdata_pairs import ResumableStreamingLoader
-
-            rank, world = self.rank_world()
-            built = self.train_set.distributed_env
-            if (built.global_rank, built.world_size) != (rank, world):
-                # built before the process group existed (a setup call outside the trainer): litdata
-                # fixes rank and world at construction (from the environment until then), so build
-                # it again for this process
-                self.train_set = self._build_train(self.processing()[0], tokenizer, rank, world)
-
-            # litdata splits the items over ranks and workers itself and reshuffles each epoch;
-            # Lightning stores this loader's state_dict, so a resumed run continues mid-epoch exactly.
-            self._litdata_loader = ResumableStreamingLoader(
-                self.train_set, batch_size=hp.batch_size, num_workers=workers, drop_last=True,
-                collate_fn=MapPairCollate(tokenizer), pin_memory=self._pin())
-            self._litdata_loader.current_epoch = self._resume_litdata_epoch  # litdata's count of finished epochs
-            return self._litdata_loader
-        # Our own sampler (``datamodules.sampling``), so that `shuffle` holds under DDP too (Lightning's
-        # injected one always shuffles training data) and the order follows the run's seed and epoch.
-        return self.train_loader(self.train_set, hp.batch_size, workers, self._pin(), shuffle=hp.shuffle,
-                                 drop_last=True, seed=self._seed(), collate_fn=MapPairCollate(tokenizer), even_shards=True)
-
-    def _place_stream(self, stream: WebDatasetPairs, trainer) -> None:
-        """Where a (resumed) webdataset run's stream starts: the epoch of the next batch from the
-        global step (one batch a step), and, resumed inside an epoch, a redraw of that epoch's
-        rest seeded by the step (``wds_pairs``: approximate), written to the run's ``RESUMES_NAME``."""
-        step = int(trainer.global_step) if trainer is not None else 0
-        per_epoch = len(stream)
-        limit = getattr(trainer, "limit_train_batches", None)
-        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
-            per_epoch = min(per_epoch, limit)
-        elif isinstance(limit, float) and 0 < limit < 1:
-            per_epoch = max(1, int(per_epoch * limit))
-        stream.start_epoch, read = divmod(step, per_epoch)
-        stream.resume_step = step if read else 0  # at an epoch boundary the next epoch is the uninterrupted one's
-        if not read:
-            return
-        rank, world = self.rank_world()
-        samples = (self.hparams.samples_per_epoch or count_samples(stream.urls)) // max(1, world)
-        estimate = resume_redraw_estimate(samples, self.hparams.batch_size, read, per_epoch)
-        log.warning("webdataset resumed inside epoch %d after %d of its %d batches: the rest is redrawn, "
-                    "about %.0f samples repeated and %.0f skipped in this epoch (per rank)", stream.start_epoch,
-                    read, per_epoch, estimate["repeated"], estimate["skipped"])
-        run_dir = getattr(getattr(trainer, "logger", None), "log_dir", None)
-        if run_dir and rank == 0:
-            import json
-            from pathlib import Path
-
-            with open(Path(run_dir) / RESUMES_NAME, "a") as f:
-                f.write(json.dumps({"format": "webdataset", "step": step, "epoch": stream.start_epoch,
-                                    "batches_read": read, "epoch_batches": per_epoch, "batch_size": self.hparams.batch_size,
-                                    "samples_per_rank": samples, "expected": estimate}) + "\n")
+        return self.pairs.train_loader(self, self.train_set, self.processing()[2])
 
     def val_dataloader(self):
         if self.val_set is None and self.zeroshot_set is None:
             self.setup("validate")
-        _, _, tokenizer = self.processing()
-        workers = self.hparams.num_workers
         loaders = []
         if self.val_set is not None:
-            if isinstance(self.val_set, WebDatasetPairs):
-                loaders.append(DataLoader(self.val_set, batch_size=None, num_workers=workers, pin_memory=self._pin()))
-            else:
-                loaders.append(self.eval_loader(self.val_set, self.val_batch_size, workers, self._pin(),
-                                                collate_fn=MapPairCollate(tokenizer), persistent_workers=False))
+            loaders.append(self.pairs.val_loader(self, self.val_set, self.processing()[2]))
         if self.zeroshot_set is not None:
-            loaders.append(self.eval_loader(self.zeroshot_set, self.val_batch_size, workers, self._pin(),
+            loaders.append(self.eval_loader(self.zeroshot_set, self.val_batch_size, self.hparams.num_workers, self.pin(),
                                             collate_fn=_zeroshot_collate, persistent_workers=False))
         return loaders

@@ -14,15 +14,16 @@ from torch.utils.data import IterableDataset
 from perceptlab.datamodules.image_text.common import (
     PairBatcher,
     SkipCounter,
-    _MapPairs,
+    MapPairs,
     _worker,
     clean_caption,
     decode_image,
 )
+from perceptlab.datamodules.image_text.source import PairSource, stream_loader
 
 log = logging.getLogger(__name__)
 
-class HFPairs(_MapPairs):
+class HFPairs(MapPairs):
     """Pairs from a map-style ``datasets.Dataset``."""
 
     def __init__(self, dataset, transform, image_key: str = "image", caption_key: str = "caption",
@@ -127,3 +128,56 @@ def load_hf(path: str, split: str, streaming: bool = False, cache_dir: str | Non
     if local.exists():
         return datasets.load_dataset(str(local), split=split, streaming=streaming, cache_dir=cache_dir)
     return datasets.load_dataset(path, split=split, streaming=streaming, cache_dir=cache_dir)
+
+
+class HFSource(PairSource):
+    """Pairs from a Hugging Face ``datasets`` data set: a hub id (needs ``HF_HUB_OFFLINE=0`` or a
+    filled cache), a local ``*.parquet`` file or glob, a ``save_to_disk`` folder or a local folder.
+
+    Args:
+        train / val: the training and held-out data sets.
+        image_key / caption_key: the image column (a ``datasets.Image``, bytes or a path) and the
+            caption column.
+        split / val_split: the splits of ``train`` / ``val`` (ignored for parquet files, one split).
+        streaming: read ``train`` as a stream (then ``samples_per_epoch`` is required).
+        samples_per_epoch: pairs per epoch over all ranks of a stream.
+        shuffle_buffer: a stream's sample-shuffle buffer, in pairs.
+        cache_dir: where ``datasets`` keeps its Arrow cache (default ``HF_DATASETS_CACHE``).
+    """
+
+    format = "hf"
+
+    def __init__(self, train: str | list[str] | None = None, val: str | list[str] | None = None, image_key: str = "image",
+                 caption_key: str = "caption", split: str = "train", val_split: str = "validation",
+                 streaming: bool = False, samples_per_epoch: int | None = None, shuffle_buffer: int = 1000,
+                 cache_dir: str | None = None) -> None:
+        super().__init__(train, val)
+        self.image_key, self.caption_key = image_key, caption_key
+        self.split, self.val_split = split, val_split
+        self.streaming, self.samples_per_epoch, self.shuffle_buffer = streaming, samples_per_epoch, shuffle_buffer
+        self.cache_dir = cache_dir
+
+    def train_set(self, dm, transform, tokenizer, rank: int, world: int):
+        dataset = load_hf(str(self.train), self.split, streaming=self.streaming, cache_dir=self.cache_dir)
+        if not self.streaming:
+            return HFPairs(dataset, transform, self.image_key, self.caption_key, name=str(self.train))
+        if not self.samples_per_epoch:
+            raise ValueError("HFSource(streaming=True) needs samples_per_epoch (a stream has no length)")
+        from datasets.distributed import split_dataset_by_node
+
+        if dm.hparams.shuffle:
+            dataset = dataset.shuffle(seed=dm.seed(), buffer_size=self.shuffle_buffer)
+        dataset = split_dataset_by_node(dataset, rank=rank, world_size=world)
+        stream = HFStreamPairs(dataset, transform, tokenizer, dm.hparams.batch_size,
+                               dm.epoch_batches(self.samples_per_epoch, world), self.image_key, self.caption_key,
+                               name=str(self.train))
+        stream.num_workers = max(1, dm.hparams.num_workers)
+        return stream
+
+    def val_set(self, dm, transform, tokenizer, rank: int, world: int) -> HFPairs:
+        dataset = load_hf(str(self.val), self.val_split, cache_dir=self.cache_dir)
+        return HFPairs(dataset, transform, self.image_key, self.caption_key, name=str(self.val))
+
+    def train_loader(self, dm, dataset, tokenizer):
+        return stream_loader(dm, dataset) if isinstance(dataset, HFStreamPairs) else super().train_loader(dm, dataset, tokenizer)
+

@@ -20,7 +20,8 @@ import torch
 from litdata import StreamingDataLoader, StreamingDataset
 
 from perceptlab.core.safe_load import TRUST_ENV, TRUST_FLAG, UnsafeFileError, trusted
-from perceptlab.datamodules.image_text.common import first_readable
+from perceptlab.datamodules.image_text.common import MapPairCollate, first_readable
+from perceptlab.datamodules.image_text.source import PairSource
 
 INDEX_NAME = "index.json"
 #: litdata serialisers that decode bytes as data (``pickle`` and ``graph`` unpickle, so they could run code).
@@ -90,7 +91,7 @@ def check_litdata(root: str | os.PathLike, image_key: str | None = "image", capt
         raise UnsafeFileError(f"{index_path}: refused: items stored as {', '.join(unsafe)} run code when read "
                               f"(litdata unpickles them); {TRUST_FLAG} (or {TRUST_ENV}=1) reads a dataset you made yourself")
     fields = _fields(index.get("config", {}))
-    for key, what in ((image_key, "litdata_image_key"), (caption_key, "litdata_caption_key")):
+    for key, what in ((image_key, "image_key"), (caption_key, "caption_key")):
         if key is not None and fields is not None and key not in fields:
             raise ValueError(f"{folder}: items have no field {key!r} ({what}); fields are {sorted(fields)}")
     return index
@@ -178,3 +179,56 @@ class LitdataItems(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str, int, int]:
         return self.pairs[int(index)]
+
+
+class LitdataSource(PairSource):
+    """Pairs from litdata-optimised data sets (``litdata.optimize``'s output: ``index.json`` +
+    ``chunk-*.bin``) in local folders; each item a dict with an image field (encoded bytes, a PIL
+    image or a path) and a caption field. Every chunk the index lists is checked at set-up; ranks,
+    workers, the per-epoch shuffle (seeded by the run's seed) and the epoch length are litdata's.
+
+    Args:
+        train / val: the training and held-out data set folders.
+        image_key / caption_key: the items' image and caption fields.
+    """
+
+    format = "litdata"
+
+    def __init__(self, train: str | list[str] | None = None, val: str | list[str] | None = None, image_key: str = "image",
+                 caption_key: str = "caption") -> None:
+        super().__init__(train, val)
+        self.image_key, self.caption_key = image_key, caption_key
+        self._loader: ResumableStreamingLoader | None = None
+        self._resume_epoch = 0
+
+    def train_set(self, dm, transform, tokenizer, rank: int, world: int) -> LitdataPairs:
+        return LitdataPairs(self.train, transform, self.image_key, self.caption_key, shuffle=dm.hparams.shuffle,
+                            seed=dm.seed(), drop_last=True)
+
+    def val_set(self, dm, transform, tokenizer, rank: int, world: int) -> LitdataItems:
+        return LitdataItems(LitdataPairs(self.val, transform, self.image_key, self.caption_key, shuffle=False,
+                                         drop_last=False))
+
+    def train_loader(self, dm, dataset: LitdataPairs, tokenizer):
+        rank, world = dm.rank_world()
+        built = dataset.distributed_env
+        if (built.global_rank, built.world_size) != (rank, world):
+            # built before the process group existed (a setup call outside the trainer): litdata
+            # fixes rank and world at construction (from the environment until then), so build it
+            # again for this process
+            dataset = dm.train_set = self.train_set(dm, dm.processing()[0], tokenizer, rank, world)
+        # litdata splits the items over ranks and workers itself and reshuffles each epoch; Lightning
+        # stores this loader's state_dict, so a resumed run continues mid-epoch exactly.
+        self._loader = ResumableStreamingLoader(dataset, batch_size=dm.hparams.batch_size,
+                                                num_workers=dm.hparams.num_workers, drop_last=True,
+                                                collate_fn=MapPairCollate(tokenizer), pin_memory=dm.pin())
+        self._loader.current_epoch = self._resume_epoch  # litdata's count of finished epochs
+        return self._loader
+
+    def state_dict(self) -> dict:
+        # litdata counts its epochs itself (its shuffle's seed)
+        return {} if self._loader is None else {"litdata_epoch": int(self._loader.current_epoch)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_epoch = int(state.get("litdata_epoch", 0))
+

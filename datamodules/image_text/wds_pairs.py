@@ -31,6 +31,7 @@ from perceptlab.datamodules.image_text.common import (
     _worker,
     clean_caption,
 )
+from perceptlab.datamodules.image_text.source import PairSource, stream_loader
 
 log = logging.getLogger(__name__)
 
@@ -302,3 +303,85 @@ def _pad_to(samples: Iterator[dict], n: int) -> Iterator[dict]:
     if first is not None:
         for _ in range(n - count):
             yield first
+
+
+class WebDatasetSource(PairSource):
+    """Pairs from webdataset tar shards as img2dataset writes them.
+
+    Args:
+        train / val: a brace pattern (``/data/yfcc/{00000..01500}.tar``), a glob, several patterns
+            joined by ``::``, a list of any of these, or remote URLs (never checked at set-up).
+        samples_per_epoch: pairs per epoch over all ranks (default: counted from the shards,
+            :func:`count_samples`).
+        resampled: draw shards with replacement in every process (open_clip's multi-node choice).
+        shuffle_buffer: the sample-shuffle buffer, in pairs.
+    """
+
+    format = "webdataset"
+
+    def __init__(self, train: str | list[str] | None = None, val: str | list[str] | None = None, samples_per_epoch: int | None = None,
+                 resampled: bool = False, shuffle_buffer: int = 1000) -> None:
+        super().__init__(train, val)
+        self.samples_per_epoch, self.resampled, self.shuffle_buffer = samples_per_epoch, resampled, shuffle_buffer
+
+    def train_set(self, dm, transform, tokenizer, rank: int, world: int) -> WebDatasetPairs:
+        hp = dm.hparams
+        urls = expand_shards(self.train)
+        samples = self.samples_per_epoch or count_samples(urls)
+        stream = WebDatasetPairs(urls, transform, tokenizer, hp.batch_size, dm.epoch_batches(samples, world), rank=rank,
+                                 world_size=world, resampled=self.resampled, shuffle=hp.shuffle,
+                                 shuffle_buffer=self.shuffle_buffer, seed=dm.seed())
+        stream.num_workers = max(1, hp.num_workers)
+        if not self.resampled and len(urls) < world * max(1, hp.num_workers):
+            log.info("%d shards for %d loader processes: splitting by sample (every process reads every shard)",
+                     len(urls), world * max(1, hp.num_workers))
+        return stream
+
+    def val_set(self, dm, transform, tokenizer, rank: int, world: int) -> WebDatasetPairs:
+        urls = expand_shards(self.val)
+        stream = WebDatasetPairs(urls, transform, tokenizer, dm.val_batch_size, None, rank=rank, world_size=world,
+                                 shuffle=False, seed=dm.seed(),
+                                 num_samples=count_samples(urls) if not any(map(_is_remote, urls)) else None)
+        stream.num_workers = max(1, dm.hparams.num_workers)
+        return stream
+
+    def train_loader(self, dm, dataset: WebDatasetPairs, tokenizer):
+        loader = stream_loader(dm, dataset)
+        self.place(dm, dataset)
+        return loader
+
+    def val_loader(self, dm, dataset: WebDatasetPairs, tokenizer):
+        from torch.utils.data import DataLoader
+
+        return DataLoader(dataset, batch_size=None, num_workers=dm.hparams.num_workers, pin_memory=dm.pin())
+
+    def place(self, dm, stream: WebDatasetPairs) -> None:
+        """Where a (resumed) run's stream starts: the epoch of the next batch from the global step
+        (one batch a step), and, resumed inside an epoch, a redraw of that epoch's rest seeded by the
+        step (approximate, see the module docstring), written to the run's :data:`RESUMES_NAME`."""
+        trainer = dm.trainer
+        step = int(trainer.global_step) if trainer is not None else 0
+        per_epoch = len(stream)
+        limit = getattr(trainer, "limit_train_batches", None)
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+            per_epoch = min(per_epoch, limit)
+        elif isinstance(limit, float) and 0 < limit < 1:
+            per_epoch = max(1, int(per_epoch * limit))
+        stream.start_epoch, read = divmod(step, per_epoch)
+        stream.resume_step = step if read else 0  # at an epoch boundary the next epoch is the uninterrupted one's
+        if not read:
+            return
+        rank, world = dm.rank_world()
+        batch_size = dm.hparams.batch_size
+        samples = (self.samples_per_epoch or count_samples(stream.urls)) // max(1, world)
+        estimate = resume_redraw_estimate(samples, batch_size, read, per_epoch)
+        log.warning("webdataset resumed inside epoch %d after %d of its %d batches: the rest is redrawn, "
+                    "about %.0f samples repeated and %.0f skipped in this epoch (per rank)", stream.start_epoch,
+                    read, per_epoch, estimate["repeated"], estimate["skipped"])
+        run_dir = getattr(getattr(trainer, "logger", None), "log_dir", None)
+        if run_dir and rank == 0:
+            with open(Path(run_dir) / RESUMES_NAME, "a") as f:
+                f.write(json.dumps({"format": "webdataset", "step": step, "epoch": stream.start_epoch,
+                                    "batches_read": read, "epoch_batches": per_epoch, "batch_size": batch_size,
+                                    "samples_per_rank": samples, "expected": estimate}) + "\n")
+
