@@ -1,20 +1,9 @@
 """``AlignmentSuite``: human-alignment probes run during training, logged and tracked for peaks.
 
 Add it to any stage's trainer (the modules keep their model as ``self.backbone``, a
-``CLIPBackbone``; the probes query nothing else)::
-
-    trainer:
-      callbacks:
-        - class_path: perceptlab.callbacks.alignment.AlignmentSuite
-          init_args:
-            data_root: data/toyworld
-            every_n_epochs: 1
-            every_n_steps: 200          # sub-epoch resolution for an early peak
-            probes:
-              - class_path: perceptlab.callbacks.probes.nights.NightsProbe
-                init_args: {root: nights, split: test}
-              - class_path: perceptlab.callbacks.probes.iqa_fr.FullReferenceIQAProbe
-                init_args: {root: iqa/tid2013, dataset: tid2013}
+``CLIPBackbone``; the probes query nothing else): ``experiments/toy/alignment_suite.yaml`` is a
+trainer.callbacks block with every shipped probe; a probe of one's own is named there by class_path
+(docs/extending.md).
 
 When it evaluates
     :mod:`perceptlab.callbacks.alignment_schedule` (a baseline, epoch ends, a step schedule that can
@@ -25,7 +14,8 @@ What it writes (rank 0), in ``trainer.log_dir`` (``runs/<experiment>/version_<n>
     (one record per evaluation, each metric with its 95 % bootstrap interval over the probe's
     items), ``alignment_items/step=<step>.npz`` (every evaluation's per-item outputs),
     ``alignment_summary.json`` (peak, final, drop and the drop test that accounts for picking the
-    peak, ``perceptlab.callbacks.peaks``) and ``alignment_bootstrap.npz`` (every evaluation's
+    peak, ``perceptlab.callbacks.peaks``), ``alignment_metrics.json`` (what each metric is, as its
+    probe describes it) and ``alignment_bootstrap.npz`` (every evaluation's
     replicates; runs with the same probes and ``bootstrap_seed`` share their resampled items, so
     ``perceptlab report`` pairs two runs' replicates); and
     * logger scalars ``alignment/<metric>`` at the training step; for TensorBoard also a
