@@ -27,6 +27,7 @@ import torch
 from open_clip import ClipLoss
 from torch.utils.data import DataLoader
 
+from perceptlab.core.optim import AdamWCosine
 from perceptlab.lightning_modules.contrastive import ContrastivePretrainModule
 from perceptlab.core.optim import cosine_with_warmup, param_groups
 
@@ -117,7 +118,7 @@ def main() -> None:
 
     pl.seed_everything(0, verbose=False)
     steps = args.blocks * args.block
-    module = ContrastivePretrainModule(args.model, lr=1e-4, warmup_steps=10, grad_clip_norm=3.0)
+    module = ContrastivePretrainModule(args.model, optim=AdamWCosine(lr=1e-4, warmup_steps=10), grad_clip_norm=3.0)
     batch = make_batch(module, args.batch, args.device)
     plain = PlainLoop(module, batch, steps, args.precision, args.device)
     timer = Interleave(plain, args.block, args.device)

@@ -41,10 +41,32 @@ def load_task_model(model: str, merge_lora: bool = False):
         if (raw.get("hyper_parameters") or {}).get("task") is None:
             raise ValueError(f"{path}: a Lightning checkpoint of another stage, not of a perceptual task "
                              "(no hyper-parameter 'task'); predict scores task models")
-        return PerceptualTaskModule.load_from_checkpoint(path, map_location="cpu", weights_only=not trusted())
+        source = _with_optim_group(raw) or path
+        return PerceptualTaskModule.load_from_checkpoint(source, map_location="cpu", weights_only=not trusted())
     module = PerceptualTaskModule(release=str(path), release_merge_lora=merge_lora)
     module.release_file = str(path)
     return module
+
+
+def _with_optim_group(raw: dict):
+    """A task checkpoint of an earlier version keeps lr, weight_decay, betas, eps and warmup_steps
+    among its hyper-parameters; they are the ``optim`` group now. Such a checkpoint is handed to
+    Lightning rewritten in memory (a file-like object); ``None`` when nothing moved."""
+    import io
+
+    import torch
+
+    from perceptlab.core.optim import MOVED_OPTIMISER_ARGUMENTS
+
+    hparams = dict(raw.get("hyper_parameters") or {})
+    old = {k: hparams.pop(k) for k in list(hparams) if k in MOVED_OPTIMISER_ARGUMENTS}
+    if not old:
+        return None
+    hparams["optim"] = {**dict(hparams.get("optim") or {}), **old}
+    buffer = io.BytesIO()
+    torch.save({**raw, "hyper_parameters": hparams}, buffer)
+    buffer.seek(0)
+    return buffer
 
 
 def choose_protocol(module, protocol: str | None, crops: int | None):

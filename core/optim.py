@@ -10,6 +10,7 @@ checkpoints a ``torch.optim.lr_scheduler`` object, so the factor is served throu
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -82,6 +83,42 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int, tota
         return f if step < warmup_steps else min_lr_ratio + (1 - min_lr_ratio) * f
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass(frozen=True)
+class AdamWCosine:
+    """The optimiser and schedule every stage trains with: AdamW, a linear warm-up of
+    ``warmup_steps`` optimiser steps, then a cosine decay to zero over the run (``optim`` of each
+    stage module; a YAML block ``optim: {lr: ..., warmup_steps: ...}``).
+
+    Args:
+        lr: the peak learning rate.
+        weight_decay: AdamW's decoupled decay, not applied to biases, norms, gains, scales and
+            embeddings of rank < 2 (open_clip's rule, :func:`no_weight_decay`).
+        betas: AdamW's betas.
+        eps: AdamW's epsilon.
+        warmup_steps: the linear warm-up, in optimiser steps.
+    """
+
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int = 0
+
+    @classmethod
+    def of(cls, value: "AdamWCosine | dict") -> "AdamWCosine":
+        """The group from itself or its fields (a checkpoint's hyper-parameters hold a dict)."""
+        return value if isinstance(value, cls) else cls(**{**dict(value), "betas": tuple(dict(value).get("betas", cls.betas))})
+
+    def as_dict(self) -> dict:
+        return {"lr": self.lr, "weight_decay": self.weight_decay, "betas": list(self.betas), "eps": self.eps,
+                "warmup_steps": self.warmup_steps}
+
+
+#: Where a stage module's optimiser arguments of earlier versions went (``commands.moved``).
+MOVED_OPTIMISER_ARGUMENTS = {k: f"optim: {{{k}: ...}} (the optimiser and schedule group, core.optim.AdamWCosine)"
+                             for k in ("lr", "weight_decay", "betas", "eps", "warmup_steps")}
 
 
 def adamw_cosine(

@@ -23,7 +23,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 
 from perceptlab.core.backbone import CLIPBackbone, LoadReport
-from perceptlab.core.optim import adamw_cosine, total_training_steps
+from perceptlab.core.optim import MOVED_OPTIMISER_ARGUMENTS, AdamWCosine, adamw_cosine, total_training_steps
 
 
 class StageModule(pl.LightningModule):
@@ -85,12 +85,24 @@ class StageModule(pl.LightningModule):
                 experiment.add_text("init_visual_from", str(self.visual_load_report).replace("; ", "  \n"))
 
     # ------------------------------------------------------------------------------ optimiser
+    #: A stage's optimiser arguments of earlier versions went into its ``optim`` group.
+    moved_arguments = MOVED_OPTIMISER_ARGUMENTS
+
+    def save_optim_hyperparameters(self, optim: AdamWCosine | dict) -> None:
+        """``save_hyperparameters`` of the calling ``__init__``, with the ``optim`` group kept as
+        ``self.optim`` and stored as plain fields (a checkpoint holds data, not a class)."""
+        import inspect
+
+        self.save_hyperparameters(ignore=["optim"], frame=inspect.currentframe().f_back)
+        self.optim = AdamWCosine.of(optim)
+        self.hparams["optim"] = self.optim.as_dict()
+
     def adamw_cosine(self, groups: list[dict]) -> dict:
         """What ``configure_optimizers`` returns for parameter ``groups`` (see ``core.optim.param_groups``)."""
-        hp = self.hparams
+        o = self.optim
         # the run's length is asked for at the first step, not here (``core.optim.cosine_with_warmup``)
-        return adamw_cosine(groups, hp.lr, hp.betas, hp.eps, hp.warmup_steps, lambda: total_training_steps(self.trainer),
-                            fused=hp.get("fused_adamw"))
+        return adamw_cosine(groups, o.lr, o.betas, o.eps, o.warmup_steps, lambda: total_training_steps(self.trainer),
+                            fused=self.hparams.get("fused_adamw"))
 
     # ---------------------------------------------------------------------------------- export
     def export_visual(self, path: str | Path) -> Path:

@@ -64,7 +64,7 @@ from torchmetrics import CatMetric, MeanMetric
 
 from perceptlab.core.backbone import CLIPBackbone
 from perceptlab.core.checkpoints import OPEN_CLIP_FILENAME  # what a model file is
-from perceptlab.core.optim import no_weight_decay, param_groups
+from perceptlab.core.optim import AdamWCosine, no_weight_decay, param_groups
 from perceptlab.lightning_modules.base import StageModule
 from perceptlab.lightning_modules.contrastive_parallel import ContrastiveParallel, canonical_name, full_tensor
 from perceptlab.lightning_modules.contrastive_validation import ContrastiveValidation
@@ -91,12 +91,9 @@ class ContrastivePretrainModule(ContrastiveValidation, ContrastiveParallel, Stag
         accum_freq: micro-batches per batch, all of them negatives of each other (see docstring).
         max_skipped_share: stop at the end of an epoch in which more than this share of the samples
             read were skipped as corrupt or caption-less (``null``: never stop).
-        lr: peak learning rate of AdamW.
-        weight_decay: AdamW decay, not applied to biases, norms, embeddings of rank < 2 and the
-            logit scale/bias (open_clip's exclusions).
-        betas: AdamW betas.
-        eps: AdamW epsilon.
-        warmup_steps: linear warm-up, in optimiser steps, before the cosine decay to 0.
+        optim: the optimiser and schedule (``core.optim.AdamWCosine``: ``lr``, ``weight_decay`` -- not
+            applied to biases, norms, embeddings of rank < 2 and the logit scale/bias, open_clip's
+            exclusions --, ``betas``, ``eps``, ``warmup_steps``); open_clip_train's defaults.
         grad_clip_norm: clip the global gradient norm to this value (``None`` = no clipping).
         lock_image: freeze the image tower (LiT), except its last ``lock_image_unlocked_groups``.
         lock_image_unlocked_groups: open_clip's groups left trainable when ``lock_image``.
@@ -125,11 +122,7 @@ class ContrastivePretrainModule(ContrastiveValidation, ContrastiveParallel, Stag
         logit_bias_init: float = -10.0,
         accum_freq: int = 1,
         max_skipped_share: float | None = 0.05,
-        lr: float = 5e-4,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.98),
-        eps: float = 1e-6,
-        warmup_steps: int = 2500,
+        optim: AdamWCosine = AdamWCosine(lr=5e-4, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6, warmup_steps=2500),
         grad_clip_norm: float | None = None,
         lock_image: bool = False,
         lock_image_unlocked_groups: int = 0,
@@ -151,7 +144,7 @@ class ContrastivePretrainModule(ContrastiveValidation, ContrastiveParallel, Stag
             raise ValueError("lock_image and lock_image_first_blocks are exclusive: pick one way to freeze the image tower")
         if patch_dropout is not None and not 0.0 <= patch_dropout < 1.0:
             raise ValueError(f"patch_dropout must be in [0, 1), got {patch_dropout}")
-        self.save_hyperparameters()
+        self.save_optim_hyperparameters(optim)
         self.automatic_optimization = False
 
         self.backbone = CLIPBackbone(model_name, pretrained=pretrained, patch_dropout=patch_dropout)
@@ -239,7 +232,7 @@ class ContrastivePretrainModule(ContrastiveValidation, ContrastiveParallel, Stag
     def configure_optimizers(self):
         # decay decided on the unwrapped names (see __init__): FSDP1 flattens parameters to 1-D
         no_decay = lambda name, param: canonical_name(name) in self._no_decay  # noqa: E731
-        return self.adamw_cosine(param_groups(self.named_parameters(), self.hparams.weight_decay, exclude=no_decay))
+        return self.adamw_cosine(param_groups(self.named_parameters(), self.optim.weight_decay, exclude=no_decay))
 
     def on_fit_end(self) -> None:
         """``checkpoints/open_clip_model.pt`` beside ``last.ckpt``: the model as an open_clip state dict,

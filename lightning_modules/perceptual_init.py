@@ -45,7 +45,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from perceptlab.core.scores import two_afc_per_item
 from perceptlab.core.backbone import CLIPBackbone
 from perceptlab.core.lora import apply_lora, lora_parameter_count
-from perceptlab.core.optim import param_groups
+from perceptlab.core.optim import AdamWCosine, param_groups
 from perceptlab.core.checkpoints import VISUAL_FILENAME
 from perceptlab.lightning_modules.base import StageModule
 
@@ -99,11 +99,8 @@ class PerceptualInitModule(StageModule):
         variant: ``full`` (train every tower weight), ``lora`` (peft adapters on q/k/v only) or
             ``head`` (frozen backbone + residual MLP head).
         margin: hinge-loss margin, in cosine-distance units (DreamSim: 0.05).
-        lr: peak AdamW learning rate.
-        weight_decay: AdamW decoupled weight decay, not applied to biases, norms, gains and scales.
-        betas: AdamW betas.
-        eps: AdamW epsilon.
-        warmup_steps: linear warm-up length in optimiser steps, then cosine decay to zero.
+        optim: the optimiser and schedule (``core.optim.AdamWCosine``: ``lr``, ``weight_decay`` -- not
+            on biases, norms, gains and scales --, ``betas``, ``eps``, ``warmup_steps``).
         lora_rank: LoRA rank r (``variant="lora"``; DreamSim: 16).
         lora_alpha: LoRA alpha; adapters are scaled by ``alpha / rank`` (DreamSim: 0.5).
         lora_dropout: dropout on each adapter's input (DreamSim: 0.3).
@@ -121,11 +118,7 @@ class PerceptualInitModule(StageModule):
         init_visual_from: str | None = None,
         variant: Literal["full", "lora", "head"] = "full",
         margin: float = 0.05,
-        lr: float = 5e-4,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.98),
-        eps: float = 1e-6,
-        warmup_steps: int = 150,
+        optim: AdamWCosine = AdamWCosine(lr=5e-4, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6, warmup_steps=150),
         lora_rank: int = 16,
         lora_alpha: float = 0.5,
         lora_dropout: float = 0.3,
@@ -140,7 +133,7 @@ class PerceptualInitModule(StageModule):
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
         if margin < 0:
             raise ValueError(f"margin must be >= 0, got {margin}")
-        self.save_hyperparameters()
+        self.save_optim_hyperparameters(optim)
         self.backbone = CLIPBackbone(
             model_name, pretrained=pretrained, vision_only=True,
             force_image_size=force_image_size, patch_dropout=patch_dropout,
@@ -253,7 +246,7 @@ class PerceptualInitModule(StageModule):
 
     # -------------------------------------------------------------------------- optimisers
     def configure_optimizers(self) -> dict:
-        return self.adamw_cosine(param_groups(self.named_parameters(), self.hparams.weight_decay))
+        return self.adamw_cosine(param_groups(self.named_parameters(), self.optim.weight_decay))
 
     # ------------------------------------------------------------------------------ export
     def lora_parameter_count(self) -> int:

@@ -50,7 +50,7 @@ from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 from perceptlab.core.backbone import CLIPBackbone
 from perceptlab.core.hf_clip import PerceptCLIPRelease, open_clip_config_from_hf, open_clip_state_from_hf
 from perceptlab.core.lora import apply_lora
-from perceptlab.core.optim import param_groups
+from perceptlab.core.optim import AdamWCosine, param_groups
 from perceptlab.core.transforms import register_model_config
 from perceptlab.lightning_modules.base import StageModule
 
@@ -96,12 +96,10 @@ class PerceptualTaskModule(StageModule):
             (PerceptCLIP's ``[512, 256]``); each hidden layer is Linear -> ReLU -> Dropout.
         head_dropout: dropout after each of the head's ReLUs.
         normalize_embedding: L2-normalise the embedding before the head.
-        lr: AdamW learning rate (LoRA, and the head unless ``head_lr``).
-        head_lr: separate learning rate for the head (``None``: ``lr``).
-        weight_decay: AdamW weight decay (biases and norms excluded, open_clip's rule).
-        betas: AdamW betas.
-        eps: AdamW epsilon.
-        warmup_steps: linear warm-up, in optimiser steps, before the cosine decay.
+        optim: the optimiser and schedule (``core.optim.AdamWCosine``: ``lr`` -- the LoRA's, and the
+            head's unless ``head_lr`` --, ``weight_decay`` -- biases and norms excluded, open_clip's
+            rule --, ``betas``, ``eps``, ``warmup_steps``).
+        head_lr: separate learning rate for the head (``None``: ``optim.lr``).
         release: a PerceptCLIP release file (see :class:`perceptlab.core.hf_clip.PerceptCLIPRelease`):
             architecture, LoRA rank, head sizes and task come from it (``model_name``,
             ``lora_rank``, ``head_hidden``, ``task`` and ``num_classes`` are then ignored) and so
@@ -128,17 +126,13 @@ class PerceptualTaskModule(StageModule):
         head_hidden: int | list[int] = 256,
         head_dropout: float = 0.5,
         normalize_embedding: bool = False,
-        lr: float = 5e-5,
+        optim: AdamWCosine = AdamWCosine(lr=5e-5, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8, warmup_steps=0),
         head_lr: float | None = None,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        warmup_steps: int = 0,
         release: str | None = None,
         release_merge_lora: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_optim_hyperparameters(optim)
         weights = None
         if release:
             weights = PerceptCLIPRelease.read(release)
@@ -304,7 +298,8 @@ class PerceptualTaskModule(StageModule):
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
+        decay = self.optim.weight_decay
         if hp.head_lr is None:
-            return self.adamw_cosine(param_groups(self.named_parameters(), hp.weight_decay))
-        return self.adamw_cosine([*param_groups(self.backbone.named_parameters(), hp.weight_decay, lr=hp.lr),
-                                  *param_groups(self.head.named_parameters(), hp.weight_decay, lr=hp.head_lr)])
+            return self.adamw_cosine(param_groups(self.named_parameters(), decay))
+        return self.adamw_cosine([*param_groups(self.backbone.named_parameters(), decay, lr=self.optim.lr),
+                                  *param_groups(self.head.named_parameters(), decay, lr=hp.head_lr)])

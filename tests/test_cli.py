@@ -140,3 +140,19 @@ def test_an_image_text_key_of_an_earlier_version_names_the_reader_object(tmp_pat
         err = capsys.readouterr().err.strip().splitlines()
         assert exit_.value.code == 2 and len(err) == 1 and "(ImageTextDataModule) moved: give pairs:" in err[0], err
     assert "HFSource" in err[0] and "caption_key" in err[0]
+
+
+def test_an_optimiser_argument_of_an_earlier_version_names_the_optim_group(capsys):
+    """The stages' lr, weight_decay, betas, eps and warmup_steps are one group now (optim: {...})."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(REPO / "experiments/toy/pretrain_pi.yaml"), "--model.init_args.lr=1e-3",
+              "--print_config"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and "model.init_args.lr (ContrastivePretrainModule) moved: give optim:" in err[0]
+    with pytest.raises(SystemExit) as exit_:  # the new place parses, over the stage's own defaults
+        main(["fit", "--config", str(REPO / "experiments/toy/pretrain_pi.yaml"), "--model.init_args.optim.lr=1e-3",
+              "--print_config"])
+    import yaml
+
+    optim = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["optim"]
+    assert exit_.value.code in (0, None) and optim["lr"] == 1e-3 and optim["warmup_steps"] == 50

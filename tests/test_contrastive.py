@@ -17,6 +17,7 @@ from open_clip.loss import SigLipLoss
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from perceptlab.core.optim import AdamWCosine
 from perceptlab.core.backbone import CLIPBackbone
 from perceptlab.lightning_modules.contrastive import ContrastivePretrainModule
 from perceptlab.lightning_modules.contrastive_validation import retrieval_recall
@@ -104,14 +105,14 @@ def test_init_visual_from_copies_exactly_the_visual_tower(tmp_path):
 def _grads_after_one_step(batch: dict, **kwargs) -> dict[str, torch.Tensor]:
     """Gradients of one real training step (lr 0 leaves the weights where they were)."""
     pl.seed_everything(0)
-    module = ContrastivePretrainModule(MODEL, lr=0.0, weight_decay=0.0, warmup_steps=0, **kwargs)
+    module = ContrastivePretrainModule(MODEL, optim=AdamWCosine(lr=0.0, weight_decay=0.0, warmup_steps=0), **kwargs)
     _trainer(max_steps=1, limit_val_batches=0).fit(module, DataLoader([batch], batch_size=None))
     return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
 def test_adamw_groups_follow_open_clip_weight_decay_exclusions():
     """open_clip's rule: no decay on rank < 2 tensors, norms (ln), biases and the logit scale."""
-    module = ContrastivePretrainModule(MODEL, loss="siglip", weight_decay=0.2, warmup_steps=0)
+    module = ContrastivePretrainModule(MODEL, loss="siglip", optim=AdamWCosine(weight_decay=0.2, warmup_steps=0))
     _trainer(max_steps=1, limit_val_batches=0).fit(module, DataLoader([_batch(4)], batch_size=None))
     decay, no_decay = module.optimizers().optimizer.param_groups
     names = {id(p): n for n, p in module.named_parameters()}
@@ -194,7 +195,7 @@ def test_training_goes_on_past_a_corrupt_jpeg_and_logs_the_skip(tmp_path):
     _shard(tmp_path / "00001.tar", 20, corrupt={})
     dm = ImageTextDataModule(WebDatasetSource(str(tmp_path / "0000{0,1}.tar"), samples_per_epoch=32), batch_size=8,
                              num_workers=2, shuffle=False)
-    module = ContrastivePretrainModule(MODEL, warmup_steps=1)
+    module = ContrastivePretrainModule(MODEL, optim=AdamWCosine(warmup_steps=1))
     trainer = _trainer(max_steps=4, limit_val_batches=0, log_every_n_steps=1)
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
         trainer.fit(module, dm)
@@ -209,7 +210,7 @@ def test_training_stops_when_the_skipped_share_passes_the_threshold(tmp_path):
     _shard(tmp_path / "00000.tar", 16, corrupt={1, 3, 5, 7})  # 4 of 16 = 25% unreadable
     dm = ImageTextDataModule(WebDatasetSource(str(tmp_path / "00000.tar"), samples_per_epoch=12), batch_size=4,
                              num_workers=0, shuffle=False)
-    module = ContrastivePretrainModule(MODEL, warmup_steps=1, max_skipped_share=0.2)
+    module = ContrastivePretrainModule(MODEL, optim=AdamWCosine(warmup_steps=1), max_skipped_share=0.2)
     trainer = _trainer(max_epochs=3, limit_val_batches=0, log_every_n_steps=1)
     with pytest.raises(RuntimeError, match=r"4 of 16 samples \(25\.0%\) read in epoch 0 .*max_skipped_share=20\.0%"):
         with pytest.warns(UserWarning, match="skipped"):
@@ -223,7 +224,8 @@ def test_toy_pretraining_lifts_zero_shot_accuracy_above_chance(tiny_world):
     from perceptlab.datamodules.image_text import ImageTextDataModule, WebDatasetSource
 
     pl.seed_everything(0)
-    module = ContrastivePretrainModule(MODEL, lr=1e-3, weight_decay=0.0, warmup_steps=10, logit_scale_init=1 / 0.07,
+    module = ContrastivePretrainModule(MODEL, optim=AdamWCosine(lr=1e-3, weight_decay=0.0, warmup_steps=10),
+                                       logit_scale_init=1 / 0.07,
                                        grad_clip_norm=3.0, patch_dropout=0.5)
     dm = ImageTextDataModule(WebDatasetSource(str(tiny_world / "image_text" / "shards" / "*.tar"),
                                               str(tiny_world / "image_text" / "val_shards" / "00000.tar")),
@@ -276,7 +278,7 @@ class _Losses(pl.Callback):
 
 def _losses(steps: int = 4, **kwargs) -> tuple[list[float], "_Losses", ContrastivePretrainModule]:
     pl.seed_everything(0)
-    module = ContrastivePretrainModule(MODEL, warmup_steps=1, lr=1e-3, **kwargs)
+    module = ContrastivePretrainModule(MODEL, optim=AdamWCosine(lr=1e-3, warmup_steps=1), **kwargs)
     seen = _Losses()
     _trainer(max_steps=steps, callbacks=[seen]).fit(module, DataLoader([_batch(8, s) for s in range(steps)], batch_size=None))
     return seen.values, seen, module

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from transformers import CLIPConfig, CLIPModel, CLIPVisionModelWithProjection
 
+from perceptlab.core.optim import AdamWCosine
 from perceptlab.commands.export import export
 from perceptlab.core.backbone import CLIPBackbone
 from perceptlab.core.lora import apply_lora
@@ -86,7 +87,7 @@ def test_a_vision_model_file_initialises_the_tower_and_a_wrong_name_is_refused(t
 def _toy_stage2_checkpoint(tmp_path):
     """A toy stage-2 run: one real training step, its Lightning checkpoint and open_clip file."""
     pl.seed_everything(0)
-    module = ContrastivePretrainModule(TINY, warmup_steps=1)
+    module = ContrastivePretrainModule(TINY, optim=AdamWCosine(warmup_steps=1))
     texts = open_clip.get_tokenizer(TINY)(["a red car on grass", "a blue cat", "a dog in the sky", "a large boat"])
     batch = {"image": torch.randn(4, 3, 64, 64), "text": texts, "skipped": torch.tensor(0)}
     trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=TensorBoardLogger(tmp_path, name="run", version=0),

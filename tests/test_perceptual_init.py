@@ -12,6 +12,7 @@ import torch
 import yaml
 from test_nights import EXPECTED_2AFC, ROWS, write_nights
 
+from perceptlab.core.optim import AdamWCosine
 from perceptlab.datamodules.nights import NightsDataModule
 from perceptlab.core.backbone import CLIPBackbone
 from perceptlab.lightning_modules.perceptual_init import PerceptualInitModule, hinge_loss
@@ -192,7 +193,7 @@ def test_training_raises_val_two_afc_on_the_tiny_world(tiny_world, tmp_path):
     train split. The threshold leaves room for float differences between machines.
     """
     pl.seed_everything(0)
-    model = PerceptualInitModule(model_name=TINY, lr=1e-3, warmup_steps=2, export_visual=False)
+    model = PerceptualInitModule(model_name=TINY, optim=AdamWCosine(lr=1e-3, warmup_steps=2), export_visual=False)
     dm = NightsDataModule(str(tiny_world / "nights"), batch_size=32, num_workers=0)
     before = trainer(tmp_path).validate(model, datamodule=dm, verbose=False)[0]["val/2afc"]
     trainer(tmp_path, max_steps=24, limit_val_batches=0).fit(model, datamodule=dm)
@@ -257,7 +258,8 @@ def test_paper_config_resolves(capsys):
                           "--data.init_args.root=/data/nights")
     model, data = config["model"]["init_args"], config["data"]["init_args"]
     assert (model["model_name"], model["pretrained"], model["variant"]) == ("ViT-B-32", None, "full")
-    assert (model["lr"], model["weight_decay"], model["betas"], model["warmup_steps"], model["margin"]) == (
+    optim = model["optim"]
+    assert (optim["lr"], optim["weight_decay"], optim["betas"], optim["warmup_steps"], model["margin"]) == (
         5e-4, 0.1, [0.9, 0.98], 150, 0.05)
     assert (data["batch_size"], config["trainer"]["max_epochs"], config["trainer"]["precision"]) == (128, 32, "bf16-mixed")
 

@@ -14,6 +14,7 @@ import torch
 import yaml
 from scipy.stats import pearsonr
 
+from perceptlab.core.optim import AdamWCosine
 from perceptlab.datamodules.iqa import IQASet, read_iqa_set
 from perceptlab.datamodules.perceptual_tasks import EmoSetDataModule, IQADataModule, LaMemDataModule
 from perceptlab.datamodules.task_sets import EMOTIONS, read_emoset_split, read_lamem_split
@@ -302,7 +303,8 @@ def test_iqa_fine_tune_raises_test_srcc(tiny_world, one_thread):
                    lower_better=False, mos_range=(0.0, 100.0), subset="all")
     dm = IQADataModule(kadid, [livec], batch_size=32, num_workers=0)
     pl.seed_everything(0)
-    model = PerceptualTaskModule(TINY, task="regression", loss="mse+plcc", lr=1e-2)
+    model = PerceptualTaskModule(TINY, task="regression", loss="mse+plcc",
+                                 optim=AdamWCosine(lr=1e-2, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8))
     before = quiet_trainer().test(model, dm, verbose=False)
     quiet_trainer(max_steps=80, limit_val_batches=0, num_sanity_val_steps=0).fit(model, dm)
     after = quiet_trainer().test(model, dm, verbose=False)
@@ -319,7 +321,8 @@ def test_iqa_fine_tune_raises_test_srcc(tiny_world, one_thread):
 def test_emotion_beats_chance_on_toy_emoset(tiny_world, one_thread):
     dm = EmoSetDataModule(str(tiny_world / "emoset"), batch_size=32, num_workers=0)
     pl.seed_everything(0)
-    model = PerceptualTaskModule(TINY, task="classification", num_classes=8, lr=1e-2)
+    model = PerceptualTaskModule(TINY, task="classification", num_classes=8,
+                                 optim=AdamWCosine(lr=1e-2, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8))
     before = quiet_trainer().test(model, dm, verbose=False)[0]
     quiet_trainer(max_steps=30, limit_val_batches=0, num_sanity_val_steps=0).fit(model, dm)
     after = quiet_trainer().test(model, dm, verbose=False)[0]

@@ -185,3 +185,22 @@ def test_the_task_test_step_applies_a_cards_protocol(tiny_world):
     assert batch["image"].shape[1:] == (15, 3, 224, 224)
     with pytest.raises(ValueError, match="perceptclip_emotions is for classification; LaMemDataModule serves regression"):
         LaMemDataModule(root=str(tiny_world / "lamem"), model_name=TINY, test_protocol="perceptclip_emotions")
+
+
+def test_a_task_checkpoint_of_an_earlier_version_with_flat_optimiser_arguments_is_scored_alike(tiny_world, tmp_path):
+    """Task checkpoints written before the optimiser group kept lr, weight_decay, betas, eps and
+    warmup_steps among their hyper-parameters; predict reads them as the group and scores the same."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in sorted((tiny_world / "lamem" / "images").iterdir())[:4]:
+        shutil.copy(p, folder / p.name)
+    _, ckpt = checkpoint(tmp_path)
+    raw = torch.load(ckpt, weights_only=True)
+    hparams = dict(raw["hyper_parameters"])
+    assert hparams["optim"] == {"lr": 5e-5, "weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-8, "warmup_steps": 0}
+    old = {**{k: v for k, v in hparams.items() if k != "optim"}, **hparams["optim"]}
+    torch.save({**raw, "hyper_parameters": old}, tmp_path / "old.ckpt")
+    args = ["--images", str(folder), "--num_workers", "0", "--accelerator", "cpu", "--devices", "1"]
+    perceptlab(["predict", str(ckpt), *args, "--out", str(tmp_path / "new.csv")])
+    perceptlab(["predict", str(tmp_path / "old.ckpt"), *args, "--out", str(tmp_path / "old.csv")])
+    assert pd.read_csv(tmp_path / "old.csv").equals(pd.read_csv(tmp_path / "new.csv"))

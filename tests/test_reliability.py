@@ -16,6 +16,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from perceptlab.core.optim import AdamWCosine
 from perceptlab.callbacks.reliability import NonFiniteLossError, NonFiniteLossGuard
 
 REPO = Path(__file__).resolve().parent.parent
@@ -167,7 +168,7 @@ def test_probe_pointed_at_a_missing_folder_fails_at_start_up_naming_probe_and_pa
     suite = AlignmentSuite(probes=[NightsProbe(root=str(tmp_path / "missing_nights"), name="nights_test")], num_workers=0)
     trainer = pl.Trainer(max_steps=2, callbacks=[suite, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
                          logger=False, enable_progress_bar=False, enable_model_summary=False)
-    model = PerceptualInitModule(warmup_steps=1)
+    model = PerceptualInitModule(optim=AdamWCosine(warmup_steps=1))
     with pytest.raises(FileNotFoundError, match=r"alignment probe 'nights_test' .*missing_nights"):
         trainer.fit(model, NightsDataModule(root=str(tiny_world / "nights"), batch_size=8, num_workers=0))
     assert trainer.global_step == 0
