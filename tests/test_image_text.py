@@ -285,3 +285,10 @@ def test_sample_count_follows_webdatasets_own_key_rule(tmp_path):
     yielded = [s for s in wds.WebDataset(str(path), shardshuffle=False, empty_check=False)
                if any(k in IMAGE_KEYS or k.rsplit(".", 1)[-1] in IMAGE_KEYS for k in s if not k.startswith("__"))]
     assert tar_sample_count(path, IMAGE_KEYS) == count_samples([str(path)]) == len(yielded) == 2
+
+
+def test_a_null_override_of_a_readers_data_is_no_data():
+    """LightningCLI passes --data.init_args.pairs.init_args.val=null as the string 'None'
+    (benchmarks/bench_vs_open_clip.py gives that override, through the command line, in tests/test_benchmarks.py)."""
+    assert WebDatasetSource("a.tar", "None").val is None and CsvSource("null").train is None
+    assert WebDatasetSource("a.tar", "b.tar").val == "b.tar"

@@ -15,6 +15,13 @@ from typing import Any, Callable
 
 from perceptlab.datamodules.image_text.common import MapPairCollate
 
+def _data(value):
+    """``value``, with ``None`` for the string ``"None"``: LightningCLI hands a dotted override of a
+    nested reader's argument (``--data.init_args.pairs.init_args.val=null``) through as that string,
+    and no one's data is a file named ``None``."""
+    return None if isinstance(value, str) and value.strip() in ("None", "null") else value
+
+
 class PairSource(ABC):
     """One image-text format's training pairs (``train``) and held-out pairs (``val``: validation
     loss and retrieval recall; ``None``: none). Subclasses build the datasets; map-style datasets
@@ -24,8 +31,8 @@ class PairSource(ABC):
     format: str = ""
 
     def __init__(self, train: str | list[str] | None = None, val: str | list[str] | None = None) -> None:
-        self.train = train
-        self.val = val
+        self.train = _data(train)
+        self.val = _data(val)
 
     @abstractmethod
     def train_set(self, dm, transform: Callable, tokenizer: Callable, rank: int, world: int):
