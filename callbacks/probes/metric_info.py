@@ -92,12 +92,6 @@ class MetricInfo:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def describe_all(metrics: Iterable[str], info: Mapping[str, MetricInfo], probe_names: Iterable[str] = ()) -> dict[str, MetricInfo]:
-    """``info`` for every metric in ``metrics``, the legacy rules for the ones it lacks."""
-    metrics, probe_names = list(metrics), list(probe_names)
-    return {m: info.get(m) or legacy_info(m, probe_names, metrics) for m in metrics}
-
-
 # ------------------------------------------------------------------------ runs of earlier versions
 # The metric-name rules of the shipped probes before they described their metrics (one place, with
 # the probes): what a run directory without alignment_metrics.json means.
