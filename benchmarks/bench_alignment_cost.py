@@ -130,9 +130,10 @@ def toy_suite(world: Path, repeats: int, batch_size: int | None = None) -> dict:
 def stage2_settings() -> dict:
     config = yaml.safe_load(STAGE2_YAML.read_text())
     model, data = config["model"]["init_args"], config["data"]["init_args"]
-    return {"model_name": model["model_name"], "patch_dropout": model.get("patch_dropout"), "lr": model["lr"],
-            "weight_decay": model["weight_decay"], "betas": tuple(model["betas"]), "eps": model["eps"],
-            "warmup_steps": model["warmup_steps"], "batch_size": data["batch_size"]}
+    optim = model["optim"]
+    return {"model_name": model["model_name"], "patch_dropout": model.get("patch_dropout"), "lr": optim["lr"],
+            "weight_decay": optim["weight_decay"], "betas": tuple(optim["betas"]), "eps": optim["eps"],
+            "warmup_steps": optim["warmup_steps"], "batch_size": data["loader"]["batch_size"]}
 
 
 def toy_training_step(world: Path, repeats: int, settings: dict) -> float:

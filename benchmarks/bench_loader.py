@@ -43,6 +43,7 @@ from PIL import Image
 
 from perceptlab.datamodules.image_text import ImageTextDataModule, WebDatasetSource
 from perceptlab.core.backbone import CLIPBackbone
+from perceptlab.datamodules.loader import Loader
 
 
 def write_shards(folder: Path, shards: int, per_shard: int, size: int) -> str:
@@ -112,7 +113,7 @@ def _loader_rate(pattern: str, model: str, batch: int, workers: int, batches: in
         source = LitdataSource(pattern)
     else:
         source = WebDatasetSource(pattern, samples_per_epoch=batch * batches * max(1, workers) * 4)
-    dm = ImageTextDataModule(source, model_name=model, batch_size=batch, num_workers=workers, augmentation="clip")
+    dm = ImageTextDataModule(source, model_name=model, augmentation="clip", loader=Loader(batch_size=batch, num_workers=workers))
     dm.setup("fit")
     it = iter(dm.train_dataloader())
     next(it)  # worker start-up and first fills are not the steady state

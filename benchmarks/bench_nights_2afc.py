@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader
 from perceptlab.core.scores import two_afc
 from perceptlab.datamodules.nights import NightsDataModule
 from perceptlab.lightning_modules.perceptual_init import PerceptualInitModule
+from perceptlab.datamodules.loader import Loader
 
 
 def dreamsim_style(model: PerceptualInitModule, loader, device) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -98,8 +99,8 @@ def dreamsim_loader(dm: NightsDataModule, split: str) -> DataLoader:
     u8 = dm.datasets[split].transform
     dataset = copy.copy(dm.datasets[split])
     dataset.transform = T.Compose([*u8.transforms[:-1], T.ToTensor()])  # PILToTensor -> ToTensor
-    return DataLoader(dataset, batch_size=dm.hparams.batch_size, shuffle=False,
-                      **dm.loader_kwargs(dm.hparams.num_workers, dm.hparams.pin_memory))
+    return DataLoader(dataset, batch_size=dm.loader.batch_size, shuffle=False,
+                      **dm.loader_kwargs())
 
 
 def _timed(fns, model, source, device, repeats, passes) -> tuple[dict[str, list[float]], dict[str, tuple], int]:
@@ -150,8 +151,8 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = PerceptualInitModule(model_name=args.model).to(device).eval()
-    dm = NightsDataModule(root, batch_size=args.batch_size, num_workers=args.workers, model_name=args.model,
-                          val_split=args.split)
+    dm = NightsDataModule(root, model_name=args.model,
+                          val_split=args.split, loader=Loader(batch_size=args.batch_size, num_workers=args.workers))
     dm.setup("validate")
     loader = dm.val_dataloader()  # persistent workers, reused by every pass
     ds_loader = dreamsim_loader(dm, args.split)

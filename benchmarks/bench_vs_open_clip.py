@@ -79,8 +79,8 @@ def run_perceptlab(ns, shards: list[str], work: Path, tag: str) -> dict:
            "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
            f"--trainer.callbacks+={timer}",
            f"--data.init_args.pairs.init_args.train={'::'.join(shards)}", "--data.init_args.pairs.init_args.val=null",
-           "--data.init_args.zeroshot_data=null", f"--data.init_args.batch_size={ns.batch}",
-           f"--data.init_args.num_workers={ns.workers}", "--data.init_args.augmentation=clip",
+           "--data.init_args.zeroshot_data=null", f"--data.init_args.loader.batch_size={ns.batch}",
+           f"--data.init_args.loader.num_workers={ns.workers}", "--data.init_args.augmentation=clip",
            f"--data.init_args.pairs.init_args.samples_per_epoch={ns.steps * ns.batch}"]
     if ns.device != "cpu":
         cmd.append("--model.init_args.matmul_precision=high")

@@ -21,6 +21,7 @@ from scipy.stats import t
 
 from perceptlab.datamodules.image_text import ImageTextDataModule, WebDatasetSource
 from perceptlab.lightning_modules.contrastive import ContrastivePretrainModule
+from perceptlab.datamodules.loader import Loader
 
 
 def main() -> None:
@@ -35,8 +36,8 @@ def main() -> None:
     prob = float(getattr(dropout, "prob", 0.0))
     if prob <= 0:
         raise SystemExit(f"{ns.checkpoint}: the model trains without patch dropout; nothing to measure")
-    dm = ImageTextDataModule(WebDatasetSource(ns.shards), batch_size=ns.batch, num_workers=0, augmentation="none",
-                             model_name=module.backbone.model_name)
+    dm = ImageTextDataModule(WebDatasetSource(ns.shards), augmentation="none",
+                             model_name=module.backbone.model_name, loader=Loader(batch_size=ns.batch, num_workers=0))
     dm.setup("fit")
     torch.manual_seed(0)
     differences = []

@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -23,6 +24,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from perceptlab.datamodules.loader import MOVED_LOADER_ARGUMENTS, Loader
 from perceptlab.datamodules.sampling import EpochSampler
 
 
@@ -52,6 +54,8 @@ class BackboneDataModule(pl.LightningDataModule):
     #: The transform's model keys stay out of a data module's hparams: Lightning refuses to log a
     #: data module and a model whose hparams share a key with different values.
     MODEL_KEYS = ("model_name", "pretrained", "image_size")
+    #: A data module's loader arguments of earlier versions went into its ``loader`` group.
+    moved_arguments = MOVED_LOADER_ARGUMENTS
 
     def __init__(self, model_name: str | None = None, pretrained: str | None = None,
                  image_size: int | None = None) -> None:
@@ -59,6 +63,15 @@ class BackboneDataModule(pl.LightningDataModule):
         self.model_name, self.pretrained, self.image_size = model_name, pretrained, image_size
         self._train_sampler: EpochSampler | None = None
         self._resume_epoch = 0  # the epoch of the next training batch, from a resumed checkpoint
+        self.loader = Loader()
+
+    def save_loader_hyperparameters(self, loader: Loader | dict, ignore: tuple[str, ...] = ()) -> None:
+        """``save_hyperparameters`` of the calling ``__init__`` (without the model keys and
+        ``ignore``), with the ``loader`` group kept as ``self.loader`` and stored as plain fields
+        (a checkpoint holds data, not a class)."""
+        self.save_hyperparameters(ignore=[*self.MODEL_KEYS, "loader", *ignore], frame=inspect.currentframe().f_back)
+        self.loader = Loader.of(loader)
+        self.hparams["loader"] = self.loader.as_dict()
 
     # ----------------------------------------------------------------------- the model's side
     def attached_backbone(self):
@@ -116,29 +129,28 @@ class BackboneDataModule(pl.LightningDataModule):
                              open_clip.get_tokenizer(self.model_name) if tokenizer else None)
 
     # -------------------------------------------------------------------------------- loaders
-    @staticmethod
-    def loader_kwargs(num_workers: int, pin_memory: bool) -> dict[str, Any]:
-        return {"num_workers": num_workers, "pin_memory": bool(pin_memory) and torch.cuda.is_available(),
-                "persistent_workers": num_workers > 0}
+    def loader_kwargs(self) -> dict[str, Any]:
+        """The ``DataLoader`` arguments of the ``loader`` group besides the batch size."""
+        workers = int(self.loader.num_workers)
+        return {"num_workers": workers, "pin_memory": self.loader.pinned, "persistent_workers": workers > 0}
 
     @staticmethod
     def run_seed() -> int:
         """The run's seed (``seed_everything``), 0 when none was set."""
         return int(os.environ.get("PL_GLOBAL_SEED", "0"))
 
-    def train_loader(self, dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool,
-                     shuffle: bool = True, drop_last: bool = False, seed: int | None = None,
+    def train_loader(self, dataset: Dataset, shuffle: bool = True, drop_last: bool = False, seed: int | None = None,
                      collate_fn: Callable | None = None, even_shards: bool = False) -> StatefulDataLoader:
         """The training loader of a map-style ``dataset``: its order from :class:`EpochSampler`
         (``seed`` + epoch; the run's seed by default; one rank's share under DDP, padded with
         repeats unless ``even_shards`` drops the tail), stateful so that Lightning stores the
         position inside an epoch; a resumed run's loader starts at the checkpoint's next epoch."""
         rank, world = self.rank_world()
-        self._train_batch_size = batch_size
+        batch_size = self._train_batch_size = self.loader.batch_size
         self._train_sampler = EpochSampler(dataset, shuffle=shuffle, seed=self.run_seed() if seed is None else seed,
                                            rank=rank, world_size=world, drop_last=even_shards, epoch=self._resume_epoch)
         return StatefulDataLoader(dataset, batch_size=batch_size, sampler=self._train_sampler, drop_last=drop_last,
-                                  collate_fn=collate_fn, **self.loader_kwargs(num_workers, pin_memory))
+                                  collate_fn=collate_fn, **self.loader_kwargs())
 
     def state_dict(self) -> dict[str, Any]:
         # Lightning restores a loader's position only for a checkpoint written inside an epoch:
@@ -152,20 +164,21 @@ class BackboneDataModule(pl.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume_epoch = int(state_dict.get("train_epoch", 0))
 
-    def eval_loader(self, dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool,
-                    collate_fn: Callable | None = None, persistent_workers: bool = True) -> DataLoader:
-        """An evaluation loader over a map-style ``dataset`` that never repeats an item under DDP."""
+    def eval_loader(self, dataset: Dataset, collate_fn: Callable | None = None,
+                    persistent_workers: bool = True) -> DataLoader:
+        """An evaluation loader over a map-style ``dataset`` (batches of ``loader.eval_batch_size``)
+        that never repeats an item under DDP."""
         rank, world = self.rank_world()
         sampler = None
         if world > 1:
             sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
-        kwargs = self.loader_kwargs(num_workers, pin_memory)
+        kwargs = self.loader_kwargs()
         kwargs["persistent_workers"] = kwargs["persistent_workers"] and persistent_workers
         # Its own generator for the workers' seed: drawn from the global one, a persistent loader's
         # first iteration would take a training random number at whichever validation came first
         # in this process -- another one after a resume, and the resumed run's dropout would differ.
-        return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, collate_fn=collate_fn,
-                          generator=torch.Generator().manual_seed(0), **kwargs)
+        return DataLoader(dataset, batch_size=self.loader.eval_size, shuffle=False, sampler=sampler,
+                          collate_fn=collate_fn, generator=torch.Generator().manual_seed(0), **kwargs)
 
 
 def tar_sample_count(path, image_extensions) -> int:

@@ -40,6 +40,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from perceptlab.core.images import to_rgb
 from perceptlab.datamodules.base import BackboneDataModule, check_images, name_some
+from perceptlab.datamodules.loader import Loader
 
 SPLITS = ("train", "val", "test", "test_imagenet", "test_no_imagenet")
 REQUIRED_COLUMNS = ("id", "right_vote", "votes", "ref_path", "left_path", "right_path", "split", "is_imagenet")
@@ -198,19 +199,17 @@ class NightsDataModule(BackboneDataModule):
 
     Args:
         root: NIGHTS folder (``data.csv``, ``ref/``, ``distort/``).
-        batch_size: triplets per batch and per device.
-        num_workers: loader processes per device; they do all image decoding.
+        loader: batch sizes (triplets per batch and per device), loader processes (they do all
+            image decoding) and pinning (:class:`perceptlab.datamodules.loader.Loader`).
         min_votes: keep triplets with at least this many votes (DreamSim: 6).
         val_split: split used for validation.
         test_splits: splits of ``trainer.test``, one dataloader each, in this order.
-        eval_batch_size: triplets per batch in val/test (default ``batch_size``).
         model_name: open_clip architecture for the transform when no model is attached (an
             attached backbone of another architecture is an error, not silently preferred).
         pretrained: open_clip tag whose mean/std apply when no model is attached.
         image_size: input size when no model is attached (default: the architecture's).
         train_augment: use open_clip's training transform (random resized crop) for ``train``.
         verify_images: read every image header at set-up (a bad file stops set-up, named).
-        pin_memory: pin batches for faster host-to-GPU copies.
         uint8_images: workers stop at ``uint8`` image tensors and the model's backbone converts
             and normalises them on its device (``CLIPBackbone.prepare_images``): the same numbers,
             a quarter of the bytes between processes and to the GPU, less work per worker.
@@ -220,22 +219,19 @@ class NightsDataModule(BackboneDataModule):
     def __init__(
         self,
         root: str,
-        batch_size: int = 32,
-        num_workers: int = 4,
+        loader: Loader = Loader(batch_size=32, num_workers=4),
         min_votes: int = 6,
         val_split: str = "val",
         test_splits: list[str] | None = None,
-        eval_batch_size: int | None = None,
         model_name: str | None = None,
         pretrained: str | None = None,
         image_size: int | None = None,
         train_augment: bool = False,
         verify_images: bool = True,
-        pin_memory: bool = True,
         uint8_images: bool = True,
     ) -> None:
         super().__init__(model_name, pretrained, image_size)
-        self.save_hyperparameters(ignore=list(self.MODEL_KEYS))
+        self.save_loader_hyperparameters(loader)
         self.root = Path(root).expanduser()
         self.test_splits = list(test_splits) if test_splits is not None else ["test_imagenet", "test_no_imagenet"]
         for name in [val_split, *self.test_splits]:
@@ -276,12 +272,10 @@ class NightsDataModule(BackboneDataModule):
     def train_dataloader(self) -> StatefulDataLoader:
         # Stateful: Lightning stores the sampler position in the checkpoint, so a resumed run
         # continues mid-epoch instead of replaying it.
-        hp = self.hparams
-        return self.train_loader(self.datasets["train"], hp.batch_size, hp.num_workers, hp.pin_memory)
+        return self.train_loader(self.datasets["train"])
 
     def _eval_loader(self, split: str) -> DataLoader:
-        hp = self.hparams
-        return self.eval_loader(self.datasets[split], hp.eval_batch_size or hp.batch_size, hp.num_workers, hp.pin_memory)
+        return self.eval_loader(self.datasets[split])
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_split)

@@ -47,6 +47,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from perceptlab.datamodules.base import BackboneDataModule
 from perceptlab.datamodules.iqa import IQASet, read_iqa_set
+from perceptlab.datamodules.loader import Loader
 from perceptlab.datamodules.protocols import get_protocol
 from perceptlab.datamodules.task_sets import (
     EMOTIONS,
@@ -65,9 +66,8 @@ class PerceptualDataModule(BackboneDataModule, abc.ABC):
     """Shared loaders and transforms of the perceptual-task data modules.
 
     Args:
-        batch_size: images per batch and per device.
-        num_workers: loader processes per device (they decode the images).
-        eval_batch_size: images per batch in val/test (default ``batch_size``).
+        loader: batch sizes (images per batch and per device), loader processes (they decode the
+            images) and pinning (:class:`perceptlab.datamodules.loader.Loader`).
         model_name: open_clip architecture for the transform when no model is attached.
         pretrained: open_clip tag whose mean/std apply when no model is attached.
         image_size: input size when no model is attached (default: the architecture's).
@@ -81,16 +81,13 @@ class PerceptualDataModule(BackboneDataModule, abc.ABC):
             correlations it would change are none; ``perceptlab predict`` applies it.
         protocol_seed: the seed of the protocol's random crops (the same image, the same crops).
         verify_images: check at set-up that every listed image file exists (named if not).
-        pin_memory: pin batches for faster host-to-GPU copies.
     """
 
     task: str = "regression"
 
     def __init__(
         self,
-        batch_size: int = 32,
-        num_workers: int = 4,
-        eval_batch_size: int | None = None,
+        loader: Loader = Loader(batch_size=32, num_workers=4),
         model_name: str | None = None,
         pretrained: str | None = None,
         image_size: int | None = None,
@@ -100,7 +97,6 @@ class PerceptualDataModule(BackboneDataModule, abc.ABC):
         test_protocol: str | None = None,
         protocol_seed: int = 0,
         verify_images: bool = True,
-        pin_memory: bool = True,
     ) -> None:
         super().__init__(model_name, pretrained, image_size)
         if test_crops not in (1, 5, 10):
@@ -112,14 +108,11 @@ class PerceptualDataModule(BackboneDataModule, abc.ABC):
             raise ValueError(f"test_protocol {test_protocol} is for {self.test_protocol.task}; "
                              f"{type(self).__name__} serves {self.task}")
         self.protocol_seed = protocol_seed
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.eval_batch_size = eval_batch_size
+        self.loader = Loader.of(loader)  # stored by the subclass's save_loader_hyperparameters
         self.train_augment = train_augment
         self.test_crops = test_crops
         self.test_resize_ratio = test_resize_ratio
         self.verify_images = verify_images
-        self.pin_memory = pin_memory
         self.datasets: dict[str, ImageTargets] = {}
 
     # -- what subclasses provide
@@ -165,11 +158,10 @@ class PerceptualDataModule(BackboneDataModule, abc.ABC):
     # -- loaders
     def train_dataloader(self) -> StatefulDataLoader:
         # Stateful: Lightning stores the sampler position, so a resumed run continues mid-epoch.
-        return self.train_loader(self.datasets["train"], self.batch_size, self.num_workers, self.pin_memory)
+        return self.train_loader(self.datasets["train"])
 
     def _eval_loader(self, key: str) -> DataLoader:
-        return self.eval_loader(self.datasets[key], self.eval_batch_size or self.batch_size, self.num_workers,
-                                self.pin_memory)
+        return self.eval_loader(self.datasets[key])
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
@@ -192,7 +184,7 @@ class LaMemDataModule(PerceptualDataModule):
 
     def __init__(self, root: str, split_index: int = 1, name: str = "lamem", **common: Any) -> None:
         super().__init__(**common)  # loaders, transforms, test crops: see PerceptualDataModule
-        self.save_hyperparameters(ignore=list(self.MODEL_KEYS))
+        self.save_loader_hyperparameters(self.loader)
         self.root = Path(root).expanduser()
         self.split_index = split_index
         self.name = name
@@ -220,7 +212,7 @@ class EmoSetDataModule(PerceptualDataModule):
 
     def __init__(self, root: str, emotions: list[str] | None = None, name: str = "emoset", **common: Any) -> None:
         super().__init__(**common)  # loaders, transforms, test crops: see PerceptualDataModule
-        self.save_hyperparameters(ignore=list(self.MODEL_KEYS))
+        self.save_loader_hyperparameters(self.loader)
         self.root = Path(root).expanduser()
         self.class_names = list(emotions) if emotions is not None else list(EMOTIONS)
         self.name = name
@@ -256,7 +248,7 @@ class IQADataModule(PerceptualDataModule):
 
     def __init__(self, train_set: IQASet, extra_test_sets: list[IQASet] | None = None, **common: Any) -> None:
         super().__init__(**common)  # loaders, transforms, test crops: see PerceptualDataModule
-        self.save_hyperparameters(ignore=list(self.MODEL_KEYS))
+        self.save_loader_hyperparameters(self.loader)
         self.train_set = train_set
         self.extra_test_sets = list(extra_test_sets or [])
         names = [train_set.name, *(s.name for s in self.extra_test_sets)]

@@ -159,7 +159,7 @@ def first(folder: Path, pattern: str) -> Path:
 
 
 # ----------------------------------------------------------------------------- command lines
-FAST = ["--trainer.fast_dev_run=1", "--trainer.enable_progress_bar=false", "--data.init_args.num_workers=0",
+FAST = ["--trainer.fast_dev_run=1", "--trainer.enable_progress_bar=false", "--data.init_args.loader.num_workers=0",
         "--runs_dir=runs"]
 
 

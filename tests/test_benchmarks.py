@@ -12,6 +12,7 @@ import torch
 from perceptlab.core.scores import two_afc
 from perceptlab.datamodules.nights import NightsDataModule
 from perceptlab.lightning_modules.perceptual_init import PerceptualInitModule
+from perceptlab.datamodules.loader import Loader
 from test_nights import EXPECTED_2AFC, EXPECTED_ROWS, ROWS, write_nights
 
 TINY = "perceptlab-vit-tiny-64"
@@ -39,7 +40,7 @@ def test_2afc_benchmark_sides_score_the_known_2afc_with_the_same_distances(night
     bench = load_benchmark("bench_nights_2afc")
     torch.manual_seed(0)
     model = PerceptualInitModule(model_name=TINY).eval()
-    dm = NightsDataModule(str(nights_root), batch_size=2, num_workers=0, model_name=TINY, val_split=split)
+    dm = NightsDataModule(str(nights_root), model_name=TINY, val_split=split, loader=Loader(batch_size=2, num_workers=0))
     dm.setup("validate")
     uint8_loader, float_loader = dm.val_dataloader(), bench.dreamsim_loader(dm, split)
 

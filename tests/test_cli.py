@@ -55,7 +55,7 @@ def test_validate_without_a_logger_writes_nothing_into_the_working_directory(tmp
     monkeypatch.chdir(work)
     main(["validate", "--config", str(config), f"--data.init_args.root={tiny_world / 'nights'}",
           "--trainer.logger=false", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
-          "--data.init_args.num_workers=0"])
+          "--data.init_args.loader.num_workers=0"])
     assert sorted(p.name for p in work.iterdir()) == []
 
 
@@ -156,3 +156,48 @@ def test_an_optimiser_argument_of_an_earlier_version_names_the_optim_group(capsy
 
     optim = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["optim"]
     assert exit_.value.code in (0, None) and optim["lr"] == 1e-3 and optim["warmup_steps"] == 50
+
+
+@pytest.mark.parametrize("config,old,module", [
+    ("experiments/toy/pi_nights.yaml", "num_workers=0", "NightsDataModule"),
+    ("experiments/toy/perceptual_iqa.yaml", "batch_size=8", "IQADataModule"),
+    ("experiments/toy/pretrain_pi.yaml", "val_batch_size=8", "ImageTextDataModule"),
+])
+def test_a_loader_argument_of_an_earlier_version_names_the_loader_group(config, old, module, tmp_path, capsys):
+    """Every data module's batch sizes, workers and pinning are one group now (loader: {...}): an old
+    key, given as an override or in a config file, stops before any work with one line naming it."""
+    import yaml
+
+    key = old.split("=")[0]
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(REPO / config), f"--data.init_args.{old}", "--print_config"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1, err
+    assert f"data.init_args.{key} ({module}) moved: give loader:" in err[0], err
+    shipped = yaml.safe_load((REPO / config).read_text())
+    shipped["data"]["init_args"].update(yaml.safe_load(old.replace("=", ": ")))
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(shipped))
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(path), "--print_config"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and str(path) in err[0] and "moved: give loader:" in err[0], err
+
+
+def test_a_loader_override_sets_one_field_over_the_shipped_group(capsys):
+    """--data.init_args.loader.<field> changes that field and keeps the config's others; a field the
+    config leaves out takes the data module's own default (256 pairs for stage 2)."""
+    import yaml
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(REPO / "experiments/toy/pretrain_pi.yaml"), "--data.init_args.loader.num_workers=0",
+              "--print_config"])
+    loader = yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]["loader"]
+    assert exit_.value.code in (0, None)
+    assert loader == {"batch_size": 64, "eval_batch_size": 128, "num_workers": 0, "pin_memory": True}
+    from perceptlab.datamodules.image_text import ImageTextDataModule
+    from perceptlab.datamodules.loader import Loader
+
+    assert ImageTextDataModule().loader == Loader(batch_size=256, num_workers=4)
+    with pytest.raises(ValueError, match="loader.batch_size must be positive"):
+        Loader(batch_size=0)

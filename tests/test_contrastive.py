@@ -21,6 +21,7 @@ from perceptlab.core.optim import AdamWCosine
 from perceptlab.core.backbone import CLIPBackbone
 from perceptlab.lightning_modules.contrastive import ContrastivePretrainModule
 from perceptlab.lightning_modules.contrastive_validation import retrieval_recall
+from perceptlab.datamodules.loader import Loader
 
 MODEL = "perceptlab-vit-tiny-64"
 
@@ -193,8 +194,7 @@ def test_training_goes_on_past_a_corrupt_jpeg_and_logs_the_skip(tmp_path):
 
     _shard(tmp_path / "00000.tar", 20, corrupt={5})
     _shard(tmp_path / "00001.tar", 20, corrupt={})
-    dm = ImageTextDataModule(WebDatasetSource(str(tmp_path / "0000{0,1}.tar"), samples_per_epoch=32), batch_size=8,
-                             num_workers=2, shuffle=False)
+    dm = ImageTextDataModule(WebDatasetSource(str(tmp_path / "0000{0,1}.tar"), samples_per_epoch=32), shuffle=False, loader=Loader(batch_size=8, num_workers=2))
     module = ContrastivePretrainModule(MODEL, optim=AdamWCosine(warmup_steps=1))
     trainer = _trainer(max_steps=4, limit_val_batches=0, log_every_n_steps=1)
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
@@ -208,8 +208,7 @@ def test_training_stops_when_the_skipped_share_passes_the_threshold(tmp_path):
     from perceptlab.datamodules.image_text import ImageTextDataModule, WebDatasetSource
 
     _shard(tmp_path / "00000.tar", 16, corrupt={1, 3, 5, 7})  # 4 of 16 = 25% unreadable
-    dm = ImageTextDataModule(WebDatasetSource(str(tmp_path / "00000.tar"), samples_per_epoch=12), batch_size=4,
-                             num_workers=0, shuffle=False)
+    dm = ImageTextDataModule(WebDatasetSource(str(tmp_path / "00000.tar"), samples_per_epoch=12), shuffle=False, loader=Loader(batch_size=4, num_workers=0))
     module = ContrastivePretrainModule(MODEL, optim=AdamWCosine(warmup_steps=1), max_skipped_share=0.2)
     trainer = _trainer(max_epochs=3, limit_val_batches=0, log_every_n_steps=1)
     with pytest.raises(RuntimeError, match=r"4 of 16 samples \(25\.0%\) read in epoch 0 .*max_skipped_share=20\.0%"):
@@ -230,8 +229,7 @@ def test_toy_pretraining_lifts_zero_shot_accuracy_above_chance(tiny_world):
     dm = ImageTextDataModule(WebDatasetSource(str(tiny_world / "image_text" / "shards" / "*.tar"),
                                               str(tiny_world / "image_text" / "val_shards" / "00000.tar")),
                              zeroshot_data=str(tiny_world / "classification"),
-                             zeroshot_templates=["a photo of a {}", "a {}"], batch_size=64, val_batch_size=128,
-                             num_workers=1, augmentation="none")
+                             zeroshot_templates=["a photo of a {}", "a {}"], augmentation="none", loader=Loader(batch_size=64, eval_batch_size=128, num_workers=1))
     trainer = _trainer(max_steps=80, check_val_every_n_epoch=1000)
     before = trainer.validate(module, dm, verbose=False)[0]
     trainer.fit(module, dm)

@@ -17,6 +17,7 @@ import yaml
 
 from perceptlab.datamodules.image_text import CsvPairs
 from perceptlab.lightning_modules.contrastive import ContrastivePretrainModule
+from perceptlab.datamodules.loader import Loader
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = "experiments/toy/pretrain_random.yaml"
@@ -50,7 +51,8 @@ def toy_data(world: Path, fmt: str = "webdataset", train=None, val="default", **
     from conftest import pairs_override
 
     root = world / "image_text"
-    data = {"zeroshot_data": str(world / "classification"), "batch_size": 8, "num_workers": 0, **overrides}
+    data = {"zeroshot_data": str(world / "classification"), "loader.batch_size": 8, "loader.num_workers": 0,
+            **{("loader." + k if k in ("batch_size", "num_workers") else k): v for k, v in overrides.items()}}
     pairs = pairs_override(fmt, train or root / "shards" / "*.tar",
                            root / "val_shards" / "00000.tar" if val == "default" else val, key="--data.pairs")
     return [pairs] + [f"--data.{k}={'null' if v is None else v}" for k, v in data.items()]
@@ -150,7 +152,7 @@ def test_validation_metrics_do_not_depend_on_loader_workers_or_processes(tiny_wo
     for workers in (0, 1, 2):
         pl.seed_everything(0)  # as the CLI: seeded before the model is built
         module = ContrastivePretrainModule(**init_args)
-        dm = ImageTextDataModule(WebDatasetSource(None, val), batch_size=8, val_batch_size=128, num_workers=workers)
+        dm = ImageTextDataModule(WebDatasetSource(None, val), loader=Loader(batch_size=8, eval_batch_size=128, num_workers=workers))
         trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                              enable_checkpointing=False, enable_model_summary=False)
         (out,) = trainer.validate(module, datamodule=dm, verbose=False)

@@ -42,7 +42,7 @@ def trained(tiny_world, tmp_path_factory):
     perceptlab(["fit", "--config", str(REPO / "experiments/toy/pi_nights.yaml"), "--config", str(suite),
                 f"--data.init_args.root={tiny_world / 'nights'}", f"--runs_dir={tmp / 'runs'}", "--experiment=live",
                 "--trainer.max_steps=3", "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
-                "--trainer.enable_progress_bar=false", "--data.init_args.num_workers=0"])
+                "--trainer.enable_progress_bar=false", "--data.init_args.loader.num_workers=0"])
     return tmp, suite, tmp / "runs" / "live" / "version_0"
 
 
@@ -176,7 +176,7 @@ def test_watch_measures_each_new_checkpoint_of_a_running_training_once_in_step_o
     training = subprocess.Popen(
         [sys.executable, "-m", "perceptlab", "fit", "--config", str(REPO / "experiments/toy/pi_nights.yaml"),
          f"--data.init_args.root={tiny_world / 'nights'}", f"--runs_dir={tmp_path / 'runs'}", "--trainer.max_steps=5",
-         "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false", "--data.init_args.num_workers=0",
+         "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false", "--data.init_args.loader.num_workers=0",
          f"--trainer.callbacks+={every_step}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)
     out = tmp_path / "watched"
@@ -290,7 +290,7 @@ def test_a_checkpoint_series_keeps_its_real_steps_through_watch_and_globs(tiny_w
         [sys.executable, "-m", "perceptlab", "fit", "--config", str(REPO / "experiments/toy/pretrain_random.yaml"),
          pairs_override("csv", it / "pairs.csv"), f"--data.init_args.zeroshot_data={tiny_world / 'classification'}",
          f"--runs_dir={tmp_path / 'runs'}", "--trainer.max_epochs=4", "--trainer.limit_val_batches=0",
-         "--trainer.enable_progress_bar=false", "--data.init_args.num_workers=0", f"--trainer.callbacks+={every_4}"],
+         "--trainer.enable_progress_bar=false", "--data.init_args.loader.num_workers=0", f"--trainer.callbacks+={every_4}"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     args = ["--config", str(suite), "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"]
     watch = ["--poll", "0.3", "--settle", "0.5", "--idle_timeout", "300"]

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from perceptlab.commands.cli import main as perceptlab
+from perceptlab.datamodules.loader import Loader
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "extending.md"
@@ -67,7 +68,7 @@ def test_a_users_probe_runs_through_fit_evaluate_and_report_without_touching_per
     perceptlab(["fit", "--config", str(REPO / "experiments/toy/pi_nights.yaml"), "--config", str(user / "odd_suite.yaml"),
                 f"--data.init_args.root={tiny_world / 'nights'}", f"--runs_dir={runs}", "--trainer.max_steps=2",
                 "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
-                "--trainer.enable_progress_bar=false", "--data.init_args.num_workers=0"])
+                "--trainer.enable_progress_bar=false", "--data.init_args.loader.num_workers=0"])
     run = runs / "pi_nights" / "version_0"
     metric = "odd_one_out/odd_one_out/accuracy"
     live = [json.loads(line) for line in (run / "alignment.jsonl").read_text().splitlines()]
@@ -193,8 +194,8 @@ def test_an_image_text_format_is_one_reader_object(tiny_world, tmp_path, monkeyp
             f.write(json.dumps({"image": str(csv.parent / path), "caption": caption}) + "\n")
     batches = []
     for source in (fmt.JsonlSource(str(tmp_path / "train.jsonl")), CsvSource(str(csv))):
-        dm = ImageTextDataModule(source, model_name="perceptlab-vit-tiny-64", batch_size=16, num_workers=0,
-                                 shuffle=False, augmentation="none")
+        dm = ImageTextDataModule(source, model_name="perceptlab-vit-tiny-64",
+                                 shuffle=False, augmentation="none", loader=Loader(batch_size=16, num_workers=0))
         dm.setup("fit")
         batches.append(next(iter(dm.train_dataloader())))
     assert torch.equal(batches[0]["image"], batches[1]["image"]) and torch.equal(batches[0]["text"], batches[1]["text"])

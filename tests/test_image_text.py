@@ -25,6 +25,7 @@ from perceptlab.datamodules.image_text import (
     count_samples,
     expand_shards,
 )
+from perceptlab.datamodules.loader import Loader
 
 MODEL = "perceptlab-vit-tiny-64"
 
@@ -132,7 +133,7 @@ def test_corrupt_and_captionless_samples_are_skipped_and_counted_across_workers(
     write_shard(tmp_path / "00000.tar", range(13), corrupt={3}, captionless={6})
     write_shard(tmp_path / "00001.tar", range(13, 26), corrupt={15, 17}, empty_caption={20})
     dm = ImageTextDataModule(WebDatasetSource(str(tmp_path / "{00000..00001}.tar"), samples_per_epoch=20),
-                             model_name=MODEL, batch_size=5, num_workers=2, shuffle=False, augmentation="none")
+                             model_name=MODEL, shuffle=False, augmentation="none", loader=Loader(batch_size=5, num_workers=2))
     dm.setup("fit")
     dm.train_set.transform = _identity_tf  # grey level in, so each pair can be identified
     batches = list(dm.train_dataloader())
@@ -145,7 +146,7 @@ def test_corrupt_and_captionless_samples_are_skipped_and_counted_across_workers(
 
 def test_three_formats_yield_the_same_pairs(tiny_world, tmp_path):
     root = Path(tiny_world) / "image_text"
-    common = {"model_name": MODEL, "batch_size": 16, "num_workers": 0, "shuffle": False, "augmentation": "none"}
+    common = {"model_name": MODEL, "loader": Loader(batch_size=16, num_workers=0), "shuffle": False, "augmentation": "none"}
     first = {}
     for fmt, source in (("webdataset", WebDatasetSource(str(root / "shards" / "*.tar"))),
                         ("csv", CsvSource(str(root / "pairs.csv"))),
@@ -180,8 +181,8 @@ def test_csv_loader_resumes_mid_epoch_exactly(tmp_path):
 
     def loader():
         torch.manual_seed(0)
-        dm = ImageTextDataModule(CsvSource(str(tmp_path / "pairs.csv")), model_name=MODEL, batch_size=4, num_workers=0,
-                                 shuffle=True)
+        dm = ImageTextDataModule(CsvSource(str(tmp_path / "pairs.csv")), model_name=MODEL,
+                                 shuffle=True, loader=Loader(batch_size=4, num_workers=0))
         dm.setup("fit")
         dm.train_set.transform = _identity_tf
         return dm.train_dataloader()
@@ -199,7 +200,7 @@ def test_csv_loader_resumes_mid_epoch_exactly(tmp_path):
 
 def test_zero_shot_folder_and_templates(tiny_world):
     dm = ImageTextDataModule(model_name=MODEL, zeroshot_data=str(Path(tiny_world) / "classification"),
-                             zeroshot_templates=["a photo of a {}"], batch_size=32, num_workers=0)
+                             zeroshot_templates=["a photo of a {}"], loader=Loader(batch_size=32, num_workers=0))
     dm.setup("validate")
     assert len(dm.zeroshot_classnames) == 16 and dm.zeroshot_classnames[0] == "airplane"
     (loader,) = dm.val_dataloader()
@@ -222,7 +223,7 @@ def test_mocov2_augmentation_is_random_and_model_sized(tiny_world):
 def test_hf_streaming_yields_full_batches_for_the_epoch_length(tiny_world):
     parquet = str(Path(tiny_world) / "image_text" / "hf" / "train.parquet")
     dm = ImageTextDataModule(HFSource(parquet, streaming=True, samples_per_epoch=64, shuffle_buffer=32),
-                             model_name=MODEL, batch_size=16, num_workers=0)
+                             model_name=MODEL, loader=Loader(batch_size=16, num_workers=0))
     dm.setup("fit")
     batches = list(dm.train_dataloader())
     assert len(batches) == 4 and all(b["image"].shape == (16, 3, 64, 64) for b in batches)
@@ -242,8 +243,8 @@ def test_uint8_batches_give_the_numbers_of_float_batches_bitwise(tiny_world, aug
     shards = str(Path(tiny_world) / "image_text" / "shards" / "*.tar")
     batches = {}
     for uint8 in (True, False):
-        dm = ImageTextDataModule(WebDatasetSource(shards, shards), model_name=MODEL, batch_size=16, num_workers=0,
-                                 shuffle=False, augmentation=augmentation, uint8_images=uint8)
+        dm = ImageTextDataModule(WebDatasetSource(shards, shards), model_name=MODEL,
+                                 shuffle=False, augmentation=augmentation, uint8_images=uint8, loader=Loader(batch_size=16, num_workers=0))
         dm.setup("fit")
         torch.manual_seed(1)  # the same random crops / jitter for both
         batches[uint8] = (next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()[0])))

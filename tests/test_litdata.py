@@ -14,6 +14,7 @@ from PIL import Image
 
 from perceptlab.datamodules.image_text import ImageTextDataModule
 from perceptlab.datamodules.image_text.litdata_pairs import check_litdata, count_items, write_litdata
+from perceptlab.datamodules.loader import Loader
 
 MODEL = "perceptlab-vit-tiny-64"
 
@@ -34,7 +35,9 @@ def _indexed(tmp_path: Path, n: int = 24, corrupt=()) -> Path:
 def _module(data: str, fmt: str = "litdata", source: dict | None = None, **kw) -> ImageTextDataModule:
     from conftest import pair_source
 
-    args = dict(model_name=MODEL, batch_size=8, num_workers=0, shuffle=False)
+    loading = {"batch_size": 8, "num_workers": 0}
+    loading.update({k: kw.pop(k) for k in ("batch_size", "num_workers") if k in kw})
+    args = dict(model_name=MODEL, shuffle=False, loader=Loader(**loading))
     args.update(kw)
     dm = ImageTextDataModule(pair_source(fmt, data, **(source or {})), **args)
     dm.setup("fit")

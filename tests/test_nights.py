@@ -11,6 +11,7 @@ from PIL import Image
 
 from perceptlab.datamodules.nights import NightsDataModule, NightsTriplets, load_nights_table
 from perceptlab.core.backbone import CLIPBackbone
+from perceptlab.datamodules.loader import Loader
 
 TINY = "perceptlab-vit-tiny-64"
 
@@ -143,8 +144,8 @@ def test_standalone_transform_equals_the_backbones(nights_root, tmp_path):
 
 
 def test_datamodule_loaders(nights_root):
-    dm = NightsDataModule(str(nights_root), batch_size=2, num_workers=0, model_name=TINY,
-                          test_splits=["test_imagenet", "test_no_imagenet"])
+    dm = NightsDataModule(str(nights_root), model_name=TINY,
+                          test_splits=["test_imagenet", "test_no_imagenet"], loader=Loader(batch_size=2, num_workers=0))
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["ref"].shape == (2, 3, 64, 64) and batch["p"].shape == (2,)
@@ -200,7 +201,7 @@ def test_missing_files_named_with_count(nights_root, tmp_path):
 def test_unreadable_image_stops_setup(tmp_path):
     root = write_nights(tmp_path, [{"split": "train", "p": 1.0, "votes": 6}, {"split": "train", "p": 0.0, "votes": 6}])
     (root / "distort/000/001_0.png").write_bytes(b"not a png")
-    dm = NightsDataModule(str(root), num_workers=0, model_name=TINY)
+    dm = NightsDataModule(str(root), model_name=TINY, loader=Loader(num_workers=0))
     with pytest.raises(ValueError, match=r"1 unreadable NIGHTS image.*distort/000/001_0\.png"):
         dm.setup("fit")
     # Without the set-up check, the loader still names the file when it fails to decode it.
@@ -213,7 +214,7 @@ def test_uint8_batches_give_the_embeddings_of_the_float_transform(nights_root):
     """The default loader sends uint8 images and the backbone normalises them: same numbers."""
     backbone = CLIPBackbone(TINY, vision_only=True).eval()
     floats = NightsTriplets(nights_root, "train", transform=backbone.transform(train=False))
-    u8 = NightsDataModule(str(nights_root), batch_size=4, num_workers=0, model_name=TINY, val_split="train")
+    u8 = NightsDataModule(str(nights_root), model_name=TINY, val_split="train", loader=Loader(batch_size=4, num_workers=0))
     u8.setup("validate")
     batch = next(iter(u8.val_dataloader()))
     n = len(batch["p"])

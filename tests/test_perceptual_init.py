@@ -16,6 +16,7 @@ from perceptlab.core.optim import AdamWCosine
 from perceptlab.datamodules.nights import NightsDataModule
 from perceptlab.core.backbone import CLIPBackbone
 from perceptlab.lightning_modules.perceptual_init import PerceptualInitModule, hinge_loss
+from perceptlab.datamodules.loader import Loader
 
 TINY = "perceptlab-vit-tiny-64"
 REPO = Path(__file__).resolve().parents[1]
@@ -73,8 +74,8 @@ def test_hinge_loss_hand_computed():
 def test_two_afc_is_exact_for_any_model(nights_root, tmp_path, seed, variant):
     """Rows where left (right) IS the reference make any model pick left (right); p in {0, 1} then
     fixes the score; ref = left = right is a tie (0.5); rows under 6 votes would lower the score."""
-    dm = NightsDataModule(str(nights_root), batch_size=2, num_workers=0,
-                          test_splits=["test_imagenet", "test_no_imagenet", "test"])
+    dm = NightsDataModule(str(nights_root),
+                          test_splits=["test_imagenet", "test_no_imagenet", "test"], loader=Loader(batch_size=2, num_workers=0))
     model = module(seed, variant=variant)
     t = trainer(tmp_path)
     (val,) = t.validate(model, datamodule=dm, verbose=False)
@@ -89,7 +90,7 @@ def test_two_afc_is_exact_for_any_model(nights_root, tmp_path, seed, variant):
 def test_two_afc_is_exact_under_ddp(nights_root, tmp_path):
     """Two CPU processes, five validation triplets: Lightning's default sampler would pad rank 1
     with a repeated triplet (6 scores, 2AFC 0.75); the unrepeated sharding keeps it at 0.7."""
-    dm = NightsDataModule(str(nights_root), batch_size=2, num_workers=0)
+    dm = NightsDataModule(str(nights_root), loader=Loader(batch_size=2, num_workers=0))
     t = trainer(tmp_path, strategy="ddp_spawn", devices=2)
     (val,) = t.validate(module(0), datamodule=dm, verbose=False)
     assert val["val/2afc"] == pytest.approx(EXPECTED_2AFC["val"], abs=1e-6)
@@ -107,7 +108,7 @@ def test_lora_trains_only_adapters(nights_root, tmp_path):
     # The optimiser gets exactly these, and one step leaves every other weight untouched.
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     t = trainer(tmp_path, max_steps=2, limit_val_batches=0)
-    t.fit(model, datamodule=NightsDataModule(str(nights_root), batch_size=2, num_workers=0))
+    t.fit(model, datamodule=NightsDataModule(str(nights_root), loader=Loader(batch_size=2, num_workers=0)))
     opt_params = {id(p) for g in t.optimizers[0].param_groups for p in g["params"]}
     assert opt_params == {id(p) for p in trainable.values()}
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
@@ -153,7 +154,7 @@ def test_init_visual_from_is_applied_at_setup_in_every_variant(tmp_path, variant
 
 def test_full_export_round_trip_is_identical(tmp_path, images, nights_root):
     model = module(variant="full")
-    trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, datamodule=NightsDataModule(str(nights_root), batch_size=2, num_workers=0))
+    trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, datamodule=NightsDataModule(str(nights_root), loader=Loader(batch_size=2, num_workers=0)))
     path = tmp_path / "visual.pt"  # written at the end of fit into the run directory
     fresh = CLIPBackbone(TINY, vision_only=True)
     assert not torch.equal(encode(fresh, images), encode(model.backbone, images))
@@ -168,7 +169,7 @@ def test_head_variant_freezes_the_backbone(tmp_path, images, nights_root):
     backbone_before = encode(model.backbone, images)
     with torch.no_grad():  # the head starts as the identity: distances are the backbone's own
         torch.testing.assert_close(model.eval().embed(images), backbone_before)
-    trainer(tmp_path, max_steps=3, limit_val_batches=0).fit(model, datamodule=NightsDataModule(str(nights_root), batch_size=2, num_workers=0))
+    trainer(tmp_path, max_steps=3, limit_val_batches=0).fit(model, datamodule=NightsDataModule(str(nights_root), loader=Loader(batch_size=2, num_workers=0)))
     assert torch.equal(encode(model.backbone, images), backbone_before)
     with torch.no_grad():
         assert not torch.allclose(model.eval().embed(images), backbone_before)  # the head did learn
@@ -194,7 +195,7 @@ def test_training_raises_val_two_afc_on_the_tiny_world(tiny_world, tmp_path):
     """
     pl.seed_everything(0)
     model = PerceptualInitModule(model_name=TINY, optim=AdamWCosine(lr=1e-3, warmup_steps=2), export_visual=False)
-    dm = NightsDataModule(str(tiny_world / "nights"), batch_size=32, num_workers=0)
+    dm = NightsDataModule(str(tiny_world / "nights"), loader=Loader(batch_size=32, num_workers=0))
     before = trainer(tmp_path).validate(model, datamodule=dm, verbose=False)[0]["val/2afc"]
     trainer(tmp_path, max_steps=24, limit_val_batches=0).fit(model, datamodule=dm)
     after = trainer(tmp_path).validate(model, datamodule=dm, verbose=False)[0]["val/2afc"]
@@ -261,7 +262,7 @@ def test_paper_config_resolves(capsys):
     optim = model["optim"]
     assert (optim["lr"], optim["weight_decay"], optim["betas"], optim["warmup_steps"], model["margin"]) == (
         5e-4, 0.1, [0.9, 0.98], 150, 0.05)
-    assert (data["batch_size"], config["trainer"]["max_epochs"], config["trainer"]["precision"]) == (128, 32, "bf16-mixed")
+    assert (data["loader"]["batch_size"], config["trainer"]["max_epochs"], config["trainer"]["precision"]) == (128, 32, "bf16-mixed")
 
 
 @pytest.mark.parametrize("arm", ["pi", "random"])

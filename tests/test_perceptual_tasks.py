@@ -21,6 +21,7 @@ from perceptlab.datamodules.task_sets import EMOTIONS, read_emoset_split, read_l
 from perceptlab.core.backbone import MODEL_CONFIG_DIR, CLIPBackbone
 from perceptlab.core.lora import lora_parameters, merge_lora
 from perceptlab.lightning_modules.perceptual_tasks import PerceptualTaskModule, plcc_loss
+from perceptlab.datamodules.loader import Loader
 
 TINY = "perceptlab-vit-tiny-64"
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +73,7 @@ def test_lamem_loader_maps_scores_exactly_as_the_split_file(tiny_world):
     assert table["score"].tolist() == [float(s) for _, s in lines]
     assert table["path"].tolist() == [str(root / "images" / f) for f, _ in lines]
 
-    dm = LaMemDataModule(str(root), split_index=2, model_name=TINY, num_workers=0, batch_size=4)
+    dm = LaMemDataModule(str(root), split_index=2, model_name=TINY, loader=Loader(num_workers=0, batch_size=4))
     dm.setup("test")
     ds = dm.datasets["test/lamem"]
     assert ds.targets == [float(s) for _, s in lines]
@@ -100,7 +101,7 @@ def test_emoset_loader_maps_labels_exactly_as_the_json(tiny_world, tmp_path):
 
     # a custom class order is honoured: the index is the position in `emotions`
     reordered = list(reversed(EMOTIONS))
-    dm = EmoSetDataModule(str(root), emotions=reordered, model_name=TINY, num_workers=0)
+    dm = EmoSetDataModule(str(root), emotions=reordered, model_name=TINY, loader=Loader(num_workers=0))
     dm.setup("fit")
     assert dm.datasets["train"].targets == [reordered.index(e) for e, _, _ in items]
 
@@ -208,7 +209,7 @@ def test_iqa_errors_name_the_column_and_direction(tiny_world):
 
 
 def test_test_time_crops_are_averaged(tiny_world):
-    dm = LaMemDataModule(str(tiny_world / "lamem"), model_name=TINY, num_workers=0, batch_size=3, test_crops=5)
+    dm = LaMemDataModule(str(tiny_world / "lamem"), model_name=TINY, test_crops=5, loader=Loader(num_workers=0, batch_size=3))
     dm.setup("test")
     images = next(iter(dm.test_dataloader()[0]))["image"]
     assert images.shape == (3, 5, 3, 64, 64)
@@ -301,7 +302,7 @@ def test_iqa_fine_tune_raises_test_srcc(tiny_world, one_thread):
                    split_column=None, split_ratio=(0.6, 0.1, 0.3))
     livec = IQASet(name="livec", root=str(iqa / "livec"), meta_info_file="meta_info_LIVEChallengeDataset.csv",
                    lower_better=False, mos_range=(0.0, 100.0), subset="all")
-    dm = IQADataModule(kadid, [livec], batch_size=32, num_workers=0)
+    dm = IQADataModule(kadid, [livec], loader=Loader(batch_size=32, num_workers=0))
     pl.seed_everything(0)
     model = PerceptualTaskModule(TINY, task="regression", loss="mse+plcc",
                                  optim=AdamWCosine(lr=1e-2, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8))
@@ -319,7 +320,7 @@ def test_iqa_fine_tune_raises_test_srcc(tiny_world, one_thread):
 
 @pytest.mark.slow
 def test_emotion_beats_chance_on_toy_emoset(tiny_world, one_thread):
-    dm = EmoSetDataModule(str(tiny_world / "emoset"), batch_size=32, num_workers=0)
+    dm = EmoSetDataModule(str(tiny_world / "emoset"), loader=Loader(batch_size=32, num_workers=0))
     pl.seed_everything(0)
     model = PerceptualTaskModule(TINY, task="classification", num_classes=8,
                                  optim=AdamWCosine(lr=1e-2, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8))
@@ -376,7 +377,7 @@ def test_toy_configs_fit_and_test_through_the_cli(tiny_world, tmp_path, monkeypa
     runs = tmp_path / "runs"
     monkeypatch.setattr(sys, "argv", list(sys.argv))  # the CLI rewrites sys.argv
     common = ["--config", str(config), f"--runs_dir={runs}", "--trainer.enable_progress_bar=false",
-              "--data.init_args.num_workers=0"]
+              "--data.init_args.loader.num_workers=0"]
     main(["fit", *common, "--trainer.fast_dev_run=2"])
     ckpt = runs / name / "version_0" / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 2

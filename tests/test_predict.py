@@ -13,6 +13,7 @@ from PIL import Image
 from perceptlab.commands.cli import main as perceptlab
 from perceptlab.datamodules.task_sets import EMOTIONS
 from perceptlab.lightning_modules.perceptual_tasks import PerceptualTaskModule
+from perceptlab.datamodules.loader import Loader
 
 TINY = "perceptlab-vit-tiny-64"
 
@@ -179,7 +180,7 @@ def test_a_protocol_for_the_wrong_task_or_with_crops_is_refused_before_scoring(t
 def test_the_task_test_step_applies_a_cards_protocol(tiny_world):
     from perceptlab.datamodules.perceptual_tasks import LaMemDataModule
 
-    dm = LaMemDataModule(root=str(tiny_world / "lamem"), model_name=TINY, num_workers=0, test_protocol="perceptclip_iqa")
+    dm = LaMemDataModule(root=str(tiny_world / "lamem"), model_name=TINY, test_protocol="perceptclip_iqa", loader=Loader(num_workers=0))
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()[0]))
     assert batch["image"].shape[1:] == (15, 3, 224, 224)

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from perceptlab.core.optim import AdamWCosine
 from perceptlab.callbacks.reliability import NonFiniteLossError, NonFiniteLossGuard
+from perceptlab.datamodules.loader import Loader
 
 REPO = Path(__file__).resolve().parent.parent
 PI_CONFIG = str(REPO / "experiments" / "toy" / "pi_nights.yaml")
@@ -70,7 +71,7 @@ def test_nan_loss_stops_with_the_step_named_and_keeps_the_last_good_checkpoint(t
 def test_sigterm_saves_last_checkpoint_and_resume_continues_in_the_same_run(tmp_path, tiny_world):
     runs = tmp_path / "runs"
     common = ["fit", "--config", PI_CONFIG, f"--data.init_args.root={tiny_world / 'nights'}", "--runs_dir", str(runs),
-              "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=1", "--data.init_args.num_workers=0"]
+              "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=1", "--data.init_args.loader.num_workers=0"]
     args = [*common, "--trainer.max_epochs=1000", "--checkpoint_every_n_steps=2"]
     proc = subprocess.Popen([sys.executable, "-m", "perceptlab.commands.cli", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -170,7 +171,7 @@ def test_probe_pointed_at_a_missing_folder_fails_at_start_up_naming_probe_and_pa
                          logger=False, enable_progress_bar=False, enable_model_summary=False)
     model = PerceptualInitModule(optim=AdamWCosine(warmup_steps=1))
     with pytest.raises(FileNotFoundError, match=r"alignment probe 'nights_test' .*missing_nights"):
-        trainer.fit(model, NightsDataModule(root=str(tiny_world / "nights"), batch_size=8, num_workers=0))
+        trainer.fit(model, NightsDataModule(root=str(tiny_world / "nights"), loader=Loader(batch_size=8, num_workers=0)))
     assert trainer.global_step == 0
     assert not (tmp_path / "ckpt").exists()
 

@@ -70,7 +70,7 @@ def stage2(world: Path, fmt: str) -> list[str]:
 
     return ["--config", shipped("pretrain_random", world), pairs_override(fmt, data[0], data[1]),
             f"--data.init_args.zeroshot_data={world / 'classification'}",
-            "--data.init_args.num_workers=1", "--trainer.max_epochs=3"]  # 4 steps an epoch: 12 steps
+            "--data.init_args.loader.num_workers=1", "--trainer.max_epochs=3"]  # 4 steps an epoch: 12 steps
 
 
 CELLS = {
@@ -84,7 +84,7 @@ CELLS = {
     "stage2-litdata": (lambda w: stage2(w, "litdata"), [AFTER_CHECKPOINT, EPOCH_BOUNDARY]),
     # webdataset is exact at epoch boundaries only (inside an epoch: the next test)
     "stage2-webdataset": (lambda w: stage2(w, "webdataset"), [EPOCH_BOUNDARY]),
-    "task-iqa": (lambda w: ["--config", shipped("perceptual_iqa", w), "--data.init_args.batch_size=16",
+    "task-iqa": (lambda w: ["--config", shipped("perceptual_iqa", w), "--data.init_args.loader.batch_size=16",
                             "--trainer.max_epochs=3"],  # 45 images in batches of 16: 3 steps an epoch
                  [(4, "batch_start"), (6, "epoch_end"), (6, "batch_start")]),
 }

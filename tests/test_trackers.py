@@ -41,7 +41,7 @@ def test_csv_and_mlflow_get_the_metrics_intervals_and_peak_summary(tiny_world, t
     try:
         main(["fit", "--config", str(REPO / "experiments/toy/pi_nights.yaml"), "--config", str(suite_config(tmp_path, tiny_world)),
               "--config", str(REPO / "experiments/loggers/csv.yaml"), "--trackers", "[csv, mlflow]",
-              f"--data.init_args.root={tiny_world / 'nights'}", "--data.init_args.num_workers=0",
+              f"--data.init_args.root={tiny_world / 'nights'}", "--data.init_args.loader.num_workers=0",
               "--trainer.max_steps=3", "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false",
               f"--runs_dir={runs}"])
     finally:

@@ -5,7 +5,6 @@ import logging
 import math
 from collections.abc import Callable
 
-import torch
 from torch.utils.data import Dataset, IterableDataset
 
 from perceptlab.core.transforms import uint8_transform
@@ -20,6 +19,7 @@ from perceptlab.datamodules.image_text.zeroshot import (
 )
 from perceptlab.datamodules.labelled_images import FORMATS as LABELLED_FORMATS
 from perceptlab.datamodules.labelled_images import read_labelled_images
+from perceptlab.datamodules.loader import Loader
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,10 @@ class ImageTextDataModule(BackboneDataModule):
             ``HFSource`` (``hf_pairs``) or ``LitdataSource`` (``litdata_pairs``), each with its
             ``train`` and ``val`` data and its format's settings (``None``: no pairs, e.g. a
             validation of the zero-shot set alone).
-        batch_size: pairs per training step and per device (the contrastive batch of one rank;
-            with the module's ``accum_freq`` it is split into micro-batches).
-        val_batch_size: pairs per validation batch (default ``batch_size``).
-        num_workers: loader processes per device; decoding, augmentation and tokenisation run there.
+        loader: batch sizes, loader processes and pinning (:class:`perceptlab.datamodules.loader.
+            Loader`): ``batch_size`` is the pairs per training step and per device (the contrastive
+            batch of one rank; with the module's ``accum_freq`` it is split into micro-batches);
+            decoding, augmentation and tokenisation run in the ``num_workers`` processes.
         model_name: open_clip architecture for transform and tokenizer when no model is attached.
         augmentation: ``clip``, ``mocov2`` or ``none`` (training only; validation uses the eval
             transform).
@@ -56,7 +56,6 @@ class ImageTextDataModule(BackboneDataModule):
         zeroshot_classnames: class names in label order, overriding the folder names / ClassLabel
             names (an ImageNet folder is named by WordNet ids); ``imagenet`` = open_clip's 1000
             ImageNet class names.
-        pin_memory: pin batches for faster host-to-GPU copies (on when CUDA is available).
         uint8_images: loader workers stop at ``uint8`` image tensors (after the PIL steps: decode,
             crop, resize, flip, colour jitter) and the model's backbone converts and normalises them
             on its device, with the same numbers as ``ToTensor`` + ``Normalize`` and a quarter of
@@ -85,9 +84,7 @@ class ImageTextDataModule(BackboneDataModule):
     def __init__(
         self,
         pairs: PairSource | None = None,
-        batch_size: int = 256,
-        val_batch_size: int | None = None,
-        num_workers: int = 4,
+        loader: Loader = Loader(batch_size=256, num_workers=4),
         model_name: str | None = None,
         augmentation: str = "clip",
         shuffle: bool = True,
@@ -99,7 +96,6 @@ class ImageTextDataModule(BackboneDataModule):
         zeroshot_label_key: str = "label",
         zeroshot_templates: list[str] | str | None = None,
         zeroshot_classnames: list[str] | str | None = None,
-        pin_memory: bool | None = None,
         uint8_images: bool = True,
     ) -> None:
         super().__init__(model_name)
@@ -110,12 +106,10 @@ class ImageTextDataModule(BackboneDataModule):
             raise ValueError(f"unknown augmentation {augmentation!r}; expected one of {', '.join(AUGMENTATIONS)}")
         if zeroshot_format not in ZEROSHOT_FORMATS:
             raise ValueError(f"unknown zeroshot_format {zeroshot_format!r}; expected one of {', '.join(ZEROSHOT_FORMATS)}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
         # model_name stays out of hparams: Lightning refuses a data module and a model whose
         # hparams share a key with different values; the reader object is kept as itself (a
         # checkpoint written by the CLI stores its configuration).
-        self.save_hyperparameters(ignore=["model_name", "pairs"])
+        self.save_loader_hyperparameters(loader, ignore=("pairs",))
         self.pairs = pairs
         self.zeroshot_templates: list[str] = _templates(zeroshot_templates)
         self._classnames_override = _classnames(zeroshot_classnames)
@@ -167,8 +161,8 @@ class ImageTextDataModule(BackboneDataModule):
 
     def epoch_batches(self, samples: int, world: int) -> int:
         """Batches per loader process per epoch of a stream (open_clip's arithmetic: every process equal)."""
-        workers = max(1, self.hparams.num_workers)
-        global_batch = self.hparams.batch_size * world
+        workers = max(1, self.loader.num_workers)
+        global_batch = self.loader.batch_size * world
         batches = max(1, math.ceil(samples / global_batch))
         return max(1, math.ceil(batches / workers))
 
@@ -189,10 +183,6 @@ class ImageTextDataModule(BackboneDataModule):
             )
         return list(self._classnames_override)
 
-    @property
-    def val_batch_size(self) -> int:
-        return int(self.hparams.val_batch_size or self.hparams.batch_size)
-
     def state_dict(self) -> dict:
         state = super().state_dict()
         if self.pairs is not None:
@@ -205,10 +195,6 @@ class ImageTextDataModule(BackboneDataModule):
             self.pairs.load_state_dict(state_dict)
 
     # -------------------------------------------------------------------------- loaders
-    def pin(self) -> bool:
-        """Pin batches: ``pin_memory``, else when CUDA is available."""
-        return torch.cuda.is_available() if self.hparams.pin_memory is None else bool(self.hparams.pin_memory)
-
     def train_dataloader(self):
         if self.train_set is None:
             self.setup("fit")
@@ -221,6 +207,5 @@ class ImageTextDataModule(BackboneDataModule):
         if self.val_set is not None:
             loaders.append(self.pairs.val_loader(self, self.val_set, self.processing()[2]))
         if self.zeroshot_set is not None:
-            loaders.append(self.eval_loader(self.zeroshot_set, self.val_batch_size, self.hparams.num_workers, self.pin(),
-                                            collate_fn=_zeroshot_collate, persistent_workers=False))
+            loaders.append(self.eval_loader(self.zeroshot_set, collate_fn=_zeroshot_collate, persistent_workers=False))
         return loaders

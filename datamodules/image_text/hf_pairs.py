@@ -168,10 +168,10 @@ class HFSource(PairSource):
         if dm.hparams.shuffle:
             dataset = dataset.shuffle(seed=dm.seed(), buffer_size=self.shuffle_buffer)
         dataset = split_dataset_by_node(dataset, rank=rank, world_size=world)
-        stream = HFStreamPairs(dataset, transform, tokenizer, dm.hparams.batch_size,
+        stream = HFStreamPairs(dataset, transform, tokenizer, dm.loader.batch_size,
                                dm.epoch_batches(self.samples_per_epoch, world), self.image_key, self.caption_key,
                                name=str(self.train))
-        stream.num_workers = max(1, dm.hparams.num_workers)
+        stream.num_workers = max(1, dm.loader.num_workers)
         return stream
 
     def val_set(self, dm, transform, tokenizer, rank: int, world: int) -> HFPairs:

@@ -219,9 +219,9 @@ class LitdataSource(PairSource):
             dataset = dm.train_set = self.train_set(dm, dm.processing()[0], tokenizer, rank, world)
         # litdata splits the items over ranks and workers itself and reshuffles each epoch; Lightning
         # stores this loader's state_dict, so a resumed run continues mid-epoch exactly.
-        self._loader = ResumableStreamingLoader(dataset, batch_size=dm.hparams.batch_size,
-                                                num_workers=dm.hparams.num_workers, drop_last=True,
-                                                collate_fn=MapPairCollate(tokenizer), pin_memory=dm.pin())
+        self._loader = ResumableStreamingLoader(dataset, batch_size=dm.loader.batch_size,
+                                                num_workers=dm.loader.num_workers, drop_last=True,
+                                                collate_fn=MapPairCollate(tokenizer), pin_memory=dm.loader.pinned)
         self._loader.current_epoch = self._resume_epoch  # litdata's count of finished epochs
         return self._loader
 

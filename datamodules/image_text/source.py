@@ -46,13 +46,11 @@ class PairSource(ABC):
         """The training loader: by default the data module's own sampler over a map-style dataset
         (``datamodules.sampling``: ``shuffle`` holds under DDP, the order follows the run's seed and
         epoch, a resumed run continues mid-epoch exactly)."""
-        hp = dm.hparams
-        return dm.train_loader(dataset, hp.batch_size, hp.num_workers, dm.pin(), shuffle=hp.shuffle,
-                               drop_last=True, seed=dm.seed(), collate_fn=MapPairCollate(tokenizer), even_shards=True)
+        return dm.train_loader(dataset, shuffle=dm.hparams.shuffle, drop_last=True, seed=dm.seed(),
+                               collate_fn=MapPairCollate(tokenizer), even_shards=True)
 
     def val_loader(self, dm, dataset, tokenizer: Callable):
-        return dm.eval_loader(dataset, dm.val_batch_size, dm.hparams.num_workers, dm.pin(),
-                              collate_fn=MapPairCollate(tokenizer), persistent_workers=False)
+        return dm.eval_loader(dataset, collate_fn=MapPairCollate(tokenizer), persistent_workers=False)
 
     def state_dict(self) -> dict[str, Any]:
         """What the format must keep in a checkpoint beyond its loader's own state."""
@@ -73,5 +71,5 @@ def stream_loader(dm, stream):
 
     trainer = dm.trainer
     stream.start_epoch = int(trainer.current_epoch) if trainer is not None else 0
-    workers = dm.hparams.num_workers
-    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=dm.pin(), persistent_workers=workers > 0)
+    workers = dm.loader.num_workers
+    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=dm.loader.pinned, persistent_workers=workers > 0)

@@ -325,24 +325,24 @@ class WebDatasetSource(PairSource):
         self.samples_per_epoch, self.resampled, self.shuffle_buffer = samples_per_epoch, resampled, shuffle_buffer
 
     def train_set(self, dm, transform, tokenizer, rank: int, world: int) -> WebDatasetPairs:
-        hp = dm.hparams
         urls = expand_shards(self.train)
         samples = self.samples_per_epoch or count_samples(urls)
-        stream = WebDatasetPairs(urls, transform, tokenizer, hp.batch_size, dm.epoch_batches(samples, world), rank=rank,
-                                 world_size=world, resampled=self.resampled, shuffle=hp.shuffle,
+        workers = max(1, dm.loader.num_workers)
+        stream = WebDatasetPairs(urls, transform, tokenizer, dm.loader.batch_size, dm.epoch_batches(samples, world),
+                                 rank=rank, world_size=world, resampled=self.resampled, shuffle=dm.hparams.shuffle,
                                  shuffle_buffer=self.shuffle_buffer, seed=dm.seed())
-        stream.num_workers = max(1, hp.num_workers)
-        if not self.resampled and len(urls) < world * max(1, hp.num_workers):
+        stream.num_workers = workers
+        if not self.resampled and len(urls) < world * workers:
             log.info("%d shards for %d loader processes: splitting by sample (every process reads every shard)",
-                     len(urls), world * max(1, hp.num_workers))
+                     len(urls), world * workers)
         return stream
 
     def val_set(self, dm, transform, tokenizer, rank: int, world: int) -> WebDatasetPairs:
         urls = expand_shards(self.val)
-        stream = WebDatasetPairs(urls, transform, tokenizer, dm.val_batch_size, None, rank=rank, world_size=world,
+        stream = WebDatasetPairs(urls, transform, tokenizer, dm.loader.eval_size, None, rank=rank, world_size=world,
                                  shuffle=False, seed=dm.seed(),
                                  num_samples=count_samples(urls) if not any(map(_is_remote, urls)) else None)
-        stream.num_workers = max(1, dm.hparams.num_workers)
+        stream.num_workers = max(1, dm.loader.num_workers)
         return stream
 
     def train_loader(self, dm, dataset: WebDatasetPairs, tokenizer):
@@ -353,7 +353,7 @@ class WebDatasetSource(PairSource):
     def val_loader(self, dm, dataset: WebDatasetPairs, tokenizer):
         from torch.utils.data import DataLoader
 
-        return DataLoader(dataset, batch_size=None, num_workers=dm.hparams.num_workers, pin_memory=dm.pin())
+        return DataLoader(dataset, batch_size=None, num_workers=dm.loader.num_workers, pin_memory=dm.loader.pinned)
 
     def place(self, dm, stream: WebDatasetPairs) -> None:
         """Where a (resumed) run's stream starts: the epoch of the next batch from the global step
@@ -372,7 +372,7 @@ class WebDatasetSource(PairSource):
         if not read:
             return
         rank, world = dm.rank_world()
-        batch_size = dm.hparams.batch_size
+        batch_size = dm.loader.batch_size
         samples = (self.samples_per_epoch or count_samples(stream.urls)) // max(1, world)
         estimate = resume_redraw_estimate(samples, batch_size, read, per_epoch)
         log.warning("webdataset resumed inside epoch %d after %d of its %d batches: the rest is redrawn, "
