@@ -3,13 +3,15 @@
 Simulates per-item outcomes of a probe at ``--evaluations`` evaluations with a known, planted
 early peak of ``--peak`` (0: a flat model), feeds them through the same pipeline as a training
 (bootstrap replicates over the same resampled items at every evaluation, ``PeakTracker``, the run
-record's writers) and prints the verdict. The run directory it writes reads like a real run:
-``perceptlab report DIR --out DIR/report`` draws it. ``--repeats N`` reruns it on N fresh draws and
-says how often the drop was found: the power (or, with ``--peak 0``, the false-positive rate) for
-those items and evaluations. The simulation is ``perceptlab.core.calibration``'s.
+record's writers) on ``--repeats`` fresh draws (100 by default) and prints how often the drop was
+found -- the power (or, with ``--peak 0``, the false-positive rate) for those items and
+evaluations, with its exact binomial (Clopper-Pearson) 95 % interval -- and, beside it, the first
+draw's own verdict. One draw alone says little: a test with 85 % power misses the peak in one
+draw of seven. The first draw's run directory reads like a real run: ``perceptlab report DIR
+--out DIR/report`` draws it. The simulation is ``perceptlab.core.calibration``'s.
 
     perceptlab control --out runs/control --peak 0.08 --items 1000 --evaluations 12
-    perceptlab control --out runs/control_flat --peak 0 --items 2120 --evaluations 30 --repeats 100
+    perceptlab control --out runs/control_flat --peak 0 --items 2120 --evaluations 30
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from pathlib import Path
 
 
 def control(out: str, peak: float = 0.08, items: int = 1000, evaluations: int = 12, drift: float = 0.5,
-            resamples: int = 1000, seed: int = 0, repeats: int = 1, metric: str = "control/2afc") -> dict:
+            resamples: int = 1000, seed: int = 0, repeats: int = 100, metric: str = "control/2afc") -> dict:
     """Replay the peak pipeline on a simulated trajectory with a planted early peak; print the verdict.
 
     Args:
@@ -27,9 +29,13 @@ def control(out: str, peak: float = 0.08, items: int = 1000, evaluations: int = 
         evaluations: evaluations over the run (the first is the baseline).
         drift: how much each item's difficulty moves between evaluations (standard deviation).
         resamples: bootstrap resamples per evaluation.
-        seed: seed of the first draw.
-        repeats: draws to run; more than one prints how often the drop is found.
+        seed: seed of the first draw (draw ``r`` uses ``seed + r``).
+        repeats: draws to run; the share in which the drop is found is the power (the
+            false-positive rate for ``peak`` 0), stated with its 95 % interval.
         metric: the metric's name in the run record.
+
+    Returns ``summary`` (the first draw's peak summary), ``found``, ``repeats``, ``rate`` and
+    ``rate_ci`` (Clopper-Pearson 95 %).
     """
     from perceptlab.callbacks import run_record
     from perceptlab.callbacks.peaks import PeakTracker
@@ -63,15 +69,26 @@ def control(out: str, peak: float = 0.08, items: int = 1000, evaluations: int = 
             run_record.write_bootstrap(run_dir, {k: (st, reps.numpy()) for k, (st, reps) in tracker.trajectories().items()},
                                        tracker.marks(), 0)
             first = s
+    rate, (low, high) = found / repeats, rate_interval(found, repeats)
     truth = f"planted drop {peak:g}" if peak else "flat (no drop)"
-    print(f"{metric}: {truth}; {items} items, {evaluations} evaluations -> {run_dir}")
-    print(f"  peak {first['peak']:.4f} at step {first['peak_step']}, final {first['final']:.4f}, "
-          f"drop {first['drop']:.4f} {[round(x, 4) for x in first['drop_ci']]} p={first['drop_p']:.4f}: "
+    what = "power" if peak else "false-positive rate (nominal 2.5 %)"
+    print(f"{metric}: {truth}; {items} items, {evaluations} evaluations, {repeats} draw{'s' * (repeats > 1)}")
+    print(f"  {what}: found in {found} of {repeats} draws = {rate:.1%} [{low:.1%}, {high:.1%}] "
+          "(95 %, Clopper-Pearson)")
+    print(f"  one draw (seed {seed}, its run record in {run_dir}): peak {first['peak']:.4f} at step "
+          f"{first['peak_step']}, final {first['final']:.4f}, drop {first['drop']:.4f} "
+          f"{[round(x, 4) for x in first['drop_ci']]} p={first['drop_p']:.4f}: "
           f"{'significant' if first['drop_significant'] else 'not significant'}")
-    if repeats > 1:
-        print(f"  found in {found} of {repeats} draws ({found / repeats:.1%})"
-              + (" = the power" if peak else " = the false-positive rate (nominal 2.5 %)"))
-    return {"summary": first, "found": found, "repeats": repeats}
+    return {"summary": first, "found": found, "repeats": repeats, "rate": rate, "rate_ci": [low, high]}
+
+
+def rate_interval(found: int, repeats: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson interval of a rate of ``found`` in ``repeats`` (scipy's exact binomial
+    interval: its coverage is at least ``confidence`` for every true rate)."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(found, repeats).proportion_ci(confidence_level=confidence, method="exact")
+    return float(ci.low), float(ci.high)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -107,7 +107,8 @@ class ContrastiveValidation:
         keep = order[first]
         images, texts = images[keep], texts[keep]
         datamodule = getattr(self.trainer, "datamodule", None)
-        size = int(getattr(datamodule, "val_batch_size", 0) or self._val_batch_size or len(images))
+        loader = getattr(datamodule, "loader", None)  # a perceptlab data module's loader group
+        size = int(getattr(loader, "eval_size", 0) or self._val_batch_size or len(images))
         scale = full_tensor(self.backbone.model.logit_scale.detach()).float().exp()
         bias = getattr(self.backbone.model, "logit_bias", None)
         bias = () if bias is None else (full_tensor(bias.detach()).float(),)

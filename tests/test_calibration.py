@@ -8,6 +8,7 @@ nominal 2.5 % and R = 200 that is 1.1 points, so "at most 5 %" is 2.3 standard e
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,7 +80,7 @@ def test_control_command_finds_a_planted_peak_and_writes_a_run_record(tmp_path):
     from perceptlab.callbacks.run_record import read_run
     from perceptlab.commands.control import control
 
-    result = control(str(tmp_path / "run"), peak=0.1, items=1000, evaluations=8, resamples=300, seed=3)
+    result = control(str(tmp_path / "run"), peak=0.1, items=1000, evaluations=8, resamples=300, seed=3, repeats=1)
     run = read_run(tmp_path / "run")
     summary = run.summary["control/2afc"]
     assert summary == result["summary"] and summary["drop_significant"] is True
@@ -110,3 +111,34 @@ def test_the_seed_level_detectable_drop_is_found_at_least_80_percent_of_the_time
         return hits / reps
 
     assert 0.78 <= found(size) <= 0.95 and found(size / 4) < 0.2
+
+
+def test_control_as_the_readme_tour_runs_it_states_the_power_with_its_interval(tmp_path, capsys):
+    """`perceptlab control --out DIR --peak 0.08` (the README's line) reports how often the planted
+    drop is found over its default 100 draws, with the rate's interval, and one draw's verdict beside
+    it -- not one draw's verdict alone, which misses an 85 %-power peak one time in seven."""
+    from perceptlab.commands.control import main  # what `perceptlab control ...` calls with its arguments
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "perceptlab control --out runs/control --peak 0.08 " in readme
+    result = main(["--out", str(tmp_path / "control"), "--peak", "0.08"])
+    out = capsys.readouterr().out
+    assert result["repeats"] == 100 and result["rate"] == result["found"] / 100
+    low, high = result["rate_ci"]
+    assert low <= result["rate"] <= high and 0.6 < low and high - low < 0.25  # the instrument sees the peak
+    assert f"found in {result['found']} of 100 draws" in out and "Clopper-Pearson" in out
+    assert "one draw (seed 0" in out and ("not significant" in out or ": significant" in out)
+
+
+def test_the_power_interval_covers_the_true_rate_at_least_95_percent_of_the_time():
+    """The exact coverage of control's rate interval, summed over every count a binomial draw can
+    give (no Monte Carlo error), is at least 95 % at every true rate on a grid."""
+    from scipy.stats import binom
+
+    from perceptlab.commands.control import rate_interval
+
+    n = 100
+    intervals = [rate_interval(k, n) for k in range(n + 1)]
+    for p in [0.01, 0.025, 0.05, 0.2, 0.5, 0.77, 0.85, 0.95, 0.99]:
+        coverage = sum(binom.pmf(k, n, p) for k, (lo, hi) in enumerate(intervals) if lo <= p <= hi)
+        assert coverage >= 0.95, (p, coverage)
