@@ -90,8 +90,10 @@ class Demo:
         if manifest.is_file():
             world = json.loads(manifest.read_text())
             same_scale = self.plan.any_scale or world.get("scale") == self.plan.scale
-            complete = all((self.data / rel).exists() for rel in world.get("paths", {}).values()) and \
-                (self.data / "benchmark").is_dir()  # worlds written before the benchmark suite lack it
+            from perceptlab.datamodules.toyworld.synthesize import PATHS
+
+            # every set this version writes: a world written before a set was added lacks it
+            complete = all((self.data / rel).exists() for rel in PATHS.values())
             if same_scale and world.get("seed") == self.plan.seed and complete:
                 print(f"toy world already at {self.data} (scale {world.get('scale')}, seed {self.plan.seed})")
                 return

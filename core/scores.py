@@ -12,6 +12,7 @@ from torchmetrics.functional import kendall_rank_corrcoef, pearson_corrcoef, spe
 __all__ = [
     "two_afc_per_item", "two_afc", "cue_conflict_labels", "cue_conflict_scores", "shape_bias",
     "srcc", "plcc", "krcc", "correlations", "normalized_drop", "embedding_distance", "DISTANCES", "antonym_probability",
+    "hard_2afc_per_item", "squared_differences", "per_dimension_normalized",
 ]
 
 
@@ -30,6 +31,15 @@ def two_afc_per_item(d0: torch.Tensor, d1: torch.Tensor, p: torch.Tensor) -> tor
 def two_afc(d0: torch.Tensor, d1: torch.Tensor, p: torch.Tensor) -> float:
     """Mean 2AFC score over triplets: mean((d0<d1)(1-p) + (d1<d0)p + 0.5[d0==d1])."""
     return float(two_afc_per_item(d0, d1, p).mean())
+
+
+def hard_2afc_per_item(d0: torch.Tensor, d1: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Hard 2AFC accuracy of each triplet, 1 or 0: right when the image the model finds closer is
+    the one the majority chose (``p`` > 0.5: the right one; < 0.5: the left one). A tie in the
+    distances or in the votes scores 0, as in the scripts of Hernandez-Camara et al. (a triplet
+    counts as correct only under a strict inequality that agrees with a strict majority)."""
+    d0, d1, p = d0.float(), d1.float(), p.float().to(d0.device)
+    return (((d1 < d0) & (p > 0.5)) | ((d0 < d1) & (p < 0.5))).float()
 
 
 # ------------------------------------------------------------------------------- cue conflict
@@ -150,25 +160,58 @@ def normalized_drop(acc_clean, acc_noisy):
 
 
 # ------------------------------------------------------------------------- embedding distances
-DISTANCES = ("cosine", "l2", "normalized_l2")
+#: Pairwise distances of image embeddings. ``per_dimension_normalized_l2`` needs every pair of the
+#: data set at once (:func:`per_dimension_normalized`); the others are row by row
+#: (:func:`embedding_distance`).
+DISTANCES = ("cosine", "l2", "per_dimension_normalized_l2")
+#: Names of earlier versions that are no longer distances of their own.
+RETIRED_DISTANCES = {"normalized_l2": "it was l2 / sqrt(d), a constant rescale of l2 (the same ranks, the same "
+                                      "2AFC and correlations): use l2, or per_dimension_normalized_l2 for the "
+                                      "per-dimension normalisation of Hernandez-Camara et al."}
+
+
+def check_distance(kind: str) -> str:
+    """``kind`` if it is a distance of :data:`DISTANCES`, else ``ValueError`` saying which to use."""
+    if kind in RETIRED_DISTANCES:
+        raise ValueError(f"distance {kind!r} is gone: {RETIRED_DISTANCES[kind]}")
+    if kind not in DISTANCES:
+        raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, got {kind!r}")
+    return kind
 
 
 def embedding_distance(a: torch.Tensor, b: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
     """Row-wise distance between feature batches ``(n, d)`` -> ``(n,)``; 0 = identical.
 
     ``cosine``: 1 - cos(a, b), in [0, 2], blind to feature scale. ``l2``: Euclidean norm of the
-    difference. ``normalized_l2``: the Euclidean distance divided by sqrt(d) -- the root mean
-    squared per-dimension difference of Hernandez-Camara et al., which keeps distances of blocks
-    with different widths on one scale.
+    difference.
     """
     a, b = a.float(), b.float()
     if kind == "cosine":
         return 1 - torch.nn.functional.cosine_similarity(a, b, dim=-1)
     if kind == "l2":
         return (a - b).norm(dim=-1)
-    if kind == "normalized_l2":
-        return (a - b).norm(dim=-1) / a.shape[-1] ** 0.5
-    raise ValueError(f"unknown distance {kind!r}; choose one of {', '.join(DISTANCES)}")
+    check_distance(kind)
+    raise ValueError(f"{kind} normalises over the whole data set: use squared_differences and per_dimension_normalized")
+
+
+def squared_differences(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-dimension squared differences of feature batches: ``(n, d)`` -> ``(n, d)``; for token
+    features ``(n, tokens, d)``, averaged over the tokens (Hernandez-Camara et al.'s per-layer
+    readout: every token, not the class token alone)."""
+    s = (a.double() - b.double()) ** 2
+    return s.mean(dim=1) if s.ndim == 3 else s
+
+
+def per_dimension_normalized(*squared: torch.Tensor) -> list[torch.Tensor]:
+    """Hernandez-Camara et al.'s distance for the pairs of one data set: each dimension's squared
+    difference ``s_k`` divided by its mean ``m_k`` over **all** pairs given (every array, every
+    row: the pairs of the whole data set, gathered from every process), then
+    ``d = sqrt(mean_k s_k / m_k)``. ``squared``: arrays ``(n_i, d)`` of
+    :func:`squared_differences`; returns one ``(n_i,)`` distance per array. A dimension that never
+    differs (``m_k`` = 0) contributes 0."""
+    m = torch.cat(squared).mean(dim=0)
+    m = torch.where(m > 0, m, torch.ones_like(m))
+    return [(s / m).mean(dim=-1).sqrt() for s in squared]
 
 
 def antonym_probability(image: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,

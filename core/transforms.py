@@ -72,3 +72,41 @@ def uint8_transform(transform: T.Compose) -> T.Compose:
         else:
             steps.append(t)
     return T.Compose([*steps, T.PILToTensor()])
+
+
+def point_frame(transform: T.Compose, width: int, height: int):
+    """Where a pixel of a ``width`` x ``height`` image lands after ``transform``'s geometric steps
+    (open_clip's eval transform: ``Resize`` -- the shorter side, or both sides for a pair -- then
+    ``CenterCrop``): a function ``(xs, ys) -> (xs, ys, kept)``, integer coordinates in the output
+    frame and which points fall inside it. The arithmetic is torchvision's (``resize`` sizes the
+    longer side as ``int(size * long / short)``; ``center_crop`` offsets by
+    ``int(round((in - out) / 2))``); a pixel goes to the output pixel that holds its centre.
+    Random or padding steps are refused by name, so fixations are never placed wrong silently."""
+    import numpy as np
+
+    w, h = float(width), float(height)
+    new_w, new_h, left, top, out_w, out_h = width, height, 0, 0, width, height
+    for t in transform.transforms:
+        if isinstance(t, T.Resize):
+            size = t.size if isinstance(t.size, (list, tuple)) else [t.size]
+            if len(size) == 2:
+                new_h, new_w = int(size[0]), int(size[1])
+            else:
+                short, long = (new_w, new_h) if new_w <= new_h else (new_h, new_w)
+                s, l = int(size[0]), int(int(size[0]) * long / short)
+                new_w, new_h = (s, l) if new_w <= new_h else (l, s)
+            out_w, out_h = new_w, new_h
+        elif isinstance(t, T.CenterCrop):
+            out_h, out_w = (t.size if len(t.size) == 2 else (t.size[0], t.size[0]))
+            top, left = int(round((new_h - out_h) / 2)), int(round((new_w - out_w) / 2))
+        elif isinstance(t, (T.RandomResizedCrop, T.RandomCrop, T.Pad, T.RandomHorizontalFlip, T.RandomAffine)):
+            raise ValueError(f"point_frame: {t!r} moves pixels (at random, or by padding); use the eval transform")
+        # every other step (mode conversion, to-tensor, normalisation) keeps pixels where they are
+
+    def frame(xs, ys):
+        x = np.floor((np.asarray(xs, dtype=np.float64) + 0.5) * new_w / w).astype(np.int64) - left
+        y = np.floor((np.asarray(ys, dtype=np.float64) + 0.5) * new_h / h).astype(np.int64) - top
+        kept = (x >= 0) & (x < out_w) & (y >= 0) & (y < out_h)
+        return x, y, kept
+
+    return frame

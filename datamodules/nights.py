@@ -42,7 +42,9 @@ from perceptlab.core.images import to_rgb
 from perceptlab.datamodules.base import BackboneDataModule, check_images, name_some
 from perceptlab.datamodules.loader import Loader
 
-SPLITS = ("train", "val", "test", "test_imagenet", "test_no_imagenet")
+#: ``all``: every row of ``data.csv``, whatever its split (the protocol of Hernandez-Camara et al.,
+#: who score all 20,019 triplets).
+SPLITS = ("train", "val", "test", "test_imagenet", "test_no_imagenet", "all")
 REQUIRED_COLUMNS = ("id", "right_vote", "votes", "ref_path", "left_path", "right_path", "split", "is_imagenet")
 IMAGE_COLUMNS = ("ref_path", "left_path", "right_path")
 # How many offending names an error message spells out before it only counts the rest.
@@ -94,7 +96,7 @@ def load_nights_table(root: str | os.PathLike, split: str, min_votes: int = 6) -
     table["right_vote"] = table["right_vote"].astype(float)
 
     base = "test" if split.startswith("test") else split
-    rows = table[table["split"].astype(str).str.strip() == base]
+    rows = table if split == "all" else table[table["split"].astype(str).str.strip() == base]
     if split == "test_imagenet":
         rows = rows[rows["is_imagenet"]]
     elif split == "test_no_imagenet":
@@ -146,7 +148,7 @@ class NightsTriplets(Dataset):
 
     Args:
         root: folder holding ``data.csv``.
-        split: one of ``train``, ``val``, ``test``, ``test_imagenet``, ``test_no_imagenet``.
+        split: one of ``train``, ``val``, ``test``, ``test_imagenet``, ``test_no_imagenet``, ``all``.
         transform: applied to each of the three images.
         min_votes: keep rows with at least this many votes.
         verify_images: read every image header now, so a bad file stops set-up, not a training.

@@ -158,8 +158,29 @@ def test_nights_2afc_matches_dreamsim_on_pixels(tiny_world):
     p = table["right_vote"].to_numpy()
     d0, d1 = np.asarray(d0), np.asarray(d1)
     expected = np.mean((d0 < d1) * (1 - p) + (d1 < d0) * p + (d0 == d1) * 0.5)
+    hard = np.mean(((d1 < d0) & (p > 0.5)) | ((d0 < d1) & (p < 0.5)))  # the majority's choice
     assert probe.n_items == len(table)
-    assert out == {"nights/2afc": pytest.approx(expected, abs=1e-6)}
+    assert out == {"nights/2afc": pytest.approx(expected, abs=1e-6), "nights/hard_accuracy": pytest.approx(hard, abs=1e-6)}
+
+
+def test_nights_as_the_texture_bias_authors_measure_it(tiny_world):
+    """split: all, min_votes: 0, per_dimension_normalized_l2: every triplet of data.csv, each pixel
+    dimension normalised over all of them, hard accuracy against the majority -- equal to their
+    script's formulas on the same features (tests/test_scores.py transcribes the script)."""
+    from test_scores import authors_nights
+
+    probe = NightsProbe("nights", split="all", min_votes=0, distance="per_dimension_normalized_l2", max_items=None)
+    out = run(probe, PixelEmbedding(), tiny_world)
+    root = tiny_world / "nights"
+    table = pd.read_csv(root / "data.csv")
+    feats = {c: np.stack([pixels(root / f).ravel() for f in table[c]]).astype(np.float64)
+             for c in ("ref_path", "left_path", "right_path")}
+    p = table["right_vote"].to_numpy()
+    d1, d2, _ = authors_nights(feats["ref_path"], feats["left_path"], feats["right_path"], 1 - p, p)
+    hard = np.mean(((d2 < d1) & (p > 0.5)) | ((d1 < d2) & (p < 0.5)))
+    assert probe.n_items == len(table) > len(table[table["split"] == "test"])
+    assert out["nights/hard_accuracy"] == pytest.approx(hard, abs=1e-6)
+    assert out["nights/2afc"] == pytest.approx(np.mean((d1 < d2) * (1 - p) + (d2 < d1) * p + (d1 == d2) * 0.5), abs=1e-6)
 
 
 # --------------------------------------------------------------------- zero-shot probes
@@ -277,7 +298,7 @@ def test_text_space_readout_of_last_block_equals_projected_embedding(tiny_world,
 
 
 def test_fr_probe_inner_layer_uses_that_block(tiny_world, backbone):
-    probe = FullReferenceIQAProbe("iqa/tid2013", dataset="tid2013", layer=1, distance="normalized_l2",
+    probe = FullReferenceIQAProbe("iqa/tid2013", dataset="tid2013", layer=1, distance="per_dimension_normalized_l2",
                                   classical=[], max_items=20)
     probe.data_root = str(tiny_world)
     probe.prepare(backbone)

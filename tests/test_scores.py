@@ -175,9 +175,59 @@ def test_embedding_distances():
     b = torch.tensor([[0.0, 1.0, 0.0, 0.0], [6.0, 8.0, 0.0, 0.0]])
     assert torch.allclose(scores.embedding_distance(a, b, "cosine"), torch.tensor([1.0, 0.0]), atol=1e-6)
     assert torch.allclose(scores.embedding_distance(a, b, "l2"), torch.tensor([2 ** 0.5, 5.0]))
-    assert torch.allclose(scores.embedding_distance(a, b, "normalized_l2"), torch.tensor([2 ** 0.5, 5.0]) / 2)
     with pytest.raises(ValueError, match="manhattan"):
         scores.embedding_distance(a, b, "manhattan")
+    with pytest.raises(ValueError, match="constant rescale of l2"):  # the retired name says what to use
+        scores.check_distance("normalized_l2")
+
+
+def authors_nights(ref: np.ndarray, left: np.ndarray, right: np.ndarray, left_vote, right_vote) -> tuple:
+    """A transcription of Hernandez-Camara et al.'s Middle-NIGHTS script (the per-triplet loop
+    over data.csv, vectorised): distances and hard accuracy (in percent)."""
+    distances1_clip = (ref - left) ** 2
+    distances2_clip = (ref - right) ** 2
+    distances_means = np.array([distances1_clip.mean(axis=0), distances2_clip.mean(axis=0)]).mean(axis=0)
+    d1 = np.sqrt((distances1_clip / distances_means).mean(axis=1))
+    d2 = np.sqrt((distances2_clip / distances_means).mean(axis=1))
+    correct = sum(1 for i in range(len(d1)) if (d1[i] > d2[i] and right_vote[i] == 1) or (d1[i] < d2[i] and left_vote[i] == 1))
+    return d1, d2, 100 * correct / len(d1)
+
+
+def authors_tid(ref: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """Their Low-TID script: per-pair distances with every dimension divided by its mean over all pairs."""
+    d = (ref - dist) ** 2
+    return np.sqrt((d / d.mean(axis=0)).mean(axis=1))
+
+
+def test_the_per_dimension_normalised_distance_and_hard_accuracy_equal_the_authors_scripts():
+    """On constructed features whose dimensions differ in scale by 1000x (where plain L2 and the
+    normalised distance rank pairs differently), scores.per_dimension_normalized and
+    hard_2afc_per_item equal a transcription of the authors' NIGHTS and TID2013 scripts."""
+    rng = np.random.default_rng(0)
+    n, d = 400, 16
+    scale = np.logspace(0, 3, d)
+    ref, left, right = (rng.normal(size=(n, d)) * scale for _ in range(3))
+    right_vote = rng.integers(0, 2, n).astype(float)  # NIGHTS votes: unanimous, 0 or 1
+    d1, d2, accuracy = authors_nights(ref, left, right, 1 - right_vote, right_vote)
+    t = lambda a: torch.from_numpy(a)  # noqa: E731
+    ours0, ours1 = scores.per_dimension_normalized(scores.squared_differences(t(ref), t(left)),
+                                                   scores.squared_differences(t(ref), t(right)))
+    np.testing.assert_allclose(ours0.numpy(), d1, rtol=1e-12)
+    np.testing.assert_allclose(ours1.numpy(), d2, rtol=1e-12)
+    hard = scores.hard_2afc_per_item(ours0, ours1, torch.from_numpy(right_vote))
+    assert 100 * int(hard.sum()) / n == accuracy  # the same triplets counted right
+    plain = scores.hard_2afc_per_item(scores.embedding_distance(t(ref), t(left), "l2"),
+                                      scores.embedding_distance(t(ref), t(right), "l2"), torch.from_numpy(right_vote))
+    assert not torch.equal(plain, hard)  # the normalisation changes decisions: not a rescale
+    (tid,) = scores.per_dimension_normalized(scores.squared_differences(t(ref), t(left)))
+    np.testing.assert_allclose(tid.numpy(), authors_tid(ref, left), rtol=1e-12)
+    # the per-layer readout: squared differences averaged over every token before the normalisation
+    tokens_a, tokens_b = rng.normal(size=(n, 5, d)), rng.normal(size=(n, 5, d))
+    per_token = ((tokens_a - tokens_b) ** 2).mean(axis=1)
+    np.testing.assert_allclose(scores.squared_differences(t(tokens_a), t(tokens_b)).numpy(), per_token, rtol=1e-12)
+    # ties and split votes count as wrong, as in the scripts
+    assert scores.hard_2afc_per_item(torch.tensor([1.0, 1.0, 2.0]), torch.tensor([1.0, 2.0, 1.0]),
+                                     torch.tensor([1.0, 0.5, 0.5])).tolist() == [0.0, 0.0, 0.0]
 
 
 def test_antonym_probability_is_the_pairwise_softmax():

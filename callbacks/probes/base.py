@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from perceptlab.callbacks.probes.metric_info import MetricInfo
+from perceptlab.core import scores
 from perceptlab.core.images import to_rgb
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,17 @@ class Probe(ABC):
         if ctx.world_size == 1:
             return local.detach().cpu()[:n]
         return unshard(ctx.gather(local.detach().contiguous()).cpu(), n)
+
+    def pair_distances(self, ctx: ProbeContext, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                       kind: str) -> list[torch.Tensor]:
+        """Distances of this process's feature pairs ``[(a, b), ...]`` (each ``(len(local_items),
+        d)``), gathered to every item ``(n_items,)``, one tensor per pair list. ``kind`` is one of
+        ``scores.DISTANCES``; ``per_dimension_normalized_l2`` normalises each dimension over every
+        pair of every list once all processes' pairs are gathered (``scores.per_dimension_normalized``)."""
+        if kind == "per_dimension_normalized_l2":
+            squared = [self.gather_items(ctx, scores.squared_differences(a, b)) for a, b in pairs]
+            return [d.float() for d in scores.per_dimension_normalized(*squared)]
+        return [self.gather_items(ctx, scores.embedding_distance(a, b, kind)) for a, b in pairs]
 
     def features(self, ctx: ProbeContext, images: torch.Tensor, text_space: bool = False) -> torch.Tensor:
         """Encode uint8 images ``(n, 3, S, S)`` in batches -> float32 features ``(n, d)`` on ``ctx.device``."""

@@ -50,7 +50,10 @@ class FullReferenceIQAProbe(TableProbe):
             ``dist_name``, ``ref_name``, ``mos``).
         lower_better: direction of the human score (False: higher = better quality). Required for
             data sets without a preset.
-        distance: ``cosine`` (default), ``l2`` or ``normalized_l2`` (see ``scores.embedding_distance``).
+        distance: ``cosine`` (default), ``l2`` or ``per_dimension_normalized_l2`` (each embedding
+            dimension's squared difference divided by its mean over every pair of the set,
+            Hernandez-Camara et al.'s; with ``max_items: null``, all 3,000 TID2013 pairs as they
+            measure it).
         classical: pyiqa full-reference metrics computed once as reference lines (``[]``: none).
         **common: ``name``, ``max_items``, ``layer``, ``batch_size``, ``seed`` of :class:`Probe`, declared there once.
     """
@@ -92,8 +95,7 @@ class FullReferenceIQAProbe(TableProbe):
         except ValueError as exc:
             raise ValueError(f"FullReferenceIQAProbe(dataset={dataset!r}): {exc}; a pyiqa preset (e.g. tid2013, "
                              "kadid10k) sets both") from None
-        if distance not in scores.DISTANCES:
-            raise ValueError(f"distance must be one of {', '.join(scores.DISTANCES)}, got {distance!r}")
+        scores.check_distance(distance)
         self.distance = distance
         self.classical = list(classical)
         self._classical_values: dict[str, torch.Tensor] | None = None
@@ -136,8 +138,7 @@ class FullReferenceIQAProbe(TableProbe):
         each classical metric's value (oriented higher = better)."""
         refs = self.gather_items(ctx, self.features(ctx, self.ref_images), n=self.n_refs).to(ctx.device)
         dist = self.features(ctx, self.dist_images)
-        local = scores.embedding_distance(dist, refs[self.ref_of_item.to(ctx.device)], self.distance)
-        distance = self.gather_items(ctx, local)
+        (distance,) = self.pair_distances(ctx, [(dist, refs[self.ref_of_item.to(ctx.device)])], self.distance)
         return {self.name: {"prediction": -distance, "quality": self.quality, **self.classical_values(ctx)}}
 
     def describe(self, metric: str) -> MetricInfo:

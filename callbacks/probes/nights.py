@@ -3,8 +3,11 @@
 For each triplet the model's distances reference-left ``d0`` and reference-right ``d1`` (cosine
 by default, as DreamSim) are scored with DreamSim's 2AFC against ``p`` = share of people who found
 the right image closer: ``nights/2afc`` in [0, 1], higher = more human-like, 0.5 = chance for a
-model that guesses. Reads NIGHTS through stage 1's reader (``perceptlab.datamodules.nights``), so the probe
-and stage 1 agree on the vote filter and the splits.
+model that guesses. Beside it, ``nights/hard_accuracy``: the share of triplets where the image the
+model finds closer is the one the majority chose (Hernandez-Camara et al.'s measure; with
+``split: all``, ``min_votes: 0`` and ``distance: per_dimension_normalized_l2``, their whole protocol:
+every triplet of ``data.csv``, their normalised distance). Reads NIGHTS through stage 1's reader
+(``perceptlab.datamodules.nights``), so the probe and stage 1 agree on the vote filter and the splits.
 """
 from __future__ import annotations
 
@@ -24,9 +27,12 @@ class NightsProbe(TableProbe):
 
     Args:
         root: NIGHTS folder (``data.csv``, ``ref/``, ``distort/``).
-        split: ``test`` (default), ``val``, ``train``, ``test_imagenet`` or ``test_no_imagenet``.
+        split: ``test`` (default), ``val``, ``train``, ``test_imagenet``, ``test_no_imagenet`` or
+            ``all`` (every row of ``data.csv``).
         min_votes: keep triplets with at least this many votes (DreamSim: 6).
-        distance: ``cosine`` (default), ``l2`` or ``normalized_l2``.
+        distance: ``cosine`` (default, DreamSim's), ``l2`` or ``per_dimension_normalized_l2`` (each
+            embedding dimension's squared difference divided by its mean over every pair of the
+            split, Hernandez-Camara et al.'s; ``scores.per_dimension_normalized``).
         name: metric prefix (default ``nights``; set e.g. ``nights_imagenet`` for a second probe).
         **common: ``name``, ``max_items``, ``layer``, ``batch_size``, ``seed`` of :class:`Probe`,
             declared there once (``max_items`` counts triplets).
@@ -43,8 +49,7 @@ class NightsProbe(TableProbe):
         **common: Any,
     ) -> None:
         super().__init__(root, **common)  # name, max_items, layer, batch_size, seed: see Probe
-        if distance not in scores.DISTANCES:
-            raise ValueError(f"distance must be one of {', '.join(scores.DISTANCES)}, got {distance!r}")
+        scores.check_distance(distance)
         self.split = split
         self.min_votes = min_votes
         self.distance = distance
@@ -54,7 +59,8 @@ class NightsProbe(TableProbe):
         return self._name or self.family
 
     def describe(self, metric: str) -> MetricInfo:
-        """``<name>/2afc``: the share of votes the model's choice agrees with, a mean over triplets."""
+        """``<name>/2afc``: the share of votes the model's choice agrees with, a mean over triplets;
+        ``<name>/hard_accuracy``: the share of triplets where it agrees with the majority."""
         return MetricInfo(probe=self.name, family=self.family, headline=metric == f"{self.name}/2afc")
 
     def load_table(self) -> int:
@@ -73,16 +79,15 @@ class NightsProbe(TableProbe):
     def measure(self, ctx: ProbeContext) -> Items:
         """Per triplet: the distances reference-left ``d0`` and reference-right ``d1``, and ``p``."""
         ref, left, right = (self.features(ctx, self.images[k]) for k in ("ref", "left", "right"))
-        local = torch.stack([scores.embedding_distance(ref, left, self.distance),
-                             scores.embedding_distance(ref, right, self.distance)], dim=-1)
-        d = self.gather_items(ctx, local)
-        return {self.name: {"d0": d[:, 0], "d1": d[:, 1], "p": self.p}}
+        d0, d1 = self.pair_distances(ctx, [(ref, left), (ref, right)], self.distance)
+        return {self.name: {"d0": d0, "d1": d1, "p": self.p}}
 
     def score(self, items: Items) -> dict[str, float]:
         t = items[self.name]
-        return {f"{self.name}/2afc": scores.two_afc(t["d0"], t["d1"], t["p"])}
+        return {f"{self.name}/2afc": scores.two_afc(t["d0"], t["d1"], t["p"]),
+                f"{self.name}/hard_accuracy": float(scores.hard_2afc_per_item(t["d0"], t["d1"], t["p"]).mean())}
 
     def resampled(self, items: Items, idx: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        t = items[self.name]
-        per_item = scores.two_afc_per_item(t["d0"], t["d1"], t["p"])
-        return {f"{self.name}/2afc": uncertainty.mean(per_item, idx[self.name])}
+        t, i = items[self.name], idx[self.name]
+        return {f"{self.name}/2afc": uncertainty.mean(scores.two_afc_per_item(t["d0"], t["d1"], t["p"]), i),
+                f"{self.name}/hard_accuracy": uncertainty.mean(scores.hard_2afc_per_item(t["d0"], t["d1"], t["p"]), i)}

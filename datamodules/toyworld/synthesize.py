@@ -30,6 +30,7 @@ from perceptlab.datamodules.toyworld import (
     classification,
     cue_conflict,
     emoset,
+    fixations,
     image_text,
     iqa,
     lamem,
@@ -49,6 +50,7 @@ TOY_SETS: tuple[ToySet, ...] = (
     lamem.TOY_SET,
     emoset.TOY_SET,
     benchmark.TOY_SET,
+    fixations.TOY_SET,
 )
 #: Counts per scale, per data set (from each set's declaration).
 SCALES: dict[str, dict] = {scale: {s.name: s.scales.get(scale, {}) for s in TOY_SETS} for scale in ("tiny", "small")}
