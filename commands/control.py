@@ -29,7 +29,7 @@ def control(out: str, peak: float = 0.08, items: int = 1000, evaluations: int = 
         evaluations: evaluations over the run (the first is the baseline).
         drift: how much each item's difficulty moves between evaluations (standard deviation).
         resamples: bootstrap resamples per evaluation.
-        seed: seed of the first draw (draw ``r`` uses ``seed + r``).
+        seed: seed of the first draw (draw r uses seed + r).
         repeats: draws to run; the share in which the drop is found is the power (the
             false-positive rate for ``peak`` 0), stated with its 95 % interval.
         metric: the metric's name in the run record.

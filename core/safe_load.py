@@ -104,10 +104,12 @@ def _first_line(exn: BaseException) -> str:
 
 # ----------------------------------------------------------------------------- plain pickles
 #: What a plain pickle may name besides the containers pickle writes without naming a class:
-#: sets (protocols < 4 name them) and numpy's numeric arrays and scalars. Everything that an
-#: array holds goes through ``find_class`` again, so an object array cannot smuggle a class in.
+#: sets (protocols < 4 name them), numpy's numeric arrays and scalars, and ``_codecs.encode``,
+#: which protocols < 3 use to write ``bytes`` from Python 3 (a text-to-bytes conversion; torch's
+#: ``weights_only`` unpickler allows it too). Everything that an array holds goes through
+#: ``find_class`` again, so an object array cannot smuggle a class in.
 _PLAIN_GLOBALS = {
-    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex"),
+    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex"), ("_codecs", "encode"),
     ("__builtin__", "set"), ("__builtin__", "frozenset"),
     *((module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
       for name in ("_reconstruct", "scalar")),
@@ -122,15 +124,16 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"GLOBAL {module}.{name}")
 
 
-def load_plain_pickle(path: str | os.PathLike) -> Any:
-    """A pickle of plain containers and numbers (pyiqa's split files); one naming anything else
-    (a class, a function: code that would run) is refused with :class:`UnsafeFileError`."""
+def load_plain_pickle(path: str | os.PathLike, encoding: str = "ASCII") -> Any:
+    """A pickle of plain containers, numbers and numpy arrays (pyiqa's split files, CIFAR's python
+    batches: ``encoding="bytes"`` for their Python 2 strings); one naming anything else (a class, a
+    function: code that would run) is refused with :class:`UnsafeFileError`."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"pickle file not found: {path}")
     data = path.read_bytes()
     try:
-        return _PlainUnpickler(io.BytesIO(data)).load()
+        return _PlainUnpickler(io.BytesIO(data), encoding=encoding).load()
     except pickle.UnpicklingError as exn:
         if str(exn).startswith("GLOBAL "):
             raise UnsafeFileError(f"{path}: refused: reading it would run code (it loads {str(exn)[7:]}); "

@@ -5,7 +5,13 @@ one place for stage 2's zero-shot validation and the noise-robustness probe.
   classes in sorted folder order unless ``classes`` gives the order;
 * **Hugging Face**: a local parquet file or glob, a ``save_to_disk`` folder, a local data-set folder
   or a hub id (``image_text.hf_pairs.load_hf``), with an image column and a label column that is a
-  ``ClassLabel`` (its names are the classes) or class-name strings.
+  ``ClassLabel`` (its names are the classes) or class-name strings (Hugging Face's ``cifar100``:
+  ``image_column: img``, ``label_column: fine_label``);
+* **CIFAR's python pickles** (``cifar``): the official ``cifar-100-python`` folder (``test`` or
+  ``train`` with ``data``, rows of 3,072 bytes, the red, green and blue 32 x 32 planes, and
+  ``fine_labels``; ``meta`` with ``fine_label_names``), read as data (``core.safe_load``: a pickle
+  that would run code is refused). ``cifar-10-batches-py`` reads too (``test_batch``, ``labels``,
+  ``batches.meta``'s ``label_names``).
 
 Class names are returned as found (``_`` kept); the zero-shot prompts read ``_`` as a space.
 """
@@ -18,7 +24,7 @@ from typing import Any, Sequence
 
 from perceptlab.core.images import IMAGE_SUFFIXES
 
-FORMATS = ("imagefolder", "hf")
+FORMATS = ("imagefolder", "hf", "cifar")
 
 
 @dataclass
@@ -57,8 +63,62 @@ def read_labelled_images(source: str | os.PathLike, format: str = "imagefolder",
     if format not in FORMATS:
         raise ValueError(f"unknown labelled-image format {format!r}; expected one of {', '.join(FORMATS)}")
     classes = list(classes) if classes else None
+    if format == "cifar":
+        return _cifar(Path(source).expanduser(), split, classes)
     return _image_folder(Path(source).expanduser(), classes) if format == "imagefolder" else \
         _hf(str(source), split, image_column, label_column, classes, cache_dir)
+
+
+def _cifar(root: Path, split: str, classes: list[str] | None) -> LabelledImages:
+    import numpy as np
+
+    from perceptlab.core.safe_load import load_plain_pickle
+
+    ten = (root / "batches.meta").is_file()
+    data_file = root / (("test_batch" if split == "test" else "data_batch_1") if ten else split)
+    meta_file = root / ("batches.meta" if ten else "meta")
+    for path in (data_file, meta_file):
+        if not path.is_file():
+            raise FileNotFoundError(f"CIFAR python folder {root}: {path.name} is missing")
+    data = load_plain_pickle(data_file, encoding="bytes")
+    meta = load_plain_pickle(meta_file, encoding="bytes")
+    labels_key, names_key = (b"labels", b"label_names") if ten else (b"fine_labels", b"fine_label_names")
+    for table, key, path in ((data, b"data", data_file), (data, labels_key, data_file), (meta, names_key, meta_file)):
+        if key not in table:
+            raise KeyError(f"{path}: no {key.decode()!r} entry; has {', '.join(k.decode() for k in table)}")
+    names = [n.decode() for n in meta[names_key]]
+    if classes is not None and len(classes) != len(names):
+        raise ValueError(f"{root}: {len(classes)} class names given for its {len(names)} classes")
+    pixels = np.asarray(data[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return LabelledImages(str(root), classes or names, [int(v) for v in data[labels_key]], dataset=ArrayImages(pixels))
+
+
+class ArrayImages:
+    """Images held as one ``(n, H, W, 3)`` uint8 array, served as PIL images (CIFAR's pickles)."""
+
+    def __init__(self, pixels) -> None:
+        self.pixels = pixels
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def select(self, rows: Sequence[int]) -> dict[str, list]:
+        from PIL import Image
+
+        return {"image": [Image.fromarray(self.pixels[i]) for i in rows]}
+
+
+def clip_benchmark_templates(dataset: str) -> list[str]:
+    """The zero-shot templates (with ``{}``) CLIP_benchmark ships for ``dataset`` (its
+    ``en_zeroshot_classification_templates.json``; ``cifar100``: 18 prompts). Its CIFAR class
+    names are the data set's own (torchvision reads them from ``meta``), as here."""
+    import json
+    from importlib.resources import files
+
+    templates = json.loads((files("clip_benchmark.datasets") / "en_zeroshot_classification_templates.json").read_text())
+    if dataset not in templates:
+        raise ValueError(f"CLIP_benchmark ships no templates for {dataset!r}")
+    return [t.replace("{c}", "{}") for t in templates[dataset]]
 
 
 def _image_folder(root: Path, classes: list[str] | None) -> LabelledImages:
