@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
 .PHONY: setup test test-fast demo study smoke tensorboard bench clean help wheelhouse lock gpu-check \
-        pi-nights pretrain-pi pretrain-random perceptclip-koniq perceptclip-lamem perceptclip-emoset
+        pi-nights pretrain-pi pretrain-random perceptclip-koniq perceptclip-lamem perceptclip-emoset texture-bias-suite
 
 help:
 	@echo "make demo        the whole toy-world study (set-up included), report in runs/demo/report"
@@ -26,6 +26,9 @@ help:
 	@echo "  make pi-nights NIGHTS=/data/nights [GPUS=8]"
 	@echo "  make pretrain-pi SHARDS='/data/yfcc15m/{00000..01539}.tar' VAL_SHARDS=... IMAGENET_VAL=... PI_VISUAL=runs/pi_nights_vitb32/version_0/visual.pt"
 	@echo "  make pretrain-random SHARDS=... VAL_SHARDS=... IMAGENET_VAL=..."
+	@echo "    (+ TID2013= NIGHTS= MIT1003= CUE_CONFLICT= CIFAR100=: also track the texture-bias paper's suite every epoch)"
+	@echo "  make texture-bias-suite MODELS='runs/.../checkpoints/*.ckpt' TID2013=/data/tid2013 NIGHTS=/data/nights \\"
+	@echo "       MIT1003=/data/mit1003 CUE_CONFLICT=/data/cue-conflict CIFAR100=/data/cifar-100-python"
 	@echo "  make perceptclip-koniq IQA_ROOT=/data/pyiqa/datasets WEIGHTS=/models/ViT-L-14-openai.pt"
 	@echo "  make perceptclip-lamem LAMEM=/data/lamem WEIGHTS=...   make perceptclip-emoset EMOSET=/data/emoset WEIGHTS=..."
 
@@ -118,12 +121,44 @@ pi-nights: setup
 	$(call need,NIGHTS,the NIGHTS folder holding data.csv ref/ distort/)
 	$(PL) fit $(DDP) --config experiments/paper/pi_nights_vitb32.yaml --data.init_args.root=$(NIGHTS) $(EXTRA)
 
+# The texture-bias paper's suite (experiments/paper/texture_bias_suite.yaml): its five data folders,
+# linked under one data_root. Given to pretrain-pi/-random (any of TID2013, MIT1003, CUE_CONFLICT,
+# CIFAR100; NIGHTS alone is stage 1's), the run tracks the
+# suite at every epoch besides the ImageNet zero-shot benchmark (CLIP_BENCHMARK: CLIP_benchmark's
+# webdataset copies); each folder missing is named.
+TEXTURE_DATA  ?= runs/texture_bias_data
+CLIP_BENCHMARK ?= /data/clip_benchmark
+TEXTURE_GIVEN  = $(strip $(TID2013)$(MIT1003)$(CUE_CONFLICT)$(CIFAR100))
+define texture_links
+	$(call need,TID2013,the TID2013 folder (pyiqa's layout: tid2013/ images and meta info))
+	$(call need,NIGHTS,the NIGHTS folder holding data.csv ref/ distort/)
+	$(call need,MIT1003,the MIT1003 folder holding ALLSTIMULI/ ALLFIXATIONMAPS/)
+	$(call need,CUE_CONFLICT,the cue-conflict images folder (<shape class>/<shape><i>-<texture><j>.png))
+	$(call need,CIFAR100,the cifar-100-python folder (test, meta))
+	mkdir -p $(TEXTURE_DATA)
+	ln -sfn $(abspath $(TID2013)) $(TEXTURE_DATA)/tid2013
+	ln -sfn $(abspath $(NIGHTS)) $(TEXTURE_DATA)/nights
+	ln -sfn $(abspath $(MIT1003)) $(TEXTURE_DATA)/mit1003
+	ln -sfn $(abspath $(CUE_CONFLICT)) $(TEXTURE_DATA)/cue_conflict
+	ln -sfn $(abspath $(CIFAR100)) $(TEXTURE_DATA)/cifar100
+endef
+TEXTURE_TRACKING = --config experiments/paper/texture_bias_suite.yaml \
+  --trainer.callbacks.init_args.data_root=$(TEXTURE_DATA) \
+  --trainer.callbacks.init_args.probes+='{"class_path": "perceptlab.callbacks.probes.benchmark.CLIPBenchmarkProbe", "init_args": {"root": "$(CLIP_BENCHMARK)", "tasks": ["wds/imagenet1k"]}}'
+
+texture-bias-suite: setup
+	$(call need,MODELS,the checkpoints to measure: files, a glob (quoted) or a run directory with --watch in EXTRA)
+	$(texture_links)
+	$(PL) evaluate $(MODELS) --config experiments/paper/texture_bias_suite.yaml \
+	  --trainer.callbacks.init_args.data_root=$(TEXTURE_DATA) $(EXTRA)
+
 pretrain-pi: setup
 	$(call need,SHARDS,a brace pattern of YFCC15M webdataset shards)
 	$(call need,VAL_SHARDS,held-out image-text shards for retrieval and validation loss)
 	$(call need,IMAGENET_VAL,an ImageNet validation image folder for zero-shot accuracy)
 	$(call need,PI_VISUAL,the stage-1 visual.pt or checkpoint)
-	$(PL) fit $(DDP) --config experiments/paper/pretrain_yfcc15m_vitb32_pi.yaml \
+	$(if $(TEXTURE_GIVEN),$(texture_links))
+	$(PL) fit $(DDP) --config experiments/paper/pretrain_yfcc15m_vitb32_pi.yaml $(if $(TEXTURE_GIVEN),$(TEXTURE_TRACKING)) \
 	  --data.init_args.pairs.init_args.train='$(SHARDS)' --data.init_args.pairs.init_args.val='$(VAL_SHARDS)' \
 	  --data.init_args.zeroshot_data=$(IMAGENET_VAL) --model.init_args.init_visual_from=$(PI_VISUAL) $(EXTRA)
 
@@ -131,7 +166,8 @@ pretrain-random: setup
 	$(call need,SHARDS,a brace pattern of YFCC15M webdataset shards)
 	$(call need,VAL_SHARDS,held-out image-text shards for retrieval and validation loss)
 	$(call need,IMAGENET_VAL,an ImageNet validation image folder for zero-shot accuracy)
-	$(PL) fit $(DDP) --config experiments/paper/pretrain_yfcc15m_vitb32_random.yaml \
+	$(if $(TEXTURE_GIVEN),$(texture_links))
+	$(PL) fit $(DDP) --config experiments/paper/pretrain_yfcc15m_vitb32_random.yaml $(if $(TEXTURE_GIVEN),$(TEXTURE_TRACKING)) \
 	  --data.init_args.pairs.init_args.train='$(SHARDS)' --data.init_args.pairs.init_args.val='$(VAL_SHARDS)' \
 	  --data.init_args.zeroshot_data=$(IMAGENET_VAL) $(EXTRA)
 
