@@ -1,10 +1,14 @@
-"""Where a ViT vision tower looks: saliency maps over its patch grid.
+"""Where a vision tower looks: saliency maps of its input.
 
 * ``attention`` (default): the last block's attention from the class token to every patch,
-  averaged over heads.
+  averaged over heads (a ViT; the patch grid).
 * ``rollout``: attention rollout (Abnar & Zuidema 2020): each block's head-averaged attention
   with the residual added (``0.5 A + 0.5 I``, rows renormalised), multiplied through the blocks;
-  the class token's row, over the patches.
+  the class token's row, over the patches (a ViT; the patch grid).
+* ``gradient``: the gradient of the image embedding's squared norm with respect to the input
+  pixels, its absolute value's maximum over the colour channels (Simonyan et al. 2014's vanilla
+  gradient, with the embedding's energy as the score, since CLIP has no class to explain; any
+  tower; full resolution).
 
 open_clip's blocks call their attention with ``need_weights=False`` (the fused kernel returns no
 weights), so the weights are recovered through a hook: the block's own attention module is called
@@ -17,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-METHODS = ("attention", "rollout")
+METHODS = ("attention", "rollout", "gradient")
 
 
 def _blocks(visual: nn.Module) -> list[nn.Module]:
@@ -28,11 +32,36 @@ def _blocks(visual: nn.Module) -> list[nn.Module]:
     return list(blocks)
 
 
-@torch.no_grad()
 def attention_maps(visual: nn.Module, images: torch.Tensor, method: str = "attention") -> torch.Tensor:
-    """Normalised images ``(n, 3, S, S)`` -> maps ``(n, gh, gw)`` over the patch grid (float32)."""
+    """Normalised images ``(n, 3, S, S)`` -> maps ``(n, gh, gw)`` over the patch grid, or
+    ``(n, S, S)`` for ``gradient`` (float32)."""
     if method not in METHODS:
         raise ValueError(f"unknown saliency method {method!r}; expected one of {', '.join(METHODS)}")
+    if method == "gradient":
+        return gradient_maps(visual, images)
+    with torch.no_grad():
+        return _attention(visual, images, method)
+
+
+def gradient_maps(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``|d ||f(x)||^2 / dx|``, the maximum over colour channels, ``(n, S, S)``. Runs with gradients
+    on even inside ``torch.inference_mode`` (the suite's): the input is a fresh leaf; the weights'
+    gradients are not kept."""
+    with torch.inference_mode(False), torch.enable_grad():
+        x = images.detach().clone().requires_grad_(True)
+        params = [p for p in visual.parameters() if p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            energy = visual(x).float().pow(2).sum()
+            (grad,) = torch.autograd.grad(energy, x)
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+    return grad.abs().amax(dim=1).float()
+
+
+def _attention(visual: nn.Module, images: torch.Tensor, method: str) -> torch.Tensor:
     blocks = _blocks(visual)
     hooked = blocks[-1:] if method == "attention" else blocks
     weights: list[torch.Tensor] = []
@@ -76,6 +105,8 @@ def _grid(visual: nn.Module) -> tuple[int, int]:
 
 def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
     """Patch-grid maps ``(n, gh, gw)`` -> ``(n, size, size)``, bilinear (each patch's value at its
-    centre, as the patches tile the input image)."""
+    centre, as the patches tile the input image); maps already at ``size`` are returned as they are."""
+    if maps.shape[-2:] == (size, size):
+        return maps.float()
     return torch.nn.functional.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear",
                                            align_corners=False)[:, 0]

@@ -219,31 +219,33 @@ class CLIPBackbone(nn.Module):
         return self.tokenizer(texts)
 
     # ------------------------------------------------------------------------------- encoders
-    def encode_image(self, images: torch.Tensor, normalize: bool = True, layer: int | None = None) -> torch.Tensor:
+    def encode_image(self, images: torch.Tensor, normalize: bool = True, layer: int | None = None,
+                     tokens: str = "class") -> torch.Tensor:
         """Image embeddings ``(batch, dim)``.
 
         ``layer=None`` gives the projected embedding (``embed_dim``). ``layer=i`` gives the class
         token after transformer block ``i`` (0-based; negative counts from the end), width of the
-        tower; for convolutional towers the spatial mean of stage ``i``. ``images`` are normalised
-        float tensors, or ``uint8`` tensors (see :meth:`prepare_images`).
+        tower; for convolutional towers the spatial mean of stage ``i``; ``tokens="all"``: every
+        token of that block, ``(batch, tokens, width)`` (class token first; a conv stage's
+        positions). ``images`` are normalised float tensors, or ``uint8`` (:meth:`prepare_images`).
         """
         images = self.prepare_images(images)
+        if tokens not in ("class", "all") or (tokens == "all" and (layer is None or normalize)):
+            raise ValueError(f"tokens={tokens!r}: 'class', or 'all' with a layer and normalize=False")
         if layer is None:
             feats = self.model.encode_image(images)
         else:
             out = self.model.visual.forward_intermediates(
-                images,
-                indices=[layer] if layer >= 0 else [self.num_visual_layers + layer],
-                stop_early=True,
-                intermediates_only=True,
-                output_fmt="NLC" if self._is_vit else "NCHW",
+                images, indices=[layer] if layer >= 0 else [self.num_visual_layers + layer], stop_early=True,
+                intermediates_only=True, output_fmt="NLC" if self._is_vit else "NCHW",
                 **({"output_extra_tokens": True} if self._is_vit else {}),
             )
-            if "image_intermediates_prefix" in out:
-                feats = out["image_intermediates_prefix"][0][:, 0]
-            else:
-                inter = out["image_intermediates"][0]
-                feats = inter.mean(dim=(2, 3)) if inter.ndim == 4 else inter.mean(dim=1)
+            inter, prefix = out["image_intermediates"][0], out.get("image_intermediates_prefix", [None])[0]
+            if inter.ndim == 4:
+                inter = inter.flatten(2).transpose(1, 2)  # NCHW -> (N, positions, C)
+            if tokens == "all":
+                return inter if prefix is None else torch.cat([prefix, inter], dim=1)
+            feats = prefix[:, 0] if prefix is not None else inter.mean(dim=1)
         return F.normalize(feats, dim=-1) if normalize else feats
 
     def prepare_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -338,3 +338,44 @@ def test_probe_roots_resolve_under_data_root(tiny_world):
     missing.data_root = str(tiny_world)
     with pytest.raises(FileNotFoundError, match="no_such_folder"):
         missing.prepare(PixelEmbedding())
+
+
+def test_the_all_token_readout_is_transformers_hidden_state_and_feeds_the_authors_distance(tiny_world, tmp_path):
+    """tokens: all reads block i's every token -- transformers' hidden_states[i + 1] for the same
+    weights -- and the NIGHTS probe's per-layer distance averages each dimension's squared
+    difference over those tokens before the normalisation, as the authors' per-layer scripts do."""
+    from transformers import CLIPModel
+
+    from test_hf_clip import hf_config
+    from test_scores import authors_nights
+
+    torch.manual_seed(0)
+    hf = CLIPModel(hf_config()).eval()
+    hf.save_pretrained(tmp_path / "clip")
+    tower = CLIPBackbone(None, pretrained=str(tmp_path / "clip")).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ours = tower.encode_image(images, normalize=False, layer=0, tokens="all")
+        theirs = hf.vision_model(pixel_values=images, output_hidden_states=True).hidden_states[1]
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="tokens"):
+        NightsProbe("nights", tokens="all")  # every token of which block?
+
+    backbone = CLIPBackbone("perceptlab-vit-tiny-64").eval()
+    probe = NightsProbe("nights", split="all", min_votes=0, layer=1, tokens="all",
+                        distance="per_dimension_normalized_l2", max_items=None)
+    probe.data_root = str(tiny_world)
+    probe.prepare(backbone)
+    with torch.inference_mode():
+        items = probe.measure(ProbeContext(backbone))["nights"]
+        feats = {k: backbone.encode_image(backbone.normalize(probe.images[k].float() / 255), normalize=False, layer=1,
+                                          tokens="all").double() for k in ("ref", "left", "right")}
+    # the authors' per-layer formula: squared differences averaged over tokens (axis 1), then normalised
+    ref, left, right = (feats[k].numpy() for k in ("ref", "left", "right"))
+    d_left, d_right = ((ref - left) ** 2).mean(axis=1), ((ref - right) ** 2).mean(axis=1)
+    m = np.concatenate([d_left, d_right]).mean(axis=0)
+    np.testing.assert_allclose(items["d0"].numpy(), np.sqrt((d_left / m).mean(axis=1)), rtol=1e-5)
+    np.testing.assert_allclose(items["d1"].numpy(), np.sqrt((d_right / m).mean(axis=1)), rtol=1e-5)
+    with pytest.raises(ValueError, match="only distance: per_dimension_normalized_l2"):
+        NightsProbe("nights", layer=1, tokens="all", distance="cosine").pair_distances(
+            ProbeContext(backbone), [(feats["ref"], feats["left"])], "cosine")

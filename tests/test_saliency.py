@@ -200,3 +200,21 @@ def test_on_the_toy_world_a_map_on_the_object_beats_the_centre_bias_and_a_random
     assert values[f"{name}/nss"] < values[f"{name}/center_bias/nss"]
     assert probe.describe(f"{name}/nss").headline and probe.describe(f"{name}/center_bias/nss").reference
     assert probe.describe(f"{name}/kld").direction == "min"
+
+
+def test_the_gradient_map_is_the_input_gradient_even_inside_the_suites_inference_mode():
+    from perceptlab.core.attention_maps import attention_maps
+    from perceptlab.core.backbone import CLIPBackbone
+
+    torch.manual_seed(0)
+    tower = CLIPBackbone("perceptlab-vit-tiny-64", vision_only=True)
+    images = torch.randn(2, 3, 64, 64)
+    x = images.clone().requires_grad_(True)
+    tower.visual(x).pow(2).sum().backward()
+    expected = x.grad.abs().amax(dim=1)
+    tower.visual.zero_grad(set_to_none=True)
+    with torch.inference_mode():  # as the alignment suite runs its probes
+        got = attention_maps(tower.visual, images, "gradient")
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    assert got.shape == (2, 64, 64)
+    assert all(p.requires_grad and p.grad is None for p in tower.visual.parameters())  # training state untouched

@@ -146,6 +146,9 @@ class Probe(ABC):
         max_items: evaluate a fixed random subset of this many items (``None``: all).
         layer: read features from this transformer block's class token (0-based, negative from
             the end) instead of the projected embedding (``None``).
+        tokens: ``class`` (default), or ``all``: every token of ``layer``, for the distance
+            probes with ``distance: per_dimension_normalized_l2`` (Hernandez-Camara et al.'s
+            per-layer readout: each dimension's squared difference averaged over the tokens).
         batch_size: images per forward pass (default: the suite's).
         seed: seed of the item subset (and of the noise, where a probe adds any).
     """
@@ -159,10 +162,15 @@ class Probe(ABC):
         name: str | None = None,
         max_items: int | None = 1000,
         layer: int | None = None,
+        tokens: str = "class",
         batch_size: int | None = None,
         seed: int = 0,
     ) -> None:
+        if tokens not in ("class", "all") or (tokens == "all" and layer is None):
+            raise ValueError(f"{type(self).__name__}: tokens must be 'class', or 'all' with a layer; got {tokens!r}"
+                             f"{'' if layer is not None else ' and no layer'}")
         self.root = root
+        self.tokens = tokens
         self._name = name
         self.max_items = max_items
         self.layer = layer
@@ -243,6 +251,9 @@ class Probe(ABC):
         if kind == "per_dimension_normalized_l2":
             squared = [self.gather_items(ctx, scores.squared_differences(a, b)) for a, b in pairs]
             return [d.float() for d in scores.per_dimension_normalized(*squared)]
+        if self.tokens == "all":
+            raise ValueError(f"{self.name}: tokens: all reads every token; only distance: per_dimension_normalized_l2 "
+                             f"averages over them (got {kind})")
         return [self.gather_items(ctx, scores.embedding_distance(a, b, kind)) for a, b in pairs]
 
     def features(self, ctx: ProbeContext, images: torch.Tensor, text_space: bool = False) -> torch.Tensor:
@@ -269,10 +280,13 @@ class Probe(ABC):
         backbone = ctx.backbone
         x = backbone.normalize(x).to(ctx.input_dtype)
         with ctx.autocast():
+            if text_space and self.tokens == "all":
+                raise ValueError(f"{self.name}: tokens: all has no text-space readout; use tokens: class")
             if text_space and self.layer is not None:
                 f = self._project_layer(backbone, backbone.encode_image(x, normalize=False, layer=self.layer))
             else:
-                f = backbone.encode_image(x, normalize=text_space, layer=self.layer)
+                every = {"tokens": "all"} if self.tokens == "all" else {}  # asked only when wanted
+                f = backbone.encode_image(x, normalize=text_space, layer=self.layer, **every)
         return f.float()
 
     @staticmethod

@@ -2,7 +2,8 @@
 
 The model's saliency map of each image is its ViT's attention (``perceptlab.core.attention_maps``:
 the last block's class-to-patch attention averaged over heads, or attention rollout), bilinearly
-upsampled from the patch grid to the input frame and optionally blurred. The image, its fixation
+upsampled from the patch grid to the input frame, or the input gradient of the embedding's energy
+(``gradient``, at full resolution), optionally blurred. The image, its fixation
 density map and its fixation points are all put into that frame by the model's own eval transform
 (resize, centre crop; points through ``core.transforms.point_frame``, points cropped away dropped),
 so the map, the fixations and what the model saw are the same pixels. Per image the six metrics of
@@ -40,7 +41,8 @@ class SaliencyProbe(TableProbe):
         root: the fixation set's folder.
         layout: ``mit1003`` (default), ``cat2000`` or ``salicon``.
         split: SALICON's ``train``/``val`` (default ``val``), CAT2000's set folder.
-        method: ``attention`` (the last block's class-token attention, heads averaged) or ``rollout``.
+        method: ``attention`` (the last block's class-token attention, heads averaged), ``rollout``
+            or ``gradient`` (the input gradient of the embedding's squared norm).
         blur: Gaussian blur of the upsampled map, as a fraction of the frame's side (0: none).
         center_sigma: the centre-bias reference's standard deviation, a fraction of the side.
         max_items: default ``None`` (every image; MIT1003 has 1,003).
