@@ -63,11 +63,13 @@ def reference_lines(arms: list[Arm]) -> dict[str, float]:
 
 
 def _draw_reference_lines(ax, arms: list[Arm], metric: str) -> None:
-    """The reference lines of ``metric``'s probe and statistic, dotted, labelled by their own name."""
+    """The reference lines whose ``chart`` is ``metric``'s (a reference names the chart of the
+    metric it is a reference for), dotted, labelled by their own name. Runs recorded before
+    2026-12-07 named a full-reference set's classical lines ``<probe>/reference/<statistic>``."""
     info = arms[0].describe(metric)
     for i, (m, v) in enumerate(sorted(reference_lines(arms).items())):
         ref = arms[0].describe(m)
-        if ref.probe == info.probe and ref.statistic == info.statistic:
+        if ref.probe == info.probe and ref.chart_name in (info.chart_name, f"{info.probe}/reference/{info.statistic}"):
             label = m[len(ref.probe) + 1:].rsplit("/", 1)[0] if m.startswith(ref.probe + "/") else m
             ax.axhline(v, linestyle=":", color=f"C{(i % 7) + 3}", linewidth=1)
             ax.annotate(label, (1.0, v), xycoords=("axes fraction", "data"), fontsize=6, ha="right", va="bottom")

@@ -218,3 +218,27 @@ def test_the_gradient_map_is_the_input_gradient_even_inside_the_suites_inference
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
     assert got.shape == (2, 64, 64)
     assert all(p.requires_grad and p.grad is None for p in tower.visual.parameters())  # training state untouched
+
+
+def test_the_report_draws_each_centre_bias_line_in_its_own_metrics_panel_only(tmp_path):
+    """A reference line names the chart of the metric it is a reference for: the saliency panel of
+    NSS shows the centre bias's NSS and none of the five other centre-bias values."""
+    from matplotlib.figure import Figure
+
+    from perceptlab.callbacks import run_record
+    from perceptlab.callbacks.probes.saliency import SaliencyProbe
+    from perceptlab.commands.report_arms import load_arm
+    from perceptlab.commands.report_plots import _draw_reference_lines
+
+    probe = SaliencyProbe("mit1003")
+    name = probe.name
+    values = {f"{name}/{m}": 0.1 * i for i, m in enumerate(saliency.METRICS)}
+    values.update({f"{name}/center_bias/{m}": 1 + i for i, m in enumerate(saliency.METRICS)})
+    run_record.write_evaluations(tmp_path, [{"epoch": -1, "step": s, "trigger": "step", "metrics": values, "ci": {},
+                                              "seconds": {}} for s in (0, 10)])
+    run_record.write_summary(tmp_path, {})
+    run_record.write_metric_info(tmp_path, {m: probe.describe(m) for m in values})
+    arm = load_arm("run", [str(tmp_path)])
+    ax = Figure().subplots()
+    _draw_reference_lines(ax, [arm], f"{name}/nss")
+    assert [line.get_ydata()[0] for line in ax.lines] == [1 + saliency.METRICS.index("nss")]

@@ -149,7 +149,7 @@ class FullReferenceIQAProbe(TableProbe):
         statistic = parts[-1]
         if len(parts) == 2:
             return MetricInfo(probe=self.name, family=self.family, statistic=statistic, reference=True,
-                              chart=f"{self.name}/reference/{statistic}", panel=self.name)
+                              chart=f"{self.name}/{statistic}", panel=self.name)  # drawn with the model's <statistic>
         return MetricInfo(probe=self.name, family=self.family, statistic=statistic, headline=statistic == "srcc",
                           chart=metric, panel=self.name)
 

@@ -70,9 +70,9 @@ class SaliencyProbe(TableProbe):
         parts = metric[len(self.name) + 1:].split("/")
         stat = parts[-1]
         direction = "min" if stat in saliency.LOWER_IS_BETTER else "max"
-        chart = f"{self.name}/{stat}"
+        # one chart (and figure panel) per statistic: the model's value and the centre bias's
         return MetricInfo(probe=self.name, family=self.family, direction=direction, reference=len(parts) == 2,
-                          headline=parts == ["nss"], chart=chart, panel=self.name)
+                          headline=parts == ["nss"], chart=f"{self.name}/{stat}")
 
     # -- data ------------------------------------------------------------------------------------
     def load_table(self) -> int:
