@@ -31,7 +31,7 @@ def control(out: str, peak: float = 0.08, items: int = 1000, evaluations: int = 
         resamples: bootstrap resamples per evaluation.
         seed: seed of the first draw (draw r uses seed + r).
         repeats: draws to run; the share in which the drop is found is the power (the
-            false-positive rate for ``peak`` 0), stated with its 95 % interval.
+            false-positive rate for a peak of 0), stated with its 95 % interval.
         metric: the metric's name in the run record.
 
     Returns ``summary`` (the first draw's peak summary), ``found``, ``repeats``, ``rate`` and
