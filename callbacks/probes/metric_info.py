@@ -119,7 +119,7 @@ def legacy_info(metric: str, probe_names: Iterable[str] = (), metrics: Iterable[
     probe = _owner(metric, probe_names) or "/".join(parts[:2])
     if family == "iqa_fr" and len(parts) == 4:
         return MetricInfo(probe=probe, family=family, statistic=last, reference=True,
-                          chart="/".join(parts[:2] + ["reference", last]), panel="/".join(parts[:2]))
+                          chart="/".join(parts[:2] + [last]), panel="/".join(parts[:2]))
     statistic = last if last in _CORRELATIONS else "mean"
     if family == "shape_bias" and len(parts) <= 2:
         statistic = "ratio"
