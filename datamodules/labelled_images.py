@@ -70,6 +70,8 @@ def read_labelled_images(source: str | os.PathLike, format: str = "imagefolder",
 
 
 def _cifar(root: Path, split: str, classes: list[str] | None) -> LabelledImages:
+    # Not torchvision's CIFAR100: it unpickles the files with pickle.load, which runs whatever a
+    # file names; these are read as data (core.safe_load), the same arrays and labels.
     import numpy as np
 
     from perceptlab.core.safe_load import load_plain_pickle

@@ -103,13 +103,18 @@ class SaliencyProbe(TableProbe):
 
     def _metrics(self, maps: list[np.ndarray]) -> dict[str, torch.Tensor]:
         """Per image, every metric of ``maps`` (one per kept image, in the model's frame)."""
-        xs = [p[0] for p in self.points]
-        ys = [p[1] for p in self.points]
+        # every image's fixations in one array; image i's shuffled-AUC negatives are the rest (two slices)
+        all_x = np.concatenate([p[0] for p in self.points])
+        all_y = np.concatenate([p[1] for p in self.points])
+        ends = np.cumsum([len(p[0]) for p in self.points])
         out: dict[str, list[float]] = {m: [] for m in saliency.METRICS}
         for i, smap in enumerate(maps):
-            other_x = np.concatenate([x for j, x in enumerate(xs) if j != i] or [xs[i]])
-            other_y = np.concatenate([y for j, y in enumerate(ys) if j != i] or [ys[i]])
-            for k, v in saliency.image_metrics(smap, self.densities[i], xs[i], ys[i], other_x, other_y).items():
+            start, end = (ends[i - 1] if i else 0), ends[i]
+            rest = (slice(0, start), slice(end, None)) if len(maps) > 1 else (slice(start, end),)
+            other_x = np.concatenate([all_x[r] for r in rest])
+            other_y = np.concatenate([all_y[r] for r in rest])
+            xs, ys = all_x[start:end], all_y[start:end]
+            for k, v in saliency.image_metrics(smap, self.densities[i], xs, ys, other_x, other_y).items():
                 out[k].append(v)
         return {k: torch.tensor(v, dtype=torch.float64) for k, v in out.items()}
 
